@@ -1,0 +1,41 @@
+"""Library exceptions.
+
+Every error raised on bad user input is an :class:`NMSparseError`. Each subclass also derives
+from the matching built-in (``ValueError`` or ``RuntimeError``) so that callers who catch the
+built-in keep working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "NMSparseError",
+    "PatternError",
+    "ShapeError",
+    "ScoreError",
+    "MethodError",
+    "MaskError",
+]
+
+
+class NMSparseError(Exception):
+    """Base class of all nmsparse errors."""
+
+
+class PatternError(NMSparseError, ValueError):
+    """A pattern string or ``NMPattern`` is malformed or out of range (needs 1 <= n <= m)."""
+
+
+class ShapeError(NMSparseError, ValueError):
+    """A tensor's shape or dimensionality does not fit the requested layout or pattern."""
+
+
+class ScoreError(NMSparseError, ValueError):
+    """Scores or weights are unusable: NaN/Inf, negative scores, unsupported dtype, empty."""
+
+
+class MethodError(NMSparseError, ValueError):
+    """An unknown or unsupported mask method was requested."""
+
+
+class MaskError(NMSparseError, ValueError):
+    """A mask breaks its pattern; the message names the first bad group or tile."""

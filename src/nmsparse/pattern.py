@@ -1,0 +1,118 @@
+"""N:M sparsity patterns.
+
+``n:m`` means **n entries kept in every group of m** (NVIDIA's, SR-STE's and PyTorch's
+convention). Hubara et al. (2021) write N for the number of *zeros*; for n = m/2 (2:4, 4:8) both
+readings agree, for anything else they do not.
+
+``"2:4"`` is row-wise (1-D) N:M: every group of 4 consecutive entries along the reduction
+dimension keeps 2. ``"2:4T"`` is transposable N:M: every 4x4 tile keeps exactly 2 entries in each
+row and in each column, so both W and its transpose are 2:4 sparse. ``n == m`` is legal and
+means dense.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Union
+
+from .errors import PatternError
+
+__all__ = ["NMPattern", "PatternLike"]
+
+_ACCEPTED = 'accepted forms: "n:m" (row-wise, e.g. "2:4") or "n:mT" (transposable, e.g. "4:8T"), with integers 1 <= n <= m'
+_PATTERN_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*([tT]?)\s*$")
+
+
+@dataclass(frozen=True)
+class NMPattern:
+    """An N:M sparsity pattern: ``n`` kept out of every ``m``.
+
+    Parameters
+    ----------
+    n : int
+        Entries kept per group (per row and per column of a tile if transposable), 1 <= n <= m.
+    m : int
+        Group length (tile side if transposable).
+    transposable : bool
+        If True, every m x m tile keeps exactly n per row and per column.
+
+    Examples
+    --------
+    >>> p = NMPattern.parse("4:8T")
+    >>> p.n, p.m, p.transposable, p.density
+    (4, 8, True, 0.5)
+    >>> str(p)
+    '4:8T'
+    """
+
+    n: int
+    m: int
+    transposable: bool = False
+
+    def __post_init__(self) -> None:
+        for name, value in (("n", self.n), ("m", self.m)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise PatternError(
+                    f"NMPattern: {name} must be an int, got {value!r} ({type(value).__name__}); {_ACCEPTED}."
+                )
+        if not isinstance(self.transposable, bool):
+            raise PatternError(f"NMPattern: transposable must be a bool, got {self.transposable!r}.")
+        if self.m < 1 or not (1 <= self.n <= self.m):
+            raise PatternError(
+                f"NMPattern: need 1 <= n <= m (n = entries KEPT per group of m), got n={self.n}, m={self.m}. "
+                f"{_ACCEPTED}; n = m means dense."
+            )
+
+    @classmethod
+    def parse(cls, text: "PatternLike") -> "NMPattern":
+        """Parse ``"n:m"`` or ``"n:mT"``; an ``NMPattern`` is returned unchanged.
+
+        n is the number of entries **kept** per group of m. A trailing ``T`` (or ``t``) asks for
+        the transposable pattern.
+        """
+        if isinstance(text, NMPattern):
+            return text
+        if not isinstance(text, str):
+            raise PatternError(f"pattern must be a string or NMPattern, got {type(text).__name__} {text!r}; {_ACCEPTED}.")
+        match = _PATTERN_RE.match(text)
+        if match is None:
+            raise PatternError(f"cannot parse pattern {text!r}; {_ACCEPTED}.")
+        n, m, t = int(match.group(1)), int(match.group(2)), bool(match.group(3))
+        if not (1 <= n <= m):
+            raise PatternError(
+                f"pattern {text!r}: need 1 <= n <= m (n = entries KEPT per group of m), got n={n}, m={m}; "
+                f"{_ACCEPTED}; n = m means dense."
+            )
+        return cls(n, m, t)
+
+    def __str__(self) -> str:
+        return f"{self.n}:{self.m}{'T' if self.transposable else ''}"
+
+    @property
+    def density(self) -> float:
+        """Fraction of entries kept, n / m."""
+        return self.n / self.m
+
+    @property
+    def density_fraction(self) -> Fraction:
+        """Exact kept fraction n/m."""
+        return Fraction(self.n, self.m)
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of entries pruned, 1 - n/m."""
+        return 1.0 - self.density
+
+    @property
+    def is_dense(self) -> bool:
+        """True when n == m: every entry is kept."""
+        return self.n == self.m
+
+    def rowwise(self) -> "NMPattern":
+        """The row-wise pattern with the same n and m."""
+        return NMPattern(self.n, self.m, False)
+
+
+PatternLike = Union[str, NMPattern]
