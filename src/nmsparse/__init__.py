@@ -1,12 +1,32 @@
-"""nmsparse: N:M and transposable N:M structured sparsity for PyTorch."""
+"""nmsparse: N:M and transposable N:M structured sparsity for PyTorch.
+
+``n:m`` means n entries KEPT in every group of m; ``"n:mT"`` is the transposable pattern (every
+m x m tile keeps exactly n per row and per column). See the README for the conventions.
+"""
 
 from .errors import MaskError, MethodError, NMSparseError, PatternError, ScoreError, ShapeError
+from .masks import (
+    MaskResult,
+    available_methods,
+    check_mask,
+    find_mask,
+    is_valid_mask,
+    solve_mask,
+    unstructured_mask,
+)
 from .pattern import NMPattern
 
 __version__ = "0.1.0"
 
 __all__ = [
     "NMPattern",
+    "find_mask",
+    "solve_mask",
+    "MaskResult",
+    "available_methods",
+    "check_mask",
+    "is_valid_mask",
+    "unstructured_mask",
     "NMSparseError",
     "PatternError",
     "ShapeError",

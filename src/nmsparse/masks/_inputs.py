@@ -1,0 +1,85 @@
+"""Validation of weights and scores shared by every mask family.
+
+Scores choose the mask: ``|weight|`` by default, or any non-negative tensor of the weight's shape
+(e.g. ``|W| * ||x||`` as in Wanda). NaN/Inf and negative scores are errors, never a silently
+wrong mask.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..errors import ScoreError, ShapeError
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def as_tensor(x, what: str, where: str) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        np = None
+    if np is not None and isinstance(x, np.ndarray):
+        return torch.from_numpy(x)
+    raise ShapeError(f"{where}: {what} must be a torch.Tensor (or numpy array), got {type(x).__name__}.")
+
+
+def prepare_scores(weight, scores: Optional[torch.Tensor], where: str) -> torch.Tensor:
+    """Return finite, non-negative float scores of the weight's shape (float32, or float64 for fp64 input).
+
+    Half-precision inputs are upcast to float32 exactly (every fp16/bf16 value is an fp32 value),
+    so the mask does not depend on the input dtype beyond the values it holds.
+    """
+    weight = as_tensor(weight, "weight", where)
+    if weight.dim() == 0:
+        raise ShapeError(f"{where}: weight is a 0-d tensor; masks need at least 1 dimension.")
+    if weight.numel() == 0:
+        raise ShapeError(f"{where}: weight of shape {tuple(weight.shape)} is empty; nothing to mask.")
+    if scores is None:
+        if weight.dtype not in _FLOAT_DTYPES:
+            raise ScoreError(
+                f"{where}: weight has dtype {weight.dtype}; expected a floating dtype "
+                f"(float16, bfloat16, float32, float64). Convert it with weight.float(), or pass scores=."
+            )
+        _check_finite(weight, "weight", where)
+        s = weight.abs()
+    else:
+        s = as_tensor(scores, "scores", where)
+        if tuple(s.shape) != tuple(weight.shape):
+            raise ShapeError(
+                f"{where}: scores must have the weight's shape {tuple(weight.shape)}, got {tuple(s.shape)}."
+            )
+        if s.dtype == torch.bool or s.is_complex():
+            raise ScoreError(f"{where}: scores must be real numbers, got dtype {s.dtype}.")
+        if s.dtype not in _FLOAT_DTYPES:
+            s = s.to(torch.float64)
+        _check_finite(s, "scores", where)
+        neg = s < 0
+        if bool(neg.any()):
+            idx = _first_index(neg)
+            raise ScoreError(
+                f"{where}: scores must be non-negative (the objective is the sum of kept scores); "
+                f"scores{list(idx)} = {float(s[idx]):g}. Pass |scores| or shift them."
+            )
+    if s.dtype in (torch.float16, torch.bfloat16):
+        s = s.float()
+    return s
+
+
+def _check_finite(t: torch.Tensor, what: str, where: str) -> None:
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        idx = _first_index(bad)
+        raise ScoreError(
+            f"{where}: {what} contains NaN or Inf ({int(bad.sum())} entries; first at {what}{list(idx)} = "
+            f"{float(t[idx])}). Fix the tensor (e.g. torch.nan_to_num) before computing a mask."
+        )
+
+
+def _first_index(flags: torch.Tensor) -> tuple:
+    flat = int(torch.nonzero(flags.reshape(-1))[0])
+    return tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), flags.shape))

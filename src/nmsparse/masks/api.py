@@ -1,0 +1,144 @@
+"""find_mask / solve_mask: the front door to every mask family."""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import torch
+
+from ..errors import ShapeError
+from ..layout import MatrixLayout, matrix_layout
+from ..pattern import NMPattern, PatternLike
+from ._inputs import prepare_scores
+from .methods import ROWWISE_METHOD, TRANSPOSABLE_METHODS, resolve_method
+from .result import MaskResult
+from .rowwise import topn_matrix
+from .transposable import padding_score, solve_transposable_matrix
+
+_SUM_CHUNK = 1 << 22
+
+
+def solve_mask(
+    weight: torch.Tensor,
+    pattern: PatternLike,
+    *,
+    method: Optional[str] = None,
+    scores: Optional[torch.Tensor] = None,
+    dim: Optional[int] = None,
+    pad: bool = False,
+) -> MaskResult:
+    """Find the mask of ``weight`` for ``pattern`` and report how good it is.
+
+    Parameters
+    ----------
+    weight : torch.Tensor
+        Weight of any shape with at least one dimension; groups run as described in
+        :mod:`nmsparse.layout` (``(out, in)`` along ``in``; conv ``(out, in, kh, kw)`` along
+        ``in`` at each kernel position; others along ``dim``).
+    pattern : str or NMPattern
+        ``"n:m"`` (row-wise) or ``"n:mT"`` (transposable): n entries KEPT per group of m.
+    method : str, optional
+        See :func:`available_methods`. Default: ``"topn"`` row-wise, ``"exact"`` transposable.
+    scores : torch.Tensor, optional
+        Non-negative scores of the weight's shape; default ``|weight|``. The mask maximises the
+        sum of kept scores.
+    dim : int, optional
+        Axis to group along, overriding the default convention.
+    pad : bool
+        Allow a grouped axis (or, for transposable patterns, a row count) that is not a multiple
+        of m. Partial groups keep at most n entries (the top ones, up to n of them);
+        partial tiles keep at most n per row and column, as many real entries as the tile allows.
+
+    Returns
+    -------
+    MaskResult
+        ``mask`` (bool, the weight's shape and device), ``objective`` (sum of kept scores),
+        ``optimal``, ``method``, ``seconds``, ``pattern`` and ``info``.
+
+    Examples
+    --------
+    >>> w = torch.randn(8, 8)
+    >>> r = solve_mask(w, "2:4T")
+    >>> r.optimal, r.mask.sum().item()
+    (True, 32)
+    """
+    return _solve(weight, pattern, method, scores, dim, pad, "solve_mask")
+
+
+def _solve(weight, pattern, method, scores, dim, pad, where: str) -> MaskResult:
+    start = time.perf_counter()
+    p = NMPattern.parse(pattern)
+    name = resolve_method(p, method, where)
+    s = prepare_scores(weight, scores, where)
+    layout = matrix_layout(s.shape, dim, where=where)
+    if layout.is_ragged(p.m, p.transposable) and not pad:
+        raise ShapeError(_ragged_message(where, p, layout))
+    info = {}
+    if p.transposable:
+        if layout.is_ragged(p.m, True):
+            matrix = layout.to_matrix(s.double(), p.m, tiles=True, fill=padding_score(s, p.m))
+        else:
+            matrix = layout.to_matrix(s)
+        mask_matrix, info = solve_transposable_matrix(matrix, p.n, p.m, TRANSPOSABLE_METHODS[name])
+        optimal = TRANSPOSABLE_METHODS[name].optimal
+    else:
+        # Padding scores of -1 sort below every real (non-negative) score.
+        matrix = layout.to_matrix(s, p.m, fill=-1.0)
+        mask_matrix = topn_matrix(matrix, p.n, p.m)
+        info["groups"] = matrix.numel() // p.m
+        optimal = True
+    mask = layout.from_matrix(mask_matrix, p.m).to(s.device)
+    info["score_total"] = _chunked_sum(s, None)
+    objective = _chunked_sum(s, mask)
+    return MaskResult(mask, objective, optimal, name, time.perf_counter() - start, p, info)
+
+
+def find_mask(
+    weight: torch.Tensor,
+    pattern: PatternLike,
+    *,
+    method: Optional[str] = None,
+    scores: Optional[torch.Tensor] = None,
+    dim: Optional[int] = None,
+    pad: bool = False,
+) -> torch.Tensor:
+    """Bool mask (True = kept) of the weight's shape for ``pattern``; see :func:`solve_mask`.
+
+    Examples
+    --------
+    >>> w = torch.tensor([[0.1, -3.0, 2.0, 0.5]])
+    >>> find_mask(w, "2:4")
+    tensor([[False,  True,  True, False]])
+    """
+    return _solve(weight, pattern, method, scores, dim, pad, "find_mask").mask
+
+
+def _ragged_message(where: str, p: NMPattern, layout: MatrixLayout) -> str:
+    if layout.group_len % p.m:
+        return (
+            f"{where}: pattern {p} groups {layout.describe()} in chunks of {p.m}, but a weight of shape "
+            f"{layout.shape} has {layout.group_len} there. Pad it, or pass pad=True "
+            f"(partial groups then keep at most {p.n})."
+        )
+    return (
+        f"{where}: pattern {p} cuts the {layout.rows}x{layout.cols} matrix view of a weight of shape "
+        f"{layout.shape} into {p.m}x{p.m} tiles, but {layout.rows} rows is not a multiple of {p.m}. "
+        f"Pad it, or pass pad=True (partial tiles then keep at most {p.n} per row and column)."
+    )
+
+
+def _chunked_sum(s: torch.Tensor, mask: Optional[torch.Tensor]) -> float:
+    """Sum of (masked) scores in float64, in chunks so no weight-sized float64 copy is made."""
+    flat = s.reshape(-1)
+    fmask = None if mask is None else mask.reshape(-1)
+    total = 0.0
+    for i in range(0, flat.numel(), _SUM_CHUNK):
+        chunk = flat[i : i + _SUM_CHUNK].double()
+        if fmask is not None:
+            chunk = torch.where(fmask[i : i + _SUM_CHUNK], chunk, 0.0)
+        total += float(chunk.sum())
+    return total
+
+
+__all__ = ["find_mask", "solve_mask", "ROWWISE_METHOD"]

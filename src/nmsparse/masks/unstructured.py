@@ -1,0 +1,53 @@
+"""Unstructured masks: keep the top-k scores of the whole tensor at a given density."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from ..errors import ScoreError
+from ._inputs import prepare_scores
+
+
+def kept_count(numel: int, density: float) -> int:
+    """Entries kept at ``density``: round half up, k = floor(density * numel + 1/2)."""
+    return int(math.floor(density * numel + 0.5))
+
+
+def unstructured_mask(weight: torch.Tensor, density: float, *, scores: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Keep the ``k = floor(density * numel + 1/2)`` largest scores of the whole tensor.
+
+    Parameters
+    ----------
+    weight : torch.Tensor
+        Any shape; ``|weight|`` is the default score.
+    density : float
+        Fraction kept, 0 <= density <= 1.
+    scores : torch.Tensor, optional
+        Non-negative scores of the weight's shape.
+
+    Returns
+    -------
+    torch.Tensor
+        Bool mask of the weight's shape. Ties go to the lower flat (row-major) index.
+
+    Examples
+    --------
+    >>> w = torch.tensor([[0.1, -3.0], [2.0, 0.5]])
+    >>> unstructured_mask(w, 0.5)
+    tensor([[False,  True],
+            [ True, False]])
+    """
+    where = "unstructured_mask"
+    if isinstance(density, bool) or not isinstance(density, (int, float)) or not (0.0 <= float(density) <= 1.0):
+        raise ScoreError(f"{where}: density must be a number in [0, 1] (fraction of entries kept), got {density!r}.")
+    s = prepare_scores(weight, scores, where)
+    k = kept_count(s.numel(), float(density))
+    flat = s.reshape(-1)
+    mask = torch.zeros(flat.shape, dtype=torch.bool, device=s.device)
+    if k > 0:
+        order = torch.sort(flat, descending=True, stable=True).indices[:k]
+        mask[order] = True
+    return mask.reshape(s.shape)
