@@ -4,6 +4,7 @@
 m x m tile keeps exactly n per row and per column). See the README for the conventions.
 """
 
+from .diversity import count_masks, count_transposable_tile, log10_count_masks, log10_int
 from .errors import MaskError, MethodError, NMSparseError, PatternError, ScoreError, ShapeError
 from .masks import (
     MaskResult,
@@ -27,6 +28,10 @@ __all__ = [
     "check_mask",
     "is_valid_mask",
     "unstructured_mask",
+    "count_masks",
+    "count_transposable_tile",
+    "log10_count_masks",
+    "log10_int",
     "NMSparseError",
     "PatternError",
     "ShapeError",

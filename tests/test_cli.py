@@ -1,0 +1,58 @@
+"""The command line: demo and diversity print their tables; bad input is one clear line, exit 1."""
+
+import subprocess
+import sys
+
+import pytest
+
+from nmsparse.cli import main
+
+
+def test_demo_prints_a_row_per_pattern_and_method(capsys):
+    assert main(["demo", "--size", "64", "--patterns", "2:4", "4:8T", "--methods", "exact", "greedy"]) == 0
+    out = capsys.readouterr().out
+    lines = [l for l in out.splitlines() if l.strip()]
+    table = lines[lines.index(next(l for l in lines if l.startswith("pattern"))) + 2 :]
+    assert [l.split()[0] for l in table] == ["unstructured", "2:4", "4:8T", "4:8T"]
+    assert "exact" in table[2] and "greedy" in table[3]
+
+
+def test_diversity_prints_exact_counts(capsys):
+    assert main(["diversity", "4:8T", "--shape", "8x8"]) == 0
+    out = capsys.readouterr().out
+    assert "116963796250" in out  # one 8x8 tile at 4 per row and column
+    assert "4:8T" in out and "4:8" in out and "unstructured" in out
+
+
+@pytest.mark.parametrize(
+    "argv, text",
+    [
+        (["diversity", "5:4"], "1 <= n <= m"),
+        (["diversity", "2:4", "--shape", "banana"], "shape"),
+        (["demo", "--size", "64", "--patterns", "2:3:4"], "accepted forms"),
+        (["demo", "--size", "6", "--patterns", "2:4"], "pad"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_1(argv, text, capsys):
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert text in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_diversity_notes_a_structure_that_does_not_fit(capsys):
+    assert main(["diversity", "2:4T", "--shape", "6x8"]) == 0
+    out = capsys.readouterr().out
+    transposable = next(l for l in out.splitlines() if l.startswith("transposable"))
+    assert "multiple of 4" in transposable or "6" in transposable.split("2:4T", 1)[1]
+
+
+def test_argument_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--size", "0"])
+    assert exc.value.code == 2
+
+
+def test_python_dash_m_runs_the_same_command():
+    out = subprocess.run([sys.executable, "-m", "nmsparse", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("nmsparse ")
