@@ -9,7 +9,7 @@ demo needs no download and prints the same masks on every machine.
 from __future__ import annotations
 
 import time
-from typing import Callable, Dict, Iterator, Sequence
+from typing import Dict, Iterator, Sequence
 
 import torch
 
