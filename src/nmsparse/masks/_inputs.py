@@ -45,8 +45,10 @@ def prepare_scores(weight, scores: Optional[torch.Tensor], where: str) -> torch.
                 f"{where}: weight has dtype {weight.dtype}; expected a floating dtype "
                 f"(float16, bfloat16, float32, float64). Convert it with weight.float(), or pass scores=."
             )
-        _check_finite(weight, "weight", where)
         s = weight.abs()
+        # One reduction, no temporary: max |w| is finite iff every entry is (NaN propagates).
+        if not bool(torch.isfinite(s.amax())):
+            _raise_not_finite(weight, "weight", where)
     else:
         s = as_tensor(scores, "scores", where)
         if tuple(s.shape) != tuple(weight.shape):
@@ -57,10 +59,11 @@ def prepare_scores(weight, scores: Optional[torch.Tensor], where: str) -> torch.
             raise ScoreError(f"{where}: scores must be real numbers, got dtype {s.dtype}.")
         if s.dtype not in _FLOAT_DTYPES:
             s = s.to(torch.float64)
-        _check_finite(s, "scores", where)
-        neg = s < 0
-        if bool(neg.any()):
-            idx = _first_index(neg)
+        low, high = torch.aminmax(s)
+        if not (bool(torch.isfinite(low)) and bool(torch.isfinite(high))):
+            _raise_not_finite(s, "scores", where)
+        if float(low) < 0:
+            idx = _first_index(s < 0)
             raise ScoreError(
                 f"{where}: scores must be non-negative (the objective is the sum of kept scores); "
                 f"scores{list(idx)} = {float(s[idx]):g}. Pass |scores| or shift them."
@@ -70,14 +73,13 @@ def prepare_scores(weight, scores: Optional[torch.Tensor], where: str) -> torch.
     return s
 
 
-def _check_finite(t: torch.Tensor, what: str, where: str) -> None:
+def _raise_not_finite(t: torch.Tensor, what: str, where: str) -> None:
     bad = ~torch.isfinite(t)
-    if bool(bad.any()):
-        idx = _first_index(bad)
-        raise ScoreError(
-            f"{where}: {what} contains NaN or Inf ({int(bad.sum())} entries; first at {what}{list(idx)} = "
-            f"{float(t[idx])}). Fix the tensor (e.g. torch.nan_to_num) before computing a mask."
-        )
+    idx = _first_index(bad)
+    raise ScoreError(
+        f"{where}: {what} contains NaN or Inf ({int(bad.sum())} entries; first at {what}{list(idx)} = "
+        f"{float(t[idx])}). Fix the tensor (e.g. torch.nan_to_num) before computing a mask."
+    )
 
 
 def _first_index(flags: torch.Tensor) -> tuple:

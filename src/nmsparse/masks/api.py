@@ -16,9 +16,6 @@ from .result import MaskResult
 from .rowwise import topn_matrix
 from .transposable import padding_score, solve_transposable_matrix
 
-_SUM_CHUNK = 1 << 22
-
-
 def solve_mask(
     weight: torch.Tensor,
     pattern: PatternLike,
@@ -89,8 +86,7 @@ def _solve(weight, pattern, method, scores, dim, pad, where: str) -> MaskResult:
         info["groups"] = matrix.numel() // p.m
         optimal = True
     mask = layout.from_matrix(mask_matrix, p.m).to(s.device)
-    info["score_total"] = _chunked_sum(s, None)
-    objective = _chunked_sum(s, mask)
+    info["score_total"], objective = _total_and_kept(s, mask)
     return MaskResult(mask, objective, optimal, name, time.perf_counter() - start, p, info)
 
 
@@ -128,17 +124,14 @@ def _ragged_message(where: str, p: NMPattern, layout: MatrixLayout) -> str:
     )
 
 
-def _chunked_sum(s: torch.Tensor, mask: Optional[torch.Tensor]) -> float:
-    """Sum of (masked) scores in float64, in chunks so no weight-sized float64 copy is made."""
-    flat = s.reshape(-1)
-    fmask = None if mask is None else mask.reshape(-1)
-    total = 0.0
-    for i in range(0, flat.numel(), _SUM_CHUNK):
-        chunk = flat[i : i + _SUM_CHUNK].double()
-        if fmask is not None:
-            chunk = torch.where(fmask[i : i + _SUM_CHUNK], chunk, 0.0)
-        total += float(chunk.sum())
-    return total
+def _total_and_kept(s: torch.Tensor, mask: torch.Tensor) -> tuple:
+    """(sum of all scores, sum of kept scores) in float64, deterministic on any thread count."""
+    if s.device.type == "cpu":
+        from ._sum_kernels import total_and_kept
+
+        return total_and_kept(s.contiguous().reshape(-1).numpy(), mask.contiguous().reshape(-1).numpy())
+    s64 = s.double()
+    return float(s64.sum()), float(torch.where(mask, s64, 0.0).sum())
 
 
 __all__ = ["find_mask", "solve_mask", "ROWWISE_METHOD"]

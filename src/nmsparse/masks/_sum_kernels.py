@@ -1,0 +1,39 @@
+"""Deterministic float64 sums of scores (all, and kept) in one compiled pass.
+
+torch's float64 sum of a float32 tensor first makes a float64 copy of it (twice the weight's
+memory) and its reduction order may depend on the thread count. Here each fixed-size block is
+summed by one thread and the block sums are added in order, so the result is the same on any
+number of threads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+_BLOCK = 1 << 16
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def total_and_kept(scores, mask):
+    """(sum of scores, sum of scores where mask) in float64, for flat arrays of equal length."""
+    size = scores.shape[0]
+    blocks = (size + _BLOCK - 1) // _BLOCK
+    totals = np.zeros(blocks)
+    kept = np.zeros(blocks)
+    for b in prange(blocks):
+        t = 0.0
+        k = 0.0
+        for i in range(b * _BLOCK, min(size, (b + 1) * _BLOCK)):
+            v = np.float64(scores[i])
+            t += v
+            if mask[i]:
+                k += v
+        totals[b] = t
+        kept[b] = k
+    t = 0.0
+    k = 0.0
+    for b in range(blocks):
+        t += totals[b]
+        k += kept[b]
+    return t, k
