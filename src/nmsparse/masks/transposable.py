@@ -16,7 +16,7 @@ import torch
 from ..errors import ScoreError
 from ..layout import from_tiles, to_tiles
 
-# A CPU solver maps float64 tiles (T, m, m) and n to (bool mask (T, m, m), bool short (T,) or None).
+# A CPU solver maps float32/float64 tiles (T, m, m) and n to (bool mask (T, m, m), bool short (T,) or None).
 CpuSolver = Callable[[np.ndarray, int], Tuple[np.ndarray, Optional[np.ndarray]]]
 TorchSolver = Callable[[torch.Tensor, int], Tuple[torch.Tensor, Optional[torch.Tensor]]]
 
@@ -67,16 +67,17 @@ def solve_transposable_matrix(
         out.fill_(True)
         return out, {"tiles": (rows // m) * (cols // m), "short_tiles": 0}
     solver = method.torch_solver() if use_torch else method.cpu_solver()
+    if not use_torch:
+        from ._tile_kernels import gather_tiles, scatter_tiles
     for r0 in range(0, rows, band_rows):
         band = matrix[r0 : r0 + band_rows]
-        tiles = to_tiles(band, m)
         if use_torch:
-            mask_tiles, short = solver(tiles.to(torch.float64), n)
+            mask_tiles, short = solver(to_tiles(band, m), n)
+            out[r0 : r0 + band.shape[0]] = from_tiles(mask_tiles, band.shape[0], cols)
         else:
-            arr = np.ascontiguousarray(tiles.numpy(), dtype=np.float64)
-            mask_np, short = solver(arr, n)
-            mask_tiles = torch.from_numpy(mask_np)
-        out[r0 : r0 + band.shape[0]] = from_tiles(mask_tiles, band.shape[0], cols)
+            # Kernels take float32 or float64 tiles and compute in float64 internally.
+            mask_np, short = solver(gather_tiles(np.ascontiguousarray(band.numpy()), m), n)
+            scatter_tiles(mask_np, out[r0 : r0 + band.shape[0]].numpy())
         if short is not None:
             short_total += int(short.sum())
     return out.to(device), {"tiles": (rows // m) * (cols // m), "short_tiles": short_total}
