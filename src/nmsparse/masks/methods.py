@@ -58,7 +58,8 @@ TRANSPOSABLE_METHODS: Dict[str, TransposableMethod] = {
     "refine": TransposableMethod(
         "refine",
         False,
-        "greedy, completed to exactly n per row and column, then improved by local exchanges (near-optimal, fast)",
+        "near-optimal: dual-potential warm start (each row keeps its top n of reduced scores), column repair to "
+        "exactly n per row and column, then improving 2-swaps",
         _refine,
         _refine_torch,
     ),

@@ -17,20 +17,30 @@ def transposable_tile_patterns(n: int, m: int) -> np.ndarray:
     """All m x m 0/1 matrices with exactly n ones in every row and every column.
 
     Returned as a bool array of shape (count, m, m) in lexicographic order of the row choices.
-    Brute force over C(m, n)**m row combinations: use only for small m (m <= 5).
+    Brute force over row combinations (pruned when a column overfills): use only for m <= 6.
     """
     if m > 6:
         raise ValueError(f"brute force over all {m}x{m} tiles is too slow; use m <= 6")
     row_choices = []
     for cols in itertools.combinations(range(m), n):
-        row = np.zeros(m, dtype=bool)
-        row[list(cols)] = True
+        row = np.zeros(m, dtype=np.int64)
+        row[list(cols)] = 1
         row_choices.append(row)
     found = []
-    for rows in itertools.product(row_choices, repeat=m):
-        tile = np.stack(rows)
-        if np.all(tile.sum(axis=0) == n):
-            found.append(tile)
+
+    # Row by row, skipping a row choice as soon as some column would exceed n ones: the same
+    # enumeration as filtering all C(m, n)**m products, without visiting the dead ones.
+    def extend(rows, fill):
+        if len(rows) == m:
+            if np.all(fill == n):
+                found.append(np.array(rows, dtype=bool))
+            return
+        for row in row_choices:
+            new_fill = fill + row
+            if new_fill.max() <= n:
+                extend(rows + [row], new_fill)
+
+    extend([], np.zeros(m, dtype=np.int64))
     return np.stack(found) if found else np.zeros((0, m, m), dtype=bool)
 
 
