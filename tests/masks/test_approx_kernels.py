@@ -14,7 +14,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nmsparse.masks._approx_kernels import greedy_tiles, refine_tiles
+from nmsparse.masks._greedy_kernels import greedy_tiles
+from nmsparse.masks._refine_kernels import refine_tiles
 from nmsparse.masks._approx_torch import greedy_tiles_torch, refine_tiles_torch
 from nmsparse.testing import brute_force_transposable, lp_transposable_objective
 

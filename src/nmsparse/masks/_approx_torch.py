@@ -1,6 +1,6 @@
 """Approximate transposable n:m masks as batched torch operations (CPU or CUDA; no numba).
 
-Same methods as :mod:`nmsparse.masks._approx_kernels`, vectorised over a batch of T tiles
+Same methods as :mod:`nmsparse.masks._greedy_kernels` and :mod:`nmsparse.masks._refine_kernels`, vectorised over a batch of T tiles
 instead of compiled per tile, so that scores already on a GPU need not leave it.
 
 * :func:`greedy_tiles_torch` gives exactly the mask of ``greedy_tiles`` (same stable
@@ -21,7 +21,7 @@ import torch
 
 __all__ = ["greedy_tiles_torch", "refine_tiles_torch"]
 
-_TOL = 1e-12  # as in _approx_kernels: a swap must clearly gain, row by row
+_TOL = 1e-12  # as in _refine_kernels: a swap must clearly gain, row by row
 _CHUNK_ELEMS = 1 << 24  # elements of one (tiles, m, m, m) intermediate in step 3
 
 
@@ -110,7 +110,7 @@ def _repair(s: torch.Tensor, c: torch.Tensor, n: int) -> None:
     """Move units from over-full to under-full columns, least reduced-cost loss first.
 
     One move per over-full tile per iteration. A move always exists (see ``_repair`` in
-    ``_approx_kernels``: every row holds n, so some row holds an over-full column and lacks an
+    ``_refine_kernels``: every row holds n, so some row holds an over-full column and lacks an
     under-full one), and each lowers the tile's excess by one: the loop ends."""
     inf = torch.tensor(float("inf"), dtype=c.dtype, device=c.device)
     while True:

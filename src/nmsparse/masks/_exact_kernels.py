@@ -44,6 +44,8 @@ from functools import lru_cache
 import numpy as np
 from numba import njit, prange
 
+from ._networks import selection_network as _selection_network
+
 # Crossover between enumeration and min-cost flow, by pattern count (single core, us/tile):
 # m = 4 (24-90 patterns) enumerates in ~0.05-0.09; m = 5, n = 1 or 4 (120 patterns): 0.3 vs 1.0
 # for the flow kernel; m = 5, n = 2 or 3 (2040 patterns): 2.5 vs 1.0; m = 6, n = 1 (720): 1.5 vs 1.5.
@@ -92,43 +94,6 @@ def _enumeration_tables(n: int, m: int) -> tuple[np.ndarray, np.ndarray, np.ndar
         for r, c in enumerate(p):
             masks[k, [r * m + j for j in choices[c]]] = True
     return rs_idx.reshape(m * c_count, n), pat_rs.reshape(-1, m), masks
-
-
-def _batcher_pairs(size: int) -> list[tuple[int, int]]:
-    """Comparators (i < j, min to i) of Batcher's odd-even merge sort; ``size`` a power of 2."""
-    out = []
-    p = 1
-    while p < size:
-        k = p
-        while k >= 1:
-            for j in range(k % p, size - k, 2 * k):
-                for i in range(min(k, size - j - k)):
-                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
-                        out.append((i + j, i + j + k))
-            k //= 2
-        p *= 2
-    return out
-
-
-@lru_cache(maxsize=None)
-def _selection_network(n: int, m: int) -> np.ndarray:
-    """Comparators that place the n-th and (n+1)-th largest of m values at m-n and m-n-1.
-
-    A Batcher network for the next power of two, with comparators on padding positions dropped
-    (padding is +inf at the top end, so they are no-ops), pruned to the comparators that the two
-    output positions depend on. Shape (K, 2), ascending order.
-    """
-    size = 1
-    while size < m:
-        size *= 2
-    net = [(a, b) for a, b in _batcher_pairs(size) if b < m]
-    need = {m - n - 1, m - n}
-    kept = []
-    for a, b in reversed(net):
-        if a in need or b in need:
-            kept.append((a, b))
-            need |= {a, b}
-    return np.array(kept[::-1], dtype=np.int64).reshape(-1, 2)
 
 
 @njit(parallel=True, cache=True)

@@ -20,7 +20,7 @@ def _exact():
 
 
 def _greedy():
-    from ._approx_kernels import greedy_tiles
+    from ._greedy_kernels import greedy_tiles
 
     return greedy_tiles
 
@@ -32,7 +32,7 @@ def _greedy_torch():
 
 
 def _refine():
-    from ._approx_kernels import refine_tiles
+    from ._refine_kernels import refine_tiles
 
     return lambda tiles, n: (refine_tiles(tiles, n), None)
 

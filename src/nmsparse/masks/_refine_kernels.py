@@ -1,18 +1,9 @@
-"""Compiled kernels for approximate transposable n:m masks: ``greedy`` and ``refine``.
+"""Compiled kernels for approximate transposable n:m masks: ``refine``.
 
 A transposable n:m mask of one m x m score tile A keeps exactly n entries in every row and
 every column and maximises sum(A * S): a bipartite b-matching on K_{m,m} (each vertex degree
 n, each edge capacity 1). ``n`` counts KEPT entries. Every tile is solved on its own, in
 float64, so results do not depend on the thread count.
-
-greedy (Hubara et al. 2021, arXiv 2102.08124, Sec. 4: the 2-approximation), faithfully
-    Visit the entries by descending score (ties: lower row-major index first, i.e. a stable
-    sort) and keep an entry iff its row and its column each hold fewer than n. The kept set
-    is maximal and weighs at least half of the best set with AT MOST n per row and column
-    (the classical greedy b-matching bound), hence at least half of the transposable optimum
-    when scores are >= 0. It may leave rows short of n; then it can even exceed the
-    exact-n optimum (it is infeasible). Cost: one sort per tile (rank sort for m*m <= 64,
-    radix sort on the top 32 bits plus a fix-up of equal runs above).
 
 refine (near-optimal, always exactly n per row and column)
     1. Dual warm start (LP duality): alternately set row potentials u_i and column
@@ -37,156 +28,17 @@ digits of the padding's magnitude (results stay valid, they only lose quality).
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["greedy_tiles", "refine_tiles"]
+from ._approx_common import lane_chunk as _chunk
+from ._approx_common import prepare_tiles as _prepare
+from ._networks import selection_network as _selection_network
+
+__all__ = ["refine_tiles"]
 
 # Helpers are compiled with _nrt=False: they never allocate, and without it every call pays an
 # atomic reference-count increment and decrement per array argument (~30 ns a call here).
-_LOW32 = np.uint64(0xFFFFFFFF)
-_SIGN = np.uint64(0x8000000000000000)
-_RANK_SORT_MAX = 64  # up to this many entries per tile an O(K^2) rank sort beats radix
-
-
-# --------------------------------------------------------------------------------------------
-# descending stable order of one tile
-# --------------------------------------------------------------------------------------------
-@njit(cache=True, _nrt=False)
-def _order_rank(v, order, K):
-    # rank of p = #{q: v_q > v_p} + #{q < p: v_q == v_p}  (exact float compares, -0.0 == 0.0)
-    for p in range(K):
-        vp = v[p]
-        r = 0
-        for q in range(K):
-            r += np.int64(v[q] > vp)
-        for q in range(p):
-            r += np.int64(v[q] == vp)
-        order[r] = p
-
-
-@njit(cache=True, _nrt=False)
-def _order_radix(v, order, K, keys, tmp, full, cnt):
-    # full[p]: uint64 whose ascending order is v's descending order (after -0.0 -> +0.0).
-    # keys[p] = high 32 bits of full[p] << 32 | p; an LSD radix sort on the high half, which
-    # is stable, leaves equal high halves in index order; those runs are re-sorted by the
-    # full key (then index) afterwards.
-    vb = v.view(np.uint64)  # v holds no -0.0 (see _load_tile)
-    for p in range(K):
-        u = vb[p]
-        f = u if (u & _SIGN) else ~(u | _SIGN)
-        full[p] = f
-        keys[p] = (f & ~_LOW32) | np.uint64(p)
-    cnt[:, :] = 0
-    for p in range(K):
-        k = keys[p]
-        cnt[0, (k >> np.uint64(32)) & np.uint64(255)] += 1
-        cnt[1, (k >> np.uint64(40)) & np.uint64(255)] += 1
-        cnt[2, (k >> np.uint64(48)) & np.uint64(255)] += 1
-        cnt[3, (k >> np.uint64(56)) & np.uint64(255)] += 1
-    src = keys
-    dst = tmp
-    for d in range(4):
-        sh = np.uint64(32 + 8 * d)
-        if cnt[d, (src[0] >> sh) & np.uint64(255)] == K:
-            continue  # every key has the same digit here: the pass would be the identity
-        tot = 0
-        for b in range(256):
-            c = cnt[d, b]
-            cnt[d, b] = tot
-            tot += c
-        for p in range(K):
-            k = src[p]
-            b = (k >> sh) & np.uint64(255)
-            dst[cnt[d, b]] = k
-            cnt[d, b] += 1
-        src, dst = dst, src
-    i = 0
-    while i < K:
-        h = src[i] >> np.uint64(32)
-        e = i + 1
-        while e < K and (src[e] >> np.uint64(32)) == h:
-            e += 1
-        for a in range(i + 1, e):  # insertion sort of the (short, rare) run by (full, index)
-            x = src[a]
-            fx = full[x & _LOW32]
-            b = a - 1
-            while b >= i:
-                y = src[b]
-                fy = full[y & _LOW32]
-                if fy > fx or (fy == fx and y > x):
-                    src[b + 1] = y
-                    b -= 1
-                else:
-                    break
-            src[b + 1] = x
-        i = e
-    for r in range(K):
-        order[r] = np.int64(src[r] & _LOW32)
-
-
-@njit(cache=True, _nrt=False)
-def _load_tile(tile, v, m):
-    # float64 copy, row-major; "+ 0.0" turns -0.0 into +0.0 so both tie with 0.0 everywhere
-    for i in range(m):
-        for j in range(m):
-            v[i * m + j] = np.float64(tile[i, j]) + 0.0
-
-
-@njit(cache=True, _nrt=False)
-def _greedy_tile(v, n, m, s, rc, cc, order, keys, tmp, full, cnt):
-    """Greedy mask of one tile into s (uint8, K); returns the number of kept entries."""
-    K = m * m
-    if K <= _RANK_SORT_MAX:
-        _order_rank(v, order, K)
-    else:
-        _order_radix(v, order, K, keys, tmp, full, cnt)
-    rc[:] = 0
-    cc[:] = 0
-    s[:] = 0
-    kept = 0
-    for r in range(K):
-        p = order[r]
-        i = p // m
-        j = p - i * m
-        ok = np.int64((rc[i] < n) & (cc[j] < n))
-        s[p] = ok
-        rc[i] += ok
-        cc[j] += ok
-        kept += ok
-        if kept == n * m:
-            break
-    return kept
-
-
-@njit(parallel=True, cache=True)
-def _greedy_kernel(scores, n, chunk):
-    T, m = scores.shape[0], scores.shape[1]
-    K = m * m
-    mask = np.zeros((T, m, m), np.bool_)
-    short = np.zeros(T, np.bool_)
-    nchunks = (T + chunk - 1) // chunk
-    for c in prange(nchunks):
-        v = np.empty(K, np.float64)
-        s = np.empty(K, np.uint8)
-        order = np.empty(K, np.int64)
-        keys = np.empty(K, np.uint64)
-        tmp = np.empty(K, np.uint64)
-        full = np.empty(K, np.uint64)
-        cnt = np.empty((4, 256), np.int64)
-        rc = np.empty(m, np.int64)
-        cc = np.empty(m, np.int64)
-        for t in range(c * chunk, min(T, (c + 1) * chunk)):
-            _load_tile(scores[t], v, m)
-            kept = _greedy_tile(v, n, m, s, rc, cc, order, keys, tmp, full, cnt)
-            short[t] = kept < n * m
-            mt = mask[t]
-            for i in range(m):
-                for j in range(m):
-                    mt[i, j] = s[i * m + j] != 0
-    return mask, short
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,38 +50,6 @@ def _greedy_kernel(scores, n, chunk):
 # top n (of A_ij - v_j) is almost column-balanced. The order statistics come from a pruned
 # Batcher odd-even merge network applied to all m rows (or columns) at once, so its inner
 # loop is a plain vectorised min/max over m lanes.
-def _batcher_pairs(size: int) -> list:
-    out = []
-    p = 1
-    while p < size:
-        k = p
-        while k >= 1:
-            for j in range(k % p, size - k, 2 * k):
-                for i in range(min(k, size - j - k)):
-                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
-                        out.append((i + j, i + j + k))
-            k //= 2
-        p *= 2
-    return out
-
-
-@lru_cache(maxsize=None)
-def _selection_network(n: int, m: int) -> np.ndarray:
-    """Comparators (a, b), min to a, that put the (n+1)-th and n-th largest of m values at
-    positions m-n-1 and m-n (needs n < m). Positions >= m act as +inf and are dropped."""
-    size = 1
-    while size < m:
-        size *= 2
-    net = [(a, b) for a, b in _batcher_pairs(size) if b < m]
-    need = {m - n - 1, m - n}
-    kept = []
-    for a, b in reversed(net):
-        if a in need or b in need:
-            kept.append((a, b))
-            need |= {a, b}
-    return np.array(kept[::-1], dtype=np.int64).reshape(-1, 2)
-
-
 @njit(cache=True, _nrt=False)
 def _apply_net(w, net, m, t0, t1):
     # Each comparator orders rows p and q of w lane by lane. The rows are first copied to
@@ -542,55 +362,6 @@ def _refine_kernel(scores, n, net, rounds, max_moves, chunk):
                 for j in range(m):
                     mt[i, j] = s[i * m + j] != 0
     return mask, failed
-
-
-# --------------------------------------------------------------------------------------------
-# Python entry points
-# --------------------------------------------------------------------------------------------
-def _prepare(scores, n):
-    a = np.asarray(scores)
-    if a.ndim != 3 or a.shape[1] != a.shape[2]:
-        raise ValueError(f"scores must have shape (T, m, m), got {a.shape}")
-    m = a.shape[1]
-    if not (1 <= int(n) <= m):
-        raise ValueError(f"n must satisfy 1 <= n <= m = {m}, got n = {n}")
-    if a.dtype != np.float32 and a.dtype != np.float64:
-        a = a.astype(np.float64)  # exact for every integer and float type numpy has up to 32 bits
-    return np.ascontiguousarray(a), int(n), m
-
-
-def _chunk(m):
-    return max(1, 4096 // (m * m))
-
-
-def greedy_tiles(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The paper's greedy 2-approximation on a batch of m x m score tiles.
-
-    Parameters
-    ----------
-    scores : ndarray, shape (T, m, m), float32 or float64 (other real dtypes are converted)
-        Finite scores; larger is more important.
-    n : int
-        Entries kept per row and per column, 1 <= n <= m.
-
-    Returns
-    -------
-    mask : ndarray of bool, shape (T, m, m)
-        Per tile: visiting entries by descending score (ties: lower row-major index first),
-        an entry is kept iff its row and its column hold fewer than n kept entries so far
-        (Hubara et al. 2021, Sec. 4). At most n per row and column; maximal.
-    short : ndarray of bool, shape (T,)
-        True where some row (equivalently some column) of the tile keeps fewer than n.
-
-    Notes
-    -----
-    The kept set weighs at least 1/2 of the best set with at most n per row and column, which
-    is at least the transposable optimum when scores are >= 0. Cost: one sort per tile.
-    """
-    a, n, m = _prepare(scores, n)
-    if a.shape[0] == 0:
-        return np.zeros(a.shape, np.bool_), np.zeros(0, np.bool_)
-    return _greedy_kernel(a, n, _chunk(m))
 
 
 def refine_tiles(
