@@ -30,7 +30,7 @@ def test_diversity_prints_exact_counts(capsys):
         (["diversity", "5:4"], "1 <= n <= m"),
         (["diversity", "2:4", "--shape", "banana"], "shape"),
         (["demo", "--size", "64", "--patterns", "2:3:4"], "accepted forms"),
-        (["demo", "--size", "6", "--patterns", "2:4"], "pad"),
+        (["demo", "--size", "6", "--patterns", "2:4"], "multiple of 4"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_1(argv, text, capsys):

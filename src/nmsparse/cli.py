@@ -40,7 +40,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"(heavy-tailed, outlier input channels; seed {args.seed}).\n"
         "n:m keeps n of every m; 'T' = transposable (every m x m tile keeps n per row AND column).\n"
         "kept = share of sum|W| the mask keeps; log10 masks = log10 of how many masks the structure allows.\n"
-        "The first run compiles the solvers (numba, cached afterwards), so its first rows are slower.\n"
+        "Solvers are loaded before timing; the very first run also compiles them (numba, cached on disk).\n"
     )
     columns = [
         ("pattern", "pattern", ""),
