@@ -7,7 +7,7 @@ wrong mask.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -34,6 +34,17 @@ def prepare_scores(weight, scores: Optional[torch.Tensor], where: str) -> torch.
     Half-precision inputs are upcast to float32 exactly (every fp16/bf16 value is an fp32 value),
     so the mask does not depend on the input dtype beyond the values it holds.
     """
+    source, absolute = score_source(weight, scores, where)
+    return source.abs() if absolute else source
+
+
+def score_source(weight, scores: Optional[torch.Tensor], where: str) -> Tuple[torch.Tensor, bool]:
+    """Validated scores without a weight-sized copy where possible.
+
+    Returns ``(t, absolute)``: the scores are ``|t|`` if ``absolute`` else ``t``. With the default
+    scores, ``t`` is the fp32/fp64 weight itself, so kernels that can take the absolute value on
+    the fly save a full pass and a weight-sized allocation.
+    """
     weight = as_tensor(weight, "weight", where)
     if weight.dim() == 0:
         raise ShapeError(f"{where}: weight is a 0-d tensor; masks need at least 1 dimension.")
@@ -45,32 +56,31 @@ def prepare_scores(weight, scores: Optional[torch.Tensor], where: str) -> torch.
                 f"{where}: weight has dtype {weight.dtype}; expected a floating dtype "
                 f"(float16, bfloat16, float32, float64). Convert it with weight.float(), or pass scores=."
             )
-        s = weight.abs()
-        # One reduction, no temporary: max |w| is finite iff every entry is (NaN propagates).
-        if not bool(torch.isfinite(s.amax())):
-            _raise_not_finite(weight, "weight", where)
-    else:
-        s = as_tensor(scores, "scores", where)
-        if tuple(s.shape) != tuple(weight.shape):
-            raise ShapeError(
-                f"{where}: scores must have the weight's shape {tuple(weight.shape)}, got {tuple(s.shape)}."
-            )
-        if s.dtype == torch.bool or s.is_complex():
-            raise ScoreError(f"{where}: scores must be real numbers, got dtype {s.dtype}.")
-        if s.dtype not in _FLOAT_DTYPES:
-            s = s.to(torch.float64)
-        low, high = torch.aminmax(s)
+        t = weight.float() if weight.dtype in (torch.float16, torch.bfloat16) else weight
+        # One reduction, no temporary: the extremes are finite iff every entry is (NaN propagates).
+        low, high = torch.aminmax(t)
         if not (bool(torch.isfinite(low)) and bool(torch.isfinite(high))):
-            _raise_not_finite(s, "scores", where)
-        if float(low) < 0:
-            idx = _first_index(s < 0)
-            raise ScoreError(
-                f"{where}: scores must be non-negative (the objective is the sum of kept scores); "
-                f"scores{list(idx)} = {float(s[idx]):g}. Pass |scores| or shift them."
-            )
-    if s.dtype in (torch.float16, torch.bfloat16):
+            _raise_not_finite(weight, "weight", where)
+        return t, True
+    s = as_tensor(scores, "scores", where)
+    if tuple(s.shape) != tuple(weight.shape):
+        raise ShapeError(f"{where}: scores must have the weight's shape {tuple(weight.shape)}, got {tuple(s.shape)}.")
+    if s.dtype == torch.bool or s.is_complex():
+        raise ScoreError(f"{where}: scores must be real numbers, got dtype {s.dtype}.")
+    if s.dtype not in _FLOAT_DTYPES:
+        s = s.to(torch.float64)
+    elif s.dtype in (torch.float16, torch.bfloat16):
         s = s.float()
-    return s
+    low, high = torch.aminmax(s)
+    if not (bool(torch.isfinite(low)) and bool(torch.isfinite(high))):
+        _raise_not_finite(s, "scores", where)
+    if float(low) < 0:
+        idx = _first_index(s < 0)
+        raise ScoreError(
+            f"{where}: scores must be non-negative (the objective is the sum of kept scores); "
+            f"scores{list(idx)} = {float(s[idx]):g}. Pass |scores| or shift them."
+        )
+    return s, False
 
 
 def _raise_not_finite(t: torch.Tensor, what: str, where: str) -> None:

@@ -17,8 +17,11 @@ _BLOCK = 1 << 16
 # Reassociation lets LLVM vectorise each block's sum; blocks are fixed, so the result still does
 # not depend on the thread count.
 @njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc"})
-def total_and_kept(scores, mask):
-    """(sum of scores, sum of scores where mask) in float64, for flat arrays of equal length."""
+def total_and_kept(scores, mask, absolute):
+    """(sum of scores, sum of scores where mask) in float64, for flat arrays of equal length.
+
+    With ``absolute`` the scores are ``|scores|``.
+    """
     size = scores.shape[0]
     blocks = (size + _BLOCK - 1) // _BLOCK
     totals = np.zeros(blocks)
@@ -28,6 +31,8 @@ def total_and_kept(scores, mask):
         k = 0.0
         for i in range(b * _BLOCK, min(size, (b + 1) * _BLOCK)):
             v = np.float64(scores[i])
+            if absolute:
+                v = abs(v)
             t += v
             k += v if mask[i] else 0.0
         totals[b] = t

@@ -11,8 +11,11 @@ from numba import njit, prange
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def gather_tiles(band, m):
-    """(rows, cols) band, both multiples of m -> (rows/m * cols/m, m, m) tiles, row-major over tiles."""
+def gather_tiles(band, m, absolute):
+    """(rows, cols) band, both multiples of m -> (rows/m * cols/m, m, m) tiles, row-major over tiles.
+
+    With ``absolute`` the tiles hold ``|band|`` (fused here to spare a weight-sized pass).
+    """
     rows, cols = band.shape
     tr, tc = rows // m, cols // m
     out = np.empty((tr * tc, m, m), dtype=band.dtype)
@@ -21,7 +24,8 @@ def gather_tiles(band, m):
         c0 = (t % tc) * m
         for i in range(m):
             for j in range(m):
-                out[t, i, j] = band[r0 + i, c0 + j]
+                v = band[r0 + i, c0 + j]
+                out[t, i, j] = abs(v) if absolute else v
     return out
 
 

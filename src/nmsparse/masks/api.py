@@ -10,7 +10,7 @@ import torch
 from ..errors import ShapeError
 from ..layout import MatrixLayout, matrix_layout
 from ..pattern import NMPattern, PatternLike
-from ._inputs import prepare_scores
+from ._inputs import score_source
 from .methods import ROWWISE_METHOD, TRANSPOSABLE_METHODS, resolve_method
 from .result import MaskResult
 from .rowwise import topn_matrix
@@ -67,26 +67,30 @@ def _solve(weight, pattern, method, scores, dim, pad, where: str) -> MaskResult:
     start = time.perf_counter()
     p = NMPattern.parse(pattern)
     name = resolve_method(p, method, where)
-    s = prepare_scores(weight, scores, where)
-    layout = matrix_layout(s.shape, dim, where=where)
+    source, absolute = score_source(weight, scores, where)
+    layout = matrix_layout(source.shape, dim, where=where)
     if layout.is_ragged(p.m, p.transposable) and not pad:
         raise ShapeError(_ragged_message(where, p, layout))
     info = {}
-    if p.transposable:
-        if layout.is_ragged(p.m, True):
-            matrix = layout.to_matrix(s.double(), p.m, tiles=True, fill=padding_score(s, p.m))
-        else:
-            matrix = layout.to_matrix(s)
-        mask_matrix, info = solve_transposable_matrix(matrix, p.n, p.m, TRANSPOSABLE_METHODS[name])
+    if p.transposable and not layout.is_ragged(p.m, True):
+        # The tile kernels take |.| on the fly: no weight-sized copy of the scores.
+        matrix = layout.to_matrix(source)
+        mask_matrix, info = solve_transposable_matrix(matrix, p.n, p.m, TRANSPOSABLE_METHODS[name], absolute)
         optimal = TRANSPOSABLE_METHODS[name].optimal
     else:
-        # Padding scores of -1 sort below every real (non-negative) score.
-        matrix = layout.to_matrix(s, p.m, fill=-1.0)
-        mask_matrix = topn_matrix(matrix, p.n, p.m)
-        info["groups"] = matrix.numel() // p.m
-        optimal = True
-    mask = layout.from_matrix(mask_matrix, p.m).to(s.device)
-    info["score_total"], objective = _total_and_kept(s, mask)
+        s = source.abs() if absolute else source
+        if p.transposable:
+            matrix = layout.to_matrix(s.double(), p.m, tiles=True, fill=padding_score(s, p.m))
+            mask_matrix, info = solve_transposable_matrix(matrix, p.n, p.m, TRANSPOSABLE_METHODS[name], False)
+            optimal = TRANSPOSABLE_METHODS[name].optimal
+        else:
+            # Padding scores of -1 sort below every real (non-negative) score.
+            matrix = layout.to_matrix(s, p.m, fill=-1.0)
+            mask_matrix = topn_matrix(matrix, p.n, p.m)
+            info["groups"] = matrix.numel() // p.m
+            optimal = True
+    mask = layout.from_matrix(mask_matrix, p.m).to(source.device)
+    info["score_total"], objective = _total_and_kept(source, mask, absolute)
     return MaskResult(mask, objective, optimal, name, time.perf_counter() - start, p, info)
 
 
@@ -124,13 +128,17 @@ def _ragged_message(where: str, p: NMPattern, layout: MatrixLayout) -> str:
     )
 
 
-def _total_and_kept(s: torch.Tensor, mask: torch.Tensor) -> tuple:
-    """(sum of all scores, sum of kept scores) in float64, deterministic on any thread count."""
-    if s.device.type == "cpu":
+def _total_and_kept(t: torch.Tensor, mask: torch.Tensor, absolute: bool) -> tuple:
+    """(sum of all scores, sum of kept scores) in float64, deterministic on any thread count.
+
+    The scores are ``|t|`` if ``absolute`` else ``t``.
+    """
+    if t.device.type == "cpu":
         from ._sum_kernels import total_and_kept
 
-        return total_and_kept(s.contiguous().reshape(-1).numpy(), mask.contiguous().reshape(-1).numpy())
-    s64 = s.double()
+        flat = t.contiguous().reshape(-1).numpy()
+        return total_and_kept(flat, mask.contiguous().reshape(-1).numpy(), absolute)
+    s64 = t.double().abs() if absolute else t.double()
     return float(s64.sum()), float(torch.where(mask, s64, 0.0).sum())
 
 

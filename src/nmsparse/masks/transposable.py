@@ -49,9 +49,11 @@ def padding_score(scores: torch.Tensor, m: int) -> float:
 
 
 def solve_transposable_matrix(
-    matrix: torch.Tensor, n: int, m: int, method: TransposableMethod
+    matrix: torch.Tensor, n: int, m: int, method: TransposableMethod, absolute: bool = False
 ) -> Tuple[torch.Tensor, Dict[str, int]]:
     """Solve every m x m tile of a padded ``(R, C)`` score matrix (R, C multiples of m).
+
+    With ``absolute`` the scores are ``|matrix|`` (taken tile by tile, never materialised).
 
     Returns the bool mask matrix and ``{"tiles": T, "short_tiles": S}``.
     """
@@ -72,11 +74,12 @@ def solve_transposable_matrix(
     for r0 in range(0, rows, band_rows):
         band = matrix[r0 : r0 + band_rows]
         if use_torch:
-            mask_tiles, short = solver(to_tiles(band, m), n)
+            tiles = to_tiles(band, m)
+            mask_tiles, short = solver(tiles.abs() if absolute else tiles, n)
             out[r0 : r0 + band.shape[0]] = from_tiles(mask_tiles, band.shape[0], cols)
         else:
             # Kernels take float32 or float64 tiles and compute in float64 internally.
-            mask_np, short = solver(gather_tiles(np.ascontiguousarray(band.numpy()), m), n)
+            mask_np, short = solver(gather_tiles(np.ascontiguousarray(band.numpy()), m, absolute), n)
             scatter_tiles(mask_np, out[r0 : r0 + band.shape[0]].numpy())
         if short is not None:
             short_total += int(short.sum())
