@@ -72,23 +72,21 @@ def _solve(weight, pattern, method, scores, dim, pad, where: str) -> MaskResult:
     if layout.is_ragged(p.m, p.transposable) and not pad:
         raise ShapeError(_ragged_message(where, p, layout))
     info = {}
-    if p.transposable and not layout.is_ragged(p.m, True):
-        # The tile kernels take |.| on the fly: no weight-sized copy of the scores.
-        matrix = layout.to_matrix(source)
-        mask_matrix, info = solve_transposable_matrix(matrix, p.n, p.m, TRANSPOSABLE_METHODS[name], absolute)
+    if p.transposable:
+        if layout.is_ragged(p.m, True):
+            s = source.abs() if absolute else source
+            matrix, tile_abs = layout.to_matrix(s.double(), p.m, tiles=True, fill=padding_score(s, p.m)), False
+        else:
+            # The tile kernels take |.| on the fly: no weight-sized copy of the scores.
+            matrix, tile_abs = layout.to_matrix(source), absolute
+        mask_matrix, info = solve_transposable_matrix(matrix, p.n, p.m, TRANSPOSABLE_METHODS[name], tile_abs)
         optimal = TRANSPOSABLE_METHODS[name].optimal
     else:
-        s = source.abs() if absolute else source
-        if p.transposable:
-            matrix = layout.to_matrix(s.double(), p.m, tiles=True, fill=padding_score(s, p.m))
-            mask_matrix, info = solve_transposable_matrix(matrix, p.n, p.m, TRANSPOSABLE_METHODS[name], False)
-            optimal = TRANSPOSABLE_METHODS[name].optimal
-        else:
-            # Padding scores of -1 sort below every real (non-negative) score.
-            matrix = layout.to_matrix(s, p.m, fill=-1.0)
-            mask_matrix = topn_matrix(matrix, p.n, p.m)
-            info["groups"] = matrix.numel() // p.m
-            optimal = True
+        # Padding scores of -1 sort below every real (non-negative) score.
+        matrix = layout.to_matrix(source.abs() if absolute else source, p.m, fill=-1.0)
+        mask_matrix = topn_matrix(matrix, p.n, p.m)
+        info["groups"] = matrix.numel() // p.m
+        optimal = True
     mask = layout.from_matrix(mask_matrix, p.m).to(source.device)
     info["score_total"], objective = _total_and_kept(source, mask, absolute)
     return MaskResult(mask, objective, optimal, name, time.perf_counter() - start, p, info)
