@@ -7,6 +7,7 @@ import sys
 from typing import Dict, List, Optional, Sequence
 
 from . import __version__
+from .demo import DEFAULT_PATTERNS
 from .errors import NMSparseError
 
 
@@ -94,7 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="find masks of several patterns on a realistic weight and print a table")
     demo.add_argument("--size", type=_positive_int, default=1024, help="matrix side (default 1024)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the synthetic weight (default 0)")
-    demo.add_argument("--patterns", nargs="+", default=None, metavar="P", help="patterns, e.g. 2:4 4:8T")
+    demo.add_argument(
+        "--patterns", nargs="+", default=list(DEFAULT_PATTERNS), metavar="P",
+        help=f"patterns, e.g. 2:4 4:8T (default: {' '.join(DEFAULT_PATTERNS)})",
+    )
     demo.add_argument(
         "--methods", nargs="+", default=["exact", "refine", "greedy"], metavar="M",
         help="transposable methods to compare (default: exact refine greedy)",
@@ -121,10 +125,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    if getattr(args, "patterns", "unset") is None:
-        from .demo import DEFAULT_PATTERNS
-
-        args.patterns = list(DEFAULT_PATTERNS)
     try:
         return args.func(args)
     except NMSparseError as err:

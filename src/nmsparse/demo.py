@@ -49,7 +49,8 @@ def run_demo(
     """
     shape = tuple(weight.shape)
     parsed = [NMPattern.parse(p) for p in patterns]
-    total = float(weight.abs().double().sum())
+    magnitude = weight.abs().double()
+    total = float(magnitude.sum())
     by_density = {}
     for p in parsed:
         by_density.setdefault(p.density_fraction, p)
@@ -61,7 +62,7 @@ def run_demo(
             "pattern": f"unstructured {float(fraction):.4g}",
             "method": "top-k",
             "density": float(mask.float().mean()),
-            "kept": float(torch.where(mask, weight.abs().double(), 0.0).sum()) / total,
+            "kept": float(torch.where(mask, magnitude, 0.0).sum()) / total,
             "log10_masks": log10_count_masks(p, shape, structure="unstructured"),
             "optimal": True,
             "short_tiles": None,

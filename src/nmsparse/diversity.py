@@ -126,9 +126,14 @@ def _check_density(density: Density, where: str) -> Fraction:
     return exact
 
 
-def _kept(total: int, density: Fraction) -> int:
-    """k = floor(density * total + 1/2): round half up, in exact rational arithmetic."""
-    return math.floor(density * total + Fraction(1, 2))
+def kept_count(total: int, density: Density) -> int:
+    """Entries kept at ``density``: k = floor(density * total + 1/2), round half up, computed in
+    exact rational arithmetic on the density's exact (binary) value.
+
+    The one rounding rule for "a fraction of entries": :func:`nmsparse.unstructured_mask` keeps
+    exactly this many, so counts here match the masks it makes.
+    """
+    return math.floor(Fraction(density) * total + Fraction(1, 2))
 
 
 def _check_structure(structure: Optional[str], pattern: NMPattern) -> str:
@@ -189,7 +194,7 @@ def _unstructured_args(shape: ShapeLike, density: Density, where: str) -> Tuple[
     dims = _check_shape(shape, where)
     d = _check_density(density, where)
     numel = math.prod(dims)
-    return numel, _kept(numel, d)
+    return numel, kept_count(numel, d)
 
 
 def count_block_masks(shape: ShapeLike, block: Union[int, Sequence[int]], density: Density) -> int:
@@ -224,7 +229,7 @@ def _block_args(shape: ShapeLike, block, density: Density, where: str) -> Tuple[
             f"read as ({rows}, {cols}). Pad the shape or choose a block that divides it."
         )
     num_blocks = (rows // bh) * (cols // bw)
-    return num_blocks, _kept(num_blocks, d)
+    return num_blocks, kept_count(num_blocks, d)
 
 
 def count_masks(

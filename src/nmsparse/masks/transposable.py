@@ -59,15 +59,15 @@ def solve_transposable_matrix(
     """
     rows, cols = matrix.shape
     device = matrix.device
+    tiles_total = (rows // m) * (cols // m)
+    if n == m:  # dense: every entry kept, no solver needed
+        return torch.ones((rows, cols), dtype=torch.bool, device=device), {"tiles": tiles_total, "short_tiles": 0}
     use_torch = device.type != "cpu" and method.torch_solver is not None
     if device.type != "cpu" and not use_torch:
         matrix = matrix.cpu()
     out = torch.empty((rows, cols), dtype=torch.bool, device=matrix.device)
     band_rows = max(m, (_BAND_ENTRIES // max(cols, 1)) // m * m)
     short_total = 0
-    if n == m:  # dense: every entry kept, no solver needed
-        out.fill_(True)
-        return out, {"tiles": (rows // m) * (cols // m), "short_tiles": 0}
     solver = method.torch_solver() if use_torch else method.cpu_solver()
     if not use_torch:
         from ._tile_kernels import gather_tiles, scatter_tiles
@@ -83,4 +83,4 @@ def solve_transposable_matrix(
             scatter_tiles(mask_np, out[r0 : r0 + band.shape[0]].numpy())
         if short is not None:
             short_total += int(short.sum())
-    return out.to(device), {"tiles": (rows // m) * (cols // m), "short_tiles": short_total}
+    return out.to(device), {"tiles": tiles_total, "short_tiles": short_total}

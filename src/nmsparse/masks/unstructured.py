@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 
+from ..diversity import kept_count
 from ..errors import ScoreError
 from ._inputs import prepare_scores
-
-
-def kept_count(numel: int, density: float) -> int:
-    """Entries kept at ``density``: round half up, k = floor(density * numel + 1/2)."""
-    return int(math.floor(density * numel + 0.5))
 
 
 def unstructured_mask(weight: torch.Tensor, density: float, *, scores: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -44,7 +39,7 @@ def unstructured_mask(weight: torch.Tensor, density: float, *, scores: Optional[
     if isinstance(density, bool) or not isinstance(density, (int, float)) or not (0.0 <= float(density) <= 1.0):
         raise ScoreError(f"{where}: density must be a number in [0, 1] (fraction of entries kept), got {density!r}.")
     s = prepare_scores(weight, scores, where)
-    k = kept_count(s.numel(), float(density))
+    k = kept_count(s.numel(), density)
     flat = s.reshape(-1)
     mask = torch.zeros(flat.shape, dtype=torch.bool, device=s.device)
     if k > 0:
