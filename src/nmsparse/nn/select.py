@@ -1,0 +1,145 @@
+"""Which parameters of a model ``sparsify_`` touches, and why it skips the others.
+
+Default candidates are the ``weight`` of every ``nn.Linear`` and ``nn.Conv1d/2d/3d``. ``include``
+and ``exclude`` are regular expressions (a string or a sequence of them) matched in full
+(``re.fullmatch``) against a module's name (``"features.3"``) or a parameter's full name
+(``"features.3.weight"``). Naming a parameter of any other module in ``include`` sparsifies it too.
+A layer chosen only by default and unable to take the pattern is skipped with a reason (see
+``summary``); a layer that ``include`` names explicitly must take it, or ``sparsify_`` raises.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..layout import matrix_layout
+from ..pattern import NMPattern
+
+DEFAULT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+Patterns = Union[None, str, Sequence[str]]
+
+
+@dataclass
+class Candidate:
+    """A parameter considered by ``sparsify_``: chosen (``reason is None``) or skipped (why)."""
+
+    name: str  # full parameter name, e.g. "features.3.weight"
+    module_name: str
+    module: nn.Module
+    param_name: str
+    shape: tuple
+    explicit: bool
+    reason: Optional[str] = None
+
+
+def compile_patterns(patterns: Patterns, argname: str) -> List[re.Pattern]:
+    from ..errors import NMSparseError
+
+    if patterns is None:
+        return []
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    out = []
+    for p in patterns:
+        if not isinstance(p, str):
+            raise NMSparseError(f"sparsify_: {argname} must be regular expressions (strings), got {p!r}.")
+        try:
+            out.append(re.compile(p))
+        except re.error as err:
+            raise NMSparseError(f"sparsify_: {argname} pattern {p!r} is not a valid regular expression ({err}).") from None
+    return out
+
+
+def _matches(regexes: List[re.Pattern], *names: str) -> bool:
+    return any(r.fullmatch(n) for r in regexes for n in names)
+
+
+def find_candidates(model: nn.Module, include: Patterns, exclude: Patterns) -> List[Candidate]:
+    """Every parameter ``sparsify_`` considers, in module order, with its selection state."""
+    inc = compile_patterns(include, "include")
+    exc = compile_patterns(exclude, "exclude")
+    found: List[Candidate] = []
+    for mname, module in model.named_modules():
+        for pname in _own_parameter_names(module):
+            full = f"{mname}.{pname}" if mname else pname
+            default = isinstance(module, DEFAULT_TYPES) and pname == "weight"
+            explicit = bool(inc) and _matches(inc, full) or (default and bool(inc) and _matches(inc, mname))
+            if not (explicit or (default and not inc)):
+                continue
+            shape = tuple(_dense_param(module, pname).shape)
+            cand = Candidate(full, mname, module, pname, shape, explicit)
+            if exc and _matches(exc, mname, full):
+                cand.reason = "excluded by exclude="
+            found.append(cand)
+    return found
+
+
+def _own_parameter_names(module: nn.Module) -> List[str]:
+    """Direct parameters, including parametrized ones (whose dense tensor moved to ``.original``)."""
+    names = [n for n, p in module._parameters.items() if p is not None]
+    if parametrize.is_parametrized(module):
+        names += [n for n in module.parametrizations.keys() if n not in names]
+    return names
+
+
+def _dense_param(module: nn.Module, name: str) -> torch.Tensor:
+    if parametrize.is_parametrized(module, name):
+        return module.parametrizations[name].original
+    return module._parameters[name]
+
+
+def ineligibility(cand: Candidate, pattern: Union[NMPattern, float]) -> Optional[str]:
+    """Why ``cand`` cannot take ``pattern`` (None if it can)."""
+    module, pname = cand.module, cand.param_name
+    if parametrize.is_parametrized(module, pname):
+        from .parametrization import NMMask
+
+        if any(isinstance(p, NMMask) for p in module.parametrizations[pname]):
+            return "already sparsified (squash_ it first)"
+        return "already has another parametrization"
+    tensor = module._parameters[pname]
+    if tensor.dtype not in _FLOATS:
+        return f"dtype {tensor.dtype} is not a floating-point type"
+    if tensor.numel() == 0:
+        return "empty tensor"
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and pname == "weight" and module.groups != 1:
+        return f"grouped convolution (groups={module.groups}); N:M groups need the dense implicit GEMM"
+    if not isinstance(pattern, NMPattern):
+        return None
+    if pattern.is_dense:
+        return f"pattern {pattern} keeps every entry (n = m is dense)"
+    layout = matrix_layout(tensor.shape, where="sparsify_")
+    if layout.cols % pattern.m:
+        return (
+            f"{_group_axis_name(module, pname)}={layout.group_len} is not a multiple of m={pattern.m} "
+            f"(pattern {pattern} groups {layout.describe()})"
+        )
+    if pattern.transposable and layout.rows % pattern.m:
+        return f"{layout.rows} matrix rows is not a multiple of m={pattern.m} (transposable tiles are m x m)"
+    return None
+
+
+def _group_axis_name(module: nn.Module, pname: str) -> str:
+    if isinstance(module, nn.Linear) and pname == "weight":
+        return "in_features"
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and pname == "weight":
+        return "in_channels"
+    return "grouped axis length"
+
+
+def split(candidates: List[Candidate], pattern) -> Tuple[List[Candidate], List[Candidate]]:
+    """(chosen, skipped): fill in each candidate's reason."""
+    chosen, skipped = [], []
+    for cand in candidates:
+        if cand.reason is None:
+            cand.reason = ineligibility(cand, pattern)
+        (skipped if cand.reason else chosen).append(cand)
+    return chosen, skipped
