@@ -1,0 +1,248 @@
+"""One-shot N:M pruning of a state dict or a checkpoint file, with a per-layer table.
+
+Each eligible weight (see :mod:`nmsparse.convert.rules`) gets the mask that keeps the most
+``|W|`` for the pattern (:func:`nmsparse.solve_mask`, solved in fp32 — fp16/bf16 values are fp32
+values, so nothing is rounded); the kept values are stored unchanged in the weight's own dtype and
+every other entry becomes +0.0 (a kept ``-0.0`` also becomes +0.0).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Union
+
+import torch
+
+from .._progress import Progress
+from ..errors import NMSparseError
+from ..masks import solve_mask
+from ..masks.methods import resolve_method
+from ..pattern import NMPattern, PatternLike
+from ._atomic import atomic_write_file
+from .formats import check_output, read_checkpoint, write_checkpoint
+from .rules import Selector, check_ragged_choice, ragged_error, ragged_problem
+
+__all__ = ["LayerResult", "PruneResult", "prune_state_dict", "prune_checkpoint", "json_path_for"]
+
+
+@dataclass
+class LayerResult:
+    """One row of the pruning table.
+
+    ``kept_fraction`` is the share of ``sum |W|`` the mask keeps; ``density`` the share of entries
+    that are non-zero afterwards; ``reason`` says why a tensor was left dense (``pruned`` False).
+    """
+
+    name: str
+    shape: tuple
+    dtype: str
+    pruned: bool
+    pattern: Optional[str] = None
+    kept_fraction: Optional[float] = None
+    density: Optional[float] = None
+    seconds: Optional[float] = None
+    reason: Optional[str] = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+
+@dataclass
+class PruneResult:
+    """What :func:`prune_state_dict` / :func:`prune_checkpoint` return."""
+
+    tensors: Dict[str, torch.Tensor]
+    layers: List[LayerResult]
+    pattern: str
+    method: str
+    seconds: float = 0.0
+    notes: List[str] = field(default_factory=list)
+    output: Optional[str] = None
+    json_path: Optional[str] = None
+
+    @property
+    def pruned(self) -> List[LayerResult]:
+        return [r for r in self.layers if r.pruned]
+
+    def summary(self) -> str:
+        """One line: how many tensors/parameters were pruned and why the others were left dense."""
+        total = sum(_numel(r.shape) for r in self.layers)
+        pruned = sum(_numel(r.shape) for r in self.pruned)
+        reasons: Dict[str, int] = {}
+        for r in self.layers:
+            if not r.pruned:
+                key = (r.reason or "dense").split(",")[0].replace("dense: ", "")
+                reasons[key] = reasons.get(key, 0) + 1
+        dense = "; ".join(f"{n} {k}" for k, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+        return (
+            f"pruned {len(self.pruned)} of {len(self.layers)} tensors ({pruned / max(total, 1):.1%} of the entries) "
+            f"to {self.pattern} ({self.method}) in {self.seconds:.1f} s"
+            + (f"; left dense: {dense}" if dense else "")
+        )
+
+    def to_json(self) -> dict:
+        from .. import __version__  # lazily: nmsparse/__init__ may import this package
+
+        return {
+            "nmsparse_version": __version__,
+            "pattern": self.pattern,
+            "method": self.method,
+            "output": self.output,
+            "seconds": self.seconds,
+            "summary": self.summary(),
+            "notes": list(self.notes),
+            "layers": [r.to_dict() for r in self.layers],
+        }
+
+
+def prune_state_dict(
+    tensors: Dict[str, torch.Tensor],
+    pattern: PatternLike,
+    *,
+    method: Optional[str] = None,
+    include: Optional[str] = None,
+    exclude: Optional[str] = None,
+    ragged: str = "error",
+    tied: Optional[Dict[str, List[str]]] = None,
+    progress: bool = False,
+    where: str = "prune",
+) -> PruneResult:
+    """Prune every eligible tensor of a state dict to ``pattern``; the input is not modified.
+
+    Parameters
+    ----------
+    tensors : dict of str -> torch.Tensor
+        A state dict (``name -> tensor``); non-eligible entries are passed through unchanged.
+    pattern : str or NMPattern
+        ``"n:m"`` or ``"n:mT"``; n entries KEPT per group of m.
+    method : str, optional
+        Mask method (see :func:`nmsparse.available_methods`); default: the optimal one.
+    include, exclude : str, optional
+        Regexes on tensor names; see :mod:`nmsparse.convert.rules`.
+    ragged : {"error", "skip", "pad"}
+        What to do with a weight whose shape does not fit the pattern. ``"error"`` raises before
+        any solving, naming the layer.
+    tied : dict, optional
+        Names of tensors sharing storage with others; they are left dense (pruning one copy would
+        untie them).
+    progress : bool
+        Show a progress bar on stderr.
+
+    Returns
+    -------
+    PruneResult
+        ``tensors`` (same keys and order, pruned ones replaced) and one :class:`LayerResult` per tensor.
+
+    Examples
+    --------
+    >>> sd = {"fc.weight": torch.randn(8, 16), "fc.bias": torch.randn(8)}
+    >>> res = prune_state_dict(sd, "2:4T")
+    >>> [(r.name, r.pruned) for r in res.layers]
+    [('fc.weight', True), ('fc.bias', False)]
+    """
+    start = time.perf_counter()
+    p = NMPattern.parse(pattern)
+    method_name = resolve_method(p, method, where)
+    check_ragged_choice(ragged, where)
+    selector = Selector(include, exclude, where)
+    tied = tied or {}
+    rows: Dict[str, LayerResult] = {}
+    todo: Dict[str, bool] = {}  # name -> pad
+    for name, t in tensors.items():
+        shape = tuple(t.shape)
+        row = LayerResult(name, shape, str(t.dtype).replace("torch.", ""), False)
+        rows[name] = row
+        reason = selector.skip_reason(name, shape, t.dtype)
+        if reason is None and name in tied:
+            reason = f"dense: shares storage with {tied[name][0]} (tied weights; pruning one copy would untie them)"
+        if reason is None:
+            problem = ragged_problem(name, shape, p)
+            if problem is not None and ragged == "error":
+                raise ragged_error(where, name, shape, problem, p)
+            if problem is not None and ragged == "skip":
+                reason = f"dense: {problem} (--ragged skip)"
+        if reason is not None:
+            row.reason = reason
+            continue
+        todo[name] = ragged_problem(name, shape, p) is not None
+    out = dict(tensors)
+    with Progress(len(todo), f"pruning to {p}", enabled=progress) as bar:
+        for name, pad in todo.items():
+            out[name] = _prune_one(name, tensors[name], p, method_name, pad, rows[name], where)
+            bar.advance()
+    return PruneResult(out, list(rows.values()), str(p), method_name, time.perf_counter() - start)
+
+
+def _prune_one(name: str, t: torch.Tensor, p: NMPattern, method: str, pad: bool, row: LayerResult, where: str) -> torch.Tensor:
+    w = t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+    try:
+        res = solve_mask(w, p, method=method, pad=pad)
+    except NMSparseError as err:
+        raise type(err)(f"{where}: layer {name}: {err}") from None
+    # Keep the stored values bit for bit; +0.0 elsewhere (also where a kept value was -0.0).
+    new = torch.where(res.mask & (t != 0), t, torch.zeros((), dtype=t.dtype))
+    total = res.info.get("score_total", 0.0)
+    row.pruned = True
+    row.pattern = str(p) + (" (padded)" if pad else "")
+    row.kept_fraction = res.objective / total if total else 1.0
+    row.density = int(torch.count_nonzero(new)) / max(new.numel(), 1)
+    row.seconds = res.seconds
+    return new
+
+
+def json_path_for(out: Union[str, Path]) -> Path:
+    """Where the per-layer JSON goes: beside OUT, named ``OUT.prune.json``."""
+    out = Path(out)
+    return out.parent / (out.name + ".prune.json")
+
+
+def prune_checkpoint(
+    src: Union[str, Path],
+    out: Union[str, Path],
+    pattern: PatternLike,
+    *,
+    method: Optional[str] = None,
+    include: Optional[str] = None,
+    exclude: Optional[str] = None,
+    ragged: str = "error",
+    force: bool = False,
+    progress: bool = False,
+) -> PruneResult:
+    """Read ``src``, prune it (:func:`prune_state_dict`), write ``out`` in the same format, atomically.
+
+    Also writes the per-layer table as JSON to ``OUT.prune.json`` beside OUT. On any error nothing
+    is written. ``force`` allows replacing an existing OUT (including the input itself).
+
+    Examples
+    --------
+    >>> res = prune_checkpoint("model.safetensors", "model-2to4T.safetensors", "2:4T")   # doctest: +SKIP
+    >>> print(res.summary())                                                              # doctest: +SKIP
+    """
+    src, out = Path(src), Path(out)
+    check_output(src, out, force)
+    ckpt = read_checkpoint(src)
+    result = prune_state_dict(
+        ckpt.tensors, pattern, method=method, include=include, exclude=exclude, ragged=ragged,
+        tied=ckpt.tied, progress=progress,
+    )
+    ckpt.tensors = result.tensors
+    write_checkpoint(ckpt, out, force=force, extra_metadata={"nmsparse_pattern": result.pattern})
+    result.notes = list(ckpt.notes)
+    result.output = str(out)
+    json_path = json_path_for(out)
+    text = json.dumps(result.to_json(), indent=1) + "\n"
+    atomic_write_file(json_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    result.json_path = str(json_path)
+    return result
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
