@@ -1,0 +1,12 @@
+"""Group-sparsity regularization: WGSEF (Refael, Arbel, Huleihel), its prox, training step and shrinking.
+
+* :mod:`.envelope` - the penalty value, the proximal operator and the projection to k groups;
+* :mod:`.groups` - which weights form a group (rows, columns, filters, channels, kernel shapes,
+  N:M blocks, custom labels) for a layer;
+* :mod:`.regularizer` - :class:`WGSEFRegularizer`, the proximal step after any optimizer step;
+* :mod:`.shrink` - physically remove dead neurons/filters to get a smaller dense model.
+"""
+
+from .envelope import PROX_METHODS, k_support_norm, wgsef, wgsef_project, wgsef_prox
+
+__all__ = ["wgsef", "wgsef_prox", "wgsef_project", "k_support_norm", "PROX_METHODS"]
