@@ -35,6 +35,7 @@ def atomic_write_file(out: Path, write: Callable[[Path], None]) -> None:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give OUT the permissions a plain open() would
         _fsync_file(tmp)
         _install(tmp, out)
     except BaseException:
@@ -50,6 +51,7 @@ def atomic_write_dir(out: Path, fill: Callable[[Path], None]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=str(out.parent)))
     try:
         fill(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())
         for path in sorted(tmp.rglob("*")):
             if path.is_file() and not path.is_symlink():
                 _fsync_file(path)
@@ -78,6 +80,12 @@ def _install(tmp: Path, out: Path) -> None:
         _remove(Path(fd_dir))
         raise
     _remove(Path(fd_dir))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _remove(path: Path) -> None:

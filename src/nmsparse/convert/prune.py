@@ -9,6 +9,7 @@ every other entry becomes +0.0 (a kept ``-0.0`` also becomes +0.0).
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -76,7 +77,7 @@ class PruneResult:
         reasons: Dict[str, int] = {}
         for r in self.layers:
             if not r.pruned:
-                key = (r.reason or "dense").split(",")[0].replace("dense: ", "")
+                key = re.split(r": |, ", (r.reason or "dense").replace("dense: ", "", 1))[0]
                 reasons[key] = reasons.get(key, 0) + 1
         dense = "; ".join(f"{n} {k}" for k, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
         return (
@@ -159,13 +160,13 @@ def prune_state_dict(
         rows[name] = row
         reason = selector.skip_reason(name, shape, t.dtype)
         if reason is None and name in tied:
-            reason = f"dense: shares storage with {tied[name][0]} (tied weights; pruning one copy would untie them)"
+            reason = f"dense: tied weights: shares storage with {tied[name][0]} (pruning one copy would untie them)"
         if reason is None:
             problem = ragged_problem(name, shape, p)
             if problem is not None and ragged == "error":
                 raise ragged_error(where, name, shape, problem, p)
             if problem is not None and ragged == "skip":
-                reason = f"dense: {problem} (--ragged skip)"
+                reason = f"dense: shape does not fit {p} (--ragged skip): {problem}"
         if reason is not None:
             row.reason = reason
             continue
@@ -183,7 +184,7 @@ def _prune_one(name: str, t: torch.Tensor, p: NMPattern, method: str, pad: bool,
     try:
         res = solve_mask(w, p, method=method, pad=pad)
     except NMSparseError as err:
-        raise type(err)(f"{where}: layer {name}: {err}") from None
+        raise type(err)(f"layer {name}: {err}") from None
     # Keep the stored values bit for bit; +0.0 elsewhere (also where a kept value was -0.0).
     new = torch.where(res.mask & (t != 0), t, torch.zeros((), dtype=t.dtype))
     total = res.info.get("score_total", 0.0)

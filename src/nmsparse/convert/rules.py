@@ -95,7 +95,7 @@ def ragged_problem(name: str, shape: Tuple[int, ...], pattern: NMPattern) -> Opt
 def ragged_error(where: str, name: str, shape: Tuple[int, ...], problem: str, pattern: NMPattern) -> ShapeError:
     """The error for a ragged layer under ``ragged="error"``: the layer, the rule and three fixes."""
     return ShapeError(
-        f"{where}: layer {name} of shape {tuple(shape)}: {problem}. Leave it dense with "
+        f"layer {name} of shape {tuple(shape)}: {problem}. Leave it dense with "
         f"--exclude '{re.escape(name)}' or --ragged skip (ragged='skip'), or prune it padded with --ragged pad "
         f"(partial groups then keep at most {pattern.n})."
     )
