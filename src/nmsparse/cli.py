@@ -84,6 +84,65 @@ def _cmd_diversity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from .convert import prune_checkpoint
+
+    res = prune_checkpoint(
+        args.input, args.output, args.pattern, method=args.method, include=args.include, exclude=args.exclude,
+        ragged=args.ragged, force=args.force, progress=not args.quiet,
+    )
+    # 1-D and non-float tensors (biases, norms, counters) are counted in the summary; all rows are in the JSON.
+    rows = [r.to_dict() for r in res.layers if r.pruned or len(r.shape) >= 2 and "not floating" not in (r.reason or "")]
+    for row in rows:
+        row["shape"] = "x".join(map(str, row["shape"]))
+        row["note"] = row["reason"] or ""
+    columns = [
+        ("name", "name", ""), ("shape", "shape", ""), ("dtype", "dtype", ""), ("pattern", "pattern", ""),
+        ("kept_fraction", "kept |W|", ".4f"), ("density", "density", ".3f"), ("seconds", "seconds", ".3f"),
+        ("note", "note", ""),
+    ]
+    for line in format_table(rows, columns):
+        print(line)
+    print(f"\n{res.summary()}.")
+    for note in res.notes:
+        print(f"note: {note}")
+    print(f"wrote {res.output} and {res.json_path}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .convert import report_checkpoint
+
+    rep = report_checkpoint(args.checkpoint, args.pattern, include=args.include, exclude=args.exclude)
+    rows = []
+    shown = [w for w in rep.weights if w.checked or len(w.shape) >= 2 and "not floating" not in (w.reason or "")]
+    for w in shown:
+        row = {"name": w.name, "shape": "x".join(map(str, w.shape)), "dtype": w.dtype, "sparsity": w.sparsity}
+        row.update({f"m{m}": text for m, text in w.densest.items()})
+        row["obeys"] = w.obeys
+        row["note"] = w.reason or ""
+        rows.append(row)
+    columns = [("name", "name", ""), ("shape", "shape", ""), ("dtype", "dtype", ""), ("sparsity", "sparsity", ".3f")]
+    if rep.pattern is None:
+        columns += [("m4", "densest m=4", ""), ("m8", "densest m=8", ""), ("m16", "densest m=16", "")]
+    else:
+        columns += [("obeys", f"obeys {rep.pattern}", "")]
+    columns.append(("note", "note", ""))
+    print(f"{rep.source} ({rep.format}): n:m = at most n non-zeros in every group of m; T = also in every column of each m x m tile.")
+    for line in format_table(rows, columns):
+        print(line)
+    if len(shown) < len(rep.weights):
+        print(f"({len(rep.weights) - len(shown)} 1-D or non-float tensors not shown: biases, norms, counters.)")
+    if rep.pattern is None:
+        return 0
+    if rep.broken:
+        first = rep.broken[0]
+        print(f"\n{len(rep.broken)} of {len(rep.checked)} checked weights break {rep.pattern}; first: {first.name}: {first.problem}")
+        return 1
+    print(f"\nall {len(rep.checked)} checked weights obey {rep.pattern}.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nmsparse",
@@ -109,6 +168,34 @@ def build_parser() -> argparse.ArgumentParser:
     div.add_argument("pattern", help='pattern, e.g. "4:8T"')
     div.add_argument("--shape", default="64x64", help="matrix shape ROWSxCOLS (default 64x64)")
     div.set_defaults(func=_cmd_diversity)
+
+    prune = sub.add_parser(
+        "prune", help="prune a checkpoint (safetensors, Hugging Face folder, torch.save) to an N:M pattern",
+        description="Prune every eligible weight (2-D matrices, conv kernels) of IN to PATTERN and write OUT in the "
+        "same format, atomically. Embeddings, norms, biases and 1-D tensors stay dense by default.",
+    )
+    prune.add_argument("input", metavar="IN", help="a .safetensors file, a Hugging Face model folder, or a torch.save file")
+    prune.add_argument("-o", "--output", required=True, metavar="OUT", help="where to write the pruned checkpoint")
+    prune.add_argument("--pattern", required=True, help='e.g. "2:4" (row-wise) or "4:8T" (transposable); n KEPT of every m')
+    prune.add_argument("--method", default=None, help="mask method (default: the optimal one; transposable: exact)")
+    prune.add_argument("--include", metavar="REGEX", help="prune only tensors whose name matches (replaces the name rules)")
+    prune.add_argument("--exclude", metavar="REGEX", help="leave tensors whose name matches dense")
+    prune.add_argument(
+        "--ragged", choices=("error", "skip", "pad"), default="error",
+        help="a weight whose shape does not fit the pattern: error (default), skip (leave dense) or pad",
+    )
+    prune.add_argument("--force", action="store_true", help="replace an existing OUT (even IN itself)")
+    prune.add_argument("--quiet", action="store_true", help="no progress bar")
+    prune.set_defaults(func=_cmd_prune)
+
+    report = sub.add_parser(
+        "report", help="per-layer sparsity of a checkpoint; check a claimed pattern or find the one each weight obeys",
+    )
+    report.add_argument("checkpoint", metavar="CKPT", help="a .safetensors file, a Hugging Face model folder, or a torch.save file")
+    report.add_argument("--pattern", help="claimed pattern; exit status 1 if an eligible weight breaks it")
+    report.add_argument("--include", metavar="REGEX", help="check only tensors whose name matches (replaces the name rules)")
+    report.add_argument("--exclude", metavar="REGEX", help="do not check tensors whose name matches")
+    report.set_defaults(func=_cmd_report)
     return parser
 
 
