@@ -13,6 +13,7 @@ from ..pattern import NMPattern, PatternLike
 from ._inputs import score_source
 from .methods import ROWWISE_METHOD, TRANSPOSABLE_METHODS, resolve_method
 from .result import MaskResult
+from ._threads import kernel_threads
 from .rowwise import topn_matrix
 from .transposable import padding_score, solve_transposable_matrix
 
@@ -71,6 +72,12 @@ def _solve(weight, pattern, method, scores, dim, pad, where: str) -> MaskResult:
     layout = matrix_layout(source.shape, dim, where=where)
     if layout.is_ragged(p.m, p.transposable) and not pad:
         raise ShapeError(_ragged_message(where, p, layout))
+    with kernel_threads(source.numel(), source.device.type == "cpu"):
+        mask, info, optimal, objective = _solve_layout(source, absolute, layout, p, name)
+    return MaskResult(mask, objective, optimal, name, time.perf_counter() - start, p, info)
+
+
+def _solve_layout(source, absolute, layout, p, name):
     info = {}
     if p.transposable:
         if layout.is_ragged(p.m, True):
@@ -89,7 +96,7 @@ def _solve(weight, pattern, method, scores, dim, pad, where: str) -> MaskResult:
         optimal = True
     mask = layout.from_matrix(mask_matrix, p.m).to(source.device)
     info["score_total"], objective = _total_and_kept(source, mask, absolute)
-    return MaskResult(mask, objective, optimal, name, time.perf_counter() - start, p, info)
+    return mask, info, optimal, objective
 
 
 def find_mask(
