@@ -1,0 +1,157 @@
+"""Shared pieces of the Sparse-IFT transforms: argument checks, layer selection, random masks."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..errors import MethodError, PatternError, ScoreError, ShapeError
+from ..masks import find_mask
+from ..pattern import NMPattern
+
+FAMILIES = ("wide", "parallel", "factorized", "doped")
+NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm,
+              nn.InstanceNorm1d, nn.InstanceNorm2d)
+# Tolerance for "s is n/m-compatible": 1 - s must equal n/m up to float rounding.
+_PATTERN_TOL = 1e-9
+
+
+def check_family(family: object, where: str = "transform") -> str:
+    if family not in FAMILIES:
+        raise MethodError(f"{where}: unknown Sparse-IFT family {family!r}; known families: {', '.join(FAMILIES)}.")
+    return str(family)
+
+
+def check_sparsity(sparsity: object, where: str = "transform") -> float:
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not (0.0 <= float(sparsity) < 1.0):
+        raise ScoreError(
+            f"{where}: sparsity must be a number in [0, 1) (fraction of weights pruned; 1 would leave "
+            f"no weights and an infinite width), got {sparsity!r}. Use e.g. 0.5, 0.75 or 0.9."
+        )
+    return float(sparsity)
+
+
+def check_pattern(pattern: object, sparsity: float, where: str = "transform") -> Optional[NMPattern]:
+    """Parse ``pattern``; an N:M pattern fixes the density at n/m, so iso-FLOP needs s = 1 - n/m."""
+    if pattern is None:
+        return None
+    p = NMPattern.parse(pattern)
+    if sparsity > 0 and abs((1.0 - sparsity) - p.n / p.m) > _PATTERN_TOL:
+        raise PatternError(
+            f"{where}: pattern {p} keeps {p.n} of every {p.m} weights (sparsity {1 - p.n / p.m:g}), but "
+            f"sparsity={sparsity!r} was asked for; the iso-FLOP sizes are computed from s, so s must be "
+            f"1 - n/m. Pass sparsity={1 - p.n / p.m:g}, or a pattern with n/m = {1 - sparsity:g}."
+        )
+    return p
+
+
+def weight_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """``(name, layer)`` for every ``nn.Linear`` / ``nn.Conv2d`` in ``named_modules`` order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
+def select_layers(model: nn.Module, include: Optional[Sequence[str]], exclude: Optional[Sequence[str]],
+                  where: str = "transform") -> List[str]:
+    """Names of the layers to transform.
+
+    Default: every Linear/Conv2d except the first and the last (the input layer and the
+    classifier stay dense, as in Sparse-IFT). ``include`` (names or fnmatch globs) replaces the
+    default; ``exclude`` removes names. A name or glob that matches no layer is an error.
+    """
+    layers = [n for n, _ in weight_layers(model)]
+    if not layers:
+        raise ShapeError(f"{where}: the model has no nn.Linear or nn.Conv2d layer to transform.")
+
+    def matches(globs: Sequence[str], arg: str) -> set:
+        if isinstance(globs, str):
+            globs = [globs]
+        out = set()
+        for g in globs:
+            hit = {n for n in layers if fnmatch.fnmatchcase(n, g)}
+            if not hit:
+                raise ShapeError(f"{where}: {arg} entry {g!r} matches no Linear/Conv2d layer; layers are: {', '.join(layers)}.")
+            out |= hit
+        return out
+
+    chosen = matches(include, "include") if include is not None else set(layers[1:-1])
+    if exclude is not None:
+        chosen -= matches(exclude, "exclude")
+    selected = [n for n in layers if n in chosen]
+    if not selected:
+        raise ShapeError(
+            f"{where}: no layer left to transform (layers: {', '.join(layers)}; the first and last stay dense "
+            f"by default). Name layers with include=[...]."
+        )
+    for name in selected:
+        layer = model.get_submodule(name)
+        if isinstance(layer, nn.Conv2d) and layer.groups != 1:
+            raise ShapeError(f"{where}: layer {name!r} is a grouped convolution (groups={layer.groups}); "
+                             f"Sparse-IFT here supports groups=1 only. Exclude it with exclude=[{name!r}].")
+    return selected
+
+
+def fan(layer: nn.Module) -> Tuple[int, int]:
+    """``(D_in, D_out)``: fan-in (k^2 * C_in for a convolution) and fan-out of a dense layer."""
+    if isinstance(layer, nn.Conv2d):
+        return layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1], layer.out_channels
+    return layer.in_features, layer.out_features
+
+
+def set_parent(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule called ``name`` (dotted path) by ``module``."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    parent._modules[child] = module
+
+
+def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool mask of the ``k`` largest scores; ties go to the lower flat index."""
+    flat = scores.reshape(-1)
+    mask = torch.zeros(flat.shape, dtype=torch.bool, device=scores.device)
+    if k > 0:
+        mask[torch.sort(flat, descending=True, stable=True).indices[:k]] = True
+    return mask.reshape(scores.shape)
+
+
+def random_mask(shape: Sequence[int], kept: Optional[int], pattern: Optional[NMPattern], generator: torch.Generator) -> torch.Tensor:
+    """A uniformly random mask: exactly ``kept`` entries (unstructured), or a random N:M mask.
+
+    Random scores in (0, 1) are ranked; for N:M the pattern's solver picks the top scores under
+    the pattern (ragged edges padded: partial groups keep at most n).
+    """
+    scores = torch.rand(tuple(shape), generator=generator, dtype=torch.float64)
+    if pattern is None:
+        return topk_mask(scores, int(kept))
+    return find_mask(scores, pattern, pad=True)
+
+
+def kept_for_density(numel: int, density: float) -> int:
+    """Entries kept at ``density`` (round half up, as :func:`nmsparse.unstructured_mask`)."""
+    return int(math.floor(density * numel + 0.5))
+
+
+def init_sparse_(layer: nn.Module, *, density: float, pattern: Optional[NMPattern], generator: torch.Generator,
+                 scale: bool) -> None:
+    """Give a masked layer a random static mask at ``density`` (or ``pattern``) and, if ``scale``,
+    the sparsity-aware init scale (see :func:`nmsparse.sift.masked.sparse_init_scale_`)."""
+    from .masked import sparse_init_scale_
+
+    if density >= 1.0 and pattern is None:
+        mask = torch.ones_like(layer.weight, dtype=torch.bool)
+    else:
+        mask = random_mask(layer.weight.shape, kept_for_density(layer.weight.numel(), density), pattern, generator)
+    layer.set_mask_(mask.to(layer.weight.device))
+    if scale:
+        sparse_init_scale_(layer)
+
+
+def round_width(x: float, pattern: Optional[NMPattern]) -> int:
+    """Nearest integer width >= 1; a multiple of m (>= m) under an N:M pattern, so groups and
+    transposable tiles are full."""
+    if pattern is None:
+        return max(1, int(round(x)))
+    return max(pattern.m, pattern.m * int(round(x / pattern.m)))

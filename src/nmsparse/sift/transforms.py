@@ -1,0 +1,95 @@
+"""``transform``: the front door to the four Sparse-IFT families.
+
+Sparse Iso-FLOP Transformations (Sparse-IFT; Thangarasa et al., Cerebras, ICML 2024) replace a
+dense layer by a larger sparse structure that costs the same forward FLOPs, parameterised by one
+number, the sparsity s. See :mod:`.wide`, :mod:`.parallel`, :mod:`.factorized` and :mod:`.doped`
+for the iso-FLOP rule of each family and how integer sizes are handled.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..pattern import PatternLike
+from ._common import check_family, check_pattern, check_sparsity, select_layers
+from .doped import apply_doped
+from .factorized import apply_factorized
+from .parallel import apply_parallel
+from .wide import apply_wide
+
+__all__ = ["transform"]
+
+_LAYERWISE = {"parallel": apply_parallel, "factorized": apply_factorized, "doped": apply_doped}
+
+
+def transform(
+    model: nn.Module,
+    family: str,
+    sparsity: float,
+    *,
+    pattern: Optional[PatternLike] = None,
+    include: Optional[Sequence[str]] = None,
+    exclude: Optional[Sequence[str]] = None,
+    input_shape: Optional[Sequence[int]] = None,
+    seed: int = 0,
+) -> nn.Module:
+    """Return a Sparse-IFT copy of ``model`` (the input model is not modified).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The dense model. ``"wide"`` needs an ``nn.Sequential`` chain; the other families replace
+        ``nn.Linear`` / ``nn.Conv2d`` layers wherever they sit.
+    family : {"wide", "parallel", "factorized", "doped"}
+        - wide: widths x sqrt(1/(1-s)), sparse at (about) s, whole-network MACs = dense (+-0.1 %).
+        - parallel: round(1/(1-s)) sparse copies of the layer, each with its own norm, summed.
+        - factorized: sparse U (D_in x d), ReLU, sparse V (d x D_out), d = D_in D_out/((D_in+D_out)(1-s)).
+        - doped: dense rank-r U V, r = s D_in D_out/(D_in+D_out), plus a sparse full-size W.
+    sparsity : float
+        s in [0, 1).
+    pattern : str or NMPattern, optional
+        None: unstructured random masks. ``"2:4"``, ``"4:8T"``, ...: N:M (n KEPT of every m) or
+        transposable N:M masks. The density is then n/m, so ``sparsity`` must be ``1 - n/m``
+        (0.5 for 2:4 and 4:8T, 0.75 for 1:4).
+    include, exclude : sequence of str, optional
+        Layer names or fnmatch globs. Default: every Linear/Conv2d except the first and the last.
+    input_shape : sequence of int, optional
+        Input shape with batch dimension; needed by ``"wide"`` for models with convolutions
+        (the whole-network FLOP match depends on spatial sizes).
+    seed : int
+        Seeds the random masks and the initialisation of new weights (the global RNG is left as
+        it was).
+
+    Returns
+    -------
+    nn.Module
+        The transformed copy; masked layers carry their masks as persistent buffers. Its
+        ``sift_info`` dict records the family, sparsity, pattern and the sizes chosen per layer.
+
+    Examples
+    --------
+    >>> from nmsparse.examples import mlp
+    >>> dense = mlp(hidden=(32, 32, 32))
+    >>> sparse = transform(dense, "doped", 0.5)
+    >>> from nmsparse.sift import count_flops
+    >>> abs(count_flops(sparse, (1, 64)).total / count_flops(dense, (1, 64)).total - 1) < 0.01
+    True
+    """
+    family = check_family(family)
+    s = check_sparsity(sparsity)
+    p = check_pattern(pattern, s)
+    new = copy.deepcopy(model)
+    names = select_layers(new, include, exclude)
+    generator = torch.Generator().manual_seed(int(seed))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        if family == "wide":
+            layers = {"network": apply_wide(new, names, s, p, generator, input_shape)}
+        else:
+            layers = {name: _LAYERWISE[family](new, name, s, p, generator) for name in names}
+    new.sift_info = {"family": family, "sparsity": s, "pattern": None if p is None else str(p), "layers": layers}
+    return new
