@@ -135,3 +135,11 @@ def test_shrink_keeps_constant_channel_before_padded_conv():
     _check_same(model, small, torch.randn(8, 1, 8, 8))
     with pytest.raises(ShapeError, match="needs an nn.Sequential"):
         shrink_model(nn.ModuleList([nn.Linear(2, 2)]))
+
+
+def test_shrink_keeps_one_unit_when_a_layer_is_all_dead():
+    model = mlp(hidden=(6,), seed=5)
+    _kill(model.fc1, list(range(6)), bias_value=0.3)
+    small, rep = shrink_model(model)
+    assert small.fc1.out_features == 1 and rep.layers == [("fc1", 6, 1)]
+    _check_same(model, small, torch.randn(4, 64))

@@ -129,6 +129,8 @@ def shrink_model(model: nn.Sequential) -> Tuple[nn.Sequential, ShrinkReport]:
         bias = prod.bias if prod.bias is not None else torch.zeros(out, dtype=prod.weight.dtype)
         const = _constant_through(bias.clone(), between)
         removable = unused | (dead & ((const == 0) | (not _padded(cons))))
+        if bool(removable.all()):  # a layer keeps at least one unit (zero-width layers do not run)
+            removable[0] = False
         fold = dead & ~unused & (const != 0) & removable
         for u in torch.nonzero(dead & ~removable).flatten().tolist():
             report.kept_constant.append((leaves[a][0], u))
