@@ -15,6 +15,7 @@ from .masks import (
     solve_mask,
     unstructured_mask,
 )
+from .nn import sparsify_, squash_, summary, update_masks_
 from .pattern import NMPattern
 
 __version__ = "0.1.0"
@@ -28,6 +29,10 @@ __all__ = [
     "check_mask",
     "is_valid_mask",
     "unstructured_mask",
+    "sparsify_",
+    "update_masks_",
+    "squash_",
+    "summary",
     "count_masks",
     "count_transposable_tile",
     "log10_count_masks",
