@@ -3,6 +3,8 @@
 See ``docs/convert.md``. ``n:m`` means n entries KEPT in every group of m; ``"n:mT"`` is transposable.
 """
 
+from .adaprune import AdaPruneReport, LayerFit, adaprune
+from .calibration import reestimate_batchnorm
 from .errors import CheckpointError, ConvertError
 from .formats import FORMATS, Checkpoint, detect_format, read_checkpoint, write_checkpoint
 from .prune import LayerResult, PruneResult, json_path_for, prune_checkpoint, prune_state_dict
@@ -10,6 +12,10 @@ from .report import CheckpointReport, WeightReport, densest_patterns, report_che
 from .rules import RAGGED_CHOICES, Selector
 
 __all__ = [
+    "adaprune",
+    "AdaPruneReport",
+    "LayerFit",
+    "reestimate_batchnorm",
     "CheckpointError",
     "ConvertError",
     "FORMATS",

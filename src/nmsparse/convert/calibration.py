@@ -1,0 +1,131 @@
+"""Calibration data for AdaPrune: calling the model on a batch, caching layer inputs/outputs, and
+re-estimating BatchNorm statistics.
+
+A calibration batch is a tensor (``model(batch)``), a tuple or list (``model(*batch)``) or a dict
+(``model(**batch)``, e.g. a tokenizer's output). A DataLoader that yields ``(inputs, labels)``
+pairs would call ``model(inputs, labels)``: pass ``[x for x, _ in loader]`` instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Dict, Iterable, List, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .errors import ConvertError
+
+__all__ = ["as_batches", "call_model", "capture", "reestimate_batchnorm"]
+
+
+def as_batches(calibration: Iterable, where: str = "adaprune") -> List[object]:
+    """Materialise the calibration iterable (it is used several times) and check each item's kind."""
+    if isinstance(calibration, (torch.Tensor, Mapping)):
+        raise ConvertError(
+            f"{where}: calibration must be an iterable of batches, got a single {type(calibration).__name__}; "
+            "wrap it in a list: [batch]."
+        )
+    try:
+        batches = list(calibration)
+    except TypeError:
+        raise ConvertError(f"{where}: calibration must be an iterable of batches, got {type(calibration).__name__}.") from None
+    if not batches:
+        raise ConvertError(f"{where}: calibration is empty; pass at least one batch of model inputs.")
+    for i, b in enumerate(batches):
+        if not isinstance(b, (torch.Tensor, tuple, list, Mapping)):
+            raise ConvertError(
+                f"{where}: calibration batch {i} is a {type(b).__name__}; expected a tensor (model(x)), "
+                "a tuple (model(*batch)) or a dict (model(**batch))."
+            )
+    return batches
+
+
+def call_model(model: nn.Module, batch) -> object:
+    """Call ``model`` on one calibration batch (tensor, tuple/list or dict)."""
+    if isinstance(batch, torch.Tensor):
+        return model(batch)
+    if isinstance(batch, Mapping):
+        return model(**batch)
+    return model(*batch)
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the wanted layer has run."""
+
+
+@torch.no_grad()
+def capture(
+    model: nn.Module, modules: Dict[str, nn.Module], batches: Sequence, *, inputs: bool, outputs: bool, stop: bool = False
+) -> Tuple[Dict[str, List[torch.Tensor]], Dict[str, List[torch.Tensor]], List[str]]:
+    """Run the model over ``batches`` and record each module's input (first argument) and/or output.
+
+    Returns ``(inputs, outputs, order)``: per module name the list of recorded tensors (copies, so
+    later in-place ops such as ``ReLU(inplace=True)`` cannot change them), and the names in the
+    order the modules first ran. With ``stop=True`` (one module only) the pass ends right after it.
+    """
+    xs: Dict[str, List[torch.Tensor]] = {name: [] for name in modules}
+    ys: Dict[str, List[torch.Tensor]] = {name: [] for name in modules}
+    order: List[str] = []
+
+    def hook_for(name):
+        def hook(module, args, output):
+            if name not in order:
+                order.append(name)
+            if inputs:
+                xs[name].append(args[0].detach().clone())
+            if outputs:
+                ys[name].append(output.detach().clone())
+            if stop:
+                raise _Stop
+
+        return hook
+
+    handles = [m.register_forward_hook(hook_for(name)) for name, m in modules.items()]
+    try:
+        for batch in batches:
+            try:
+                call_model(model, batch)
+            except _Stop:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+    return xs, ys, order
+
+
+@torch.no_grad()
+def reestimate_batchnorm(model: nn.Module, calibration: Iterable) -> int:
+    """Recompute every BatchNorm's running mean/variance on the calibration data; returns how many.
+
+    After pruning, the activations' statistics shift and the stored running statistics no longer
+    match them; re-estimating them (a cumulative average over the calibration batches, with the
+    rest of the model in eval mode) recovers much of the lost accuracy at no training cost.
+    Modes and momenta are restored afterwards.
+
+    Examples
+    --------
+    >>> from nmsparse.examples import small_cnn
+    >>> reestimate_batchnorm(small_cnn(), [torch.randn(8, 1, 8, 8)])
+    3
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return 0
+    batches = as_batches(calibration, "reestimate_batchnorm")
+    modes = {m: m.training for m in model.modules()}
+    momenta = {bn: bn.momentum for bn in bns}
+    try:
+        model.eval()
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative average: every calibration batch counts the same
+            bn.train()
+        for batch in batches:
+            call_model(model, batch)
+    finally:
+        for m, mode in modes.items():
+            m.train(mode)
+        for bn, momentum in momenta.items():
+            bn.momentum = momentum
+    return len(bns)
