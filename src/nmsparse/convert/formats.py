@@ -285,11 +285,13 @@ def _read_torch(p: Path) -> Checkpoint:
     try:
         root = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors come in many types (UnpicklingError, RuntimeError, EOFError)
-        text = _first_line(err)
-        if "weights_only" in text or "Unsupported global" in text:
+        text, full = _first_line(err), str(err)
+        if "Weights only load failed" in full or "Unsupported global" in full:
+            found = [ln.strip() for ln in full.splitlines() if "Unsupported global" in ln]
+            detail = f" ({found[0][:160]})" if found else ""
             raise CheckpointError(
-                f"{p}: torch.load(weights_only=True) refused it: it stores Python objects, not only tensors "
-                f"({text[:160]}). Re-save just the weights: torch.save(model.state_dict(), path)."
+                f"{p}: torch.load(weights_only=True) refused it: it stores Python objects, not only tensors{detail}. "
+                "Re-save just the weights: torch.save(model.state_dict(), path)."
             ) from None
         raise CheckpointError(f"{p}: not a readable torch.save file ({text[:160]}); it is corrupt or truncated. Re-save it.") from None
     key_path = _find_state_dict(root, p)
