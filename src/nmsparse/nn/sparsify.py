@@ -45,13 +45,22 @@ class _RefreshHook:
     """Forward pre-hook on the sparsified model: count training passes, refresh masks when due."""
 
     def __call__(self, model: nn.Module, args) -> None:
-        _count_and_refresh(model)
+        _count_and_refresh_eagerly(model)
 
 
-@torch.compiler.disable
+def _count_and_refresh_eagerly(model: nn.Module) -> None:
+    # Under torch.compile the counting and refreshing run eagerly (dynamo disabled for them): one
+    # graph break at the model's entry instead of a recompilation per counter value, and the
+    # mask buffers change in place, so compiled graphs are reused across refreshes. The disabled
+    # wrapper is built on first use because importing torch._dynamo takes seconds.
+    disabled = getattr(_count_and_refresh, "_nmsparse_disabled", None)
+    if disabled is None:
+        disabled = torch.compiler.disable(_count_and_refresh)
+        _count_and_refresh._nmsparse_disabled = disabled
+    disabled(model)
+
+
 def _count_and_refresh(model: nn.Module) -> None:
-    # Runs eagerly even inside torch.compile: one graph break at the model's entry, and the
-    # mask buffers change in place, so compiled graphs are reused across refreshes.
     state: Optional[SparsityState] = getattr(model, _STATE, None)
     if state is None or not model.training or not torch.is_grad_enabled():
         return
