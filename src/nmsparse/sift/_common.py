@@ -135,15 +135,21 @@ def kept_for_density(numel: int, density: float) -> int:
 
 
 def init_sparse_(layer: nn.Module, *, density: float, pattern: Optional[NMPattern], generator: torch.Generator,
-                 scale: bool) -> None:
+                 scale: bool, kept: Optional[int] = None) -> None:
     """Give a masked layer a random static mask at ``density`` (or ``pattern``) and, if ``scale``,
-    the sparsity-aware init scale (see :func:`nmsparse.sift.masked.sparse_init_scale_`)."""
+    the sparsity-aware init scale (see :func:`nmsparse.sift.masked.sparse_init_scale_`).
+
+    ``kept`` overrides the unstructured kept count (callers use it to make a layer's parts add up
+    to the dense cost exactly)."""
     from .masked import sparse_init_scale_
 
-    if density >= 1.0 and pattern is None:
+    numel = layer.weight.numel()
+    if kept is None:
+        kept = kept_for_density(numel, density)
+    if pattern is None and kept >= numel:
         mask = torch.ones_like(layer.weight, dtype=torch.bool)
     else:
-        mask = random_mask(layer.weight.shape, kept_for_density(layer.weight.numel(), density), pattern, generator)
+        mask = random_mask(layer.weight.shape, kept, pattern, generator)
     layer.set_mask_(mask.to(layer.weight.device))
     if scale:
         sparse_init_scale_(layer)

@@ -8,7 +8,7 @@ convolution, so both run at the same output positions.
 
 Because d is an integer, d is rounded *up* and the density is set to
 ``D_in D_out / ((D_in + D_out) d)`` (<= 1 - s), so the layer is iso-FLOP up to the rounding of the
-kept count. Under an N:M pattern the density is fixed at n/m; d is rounded up to a multiple of m
+kept count (U and V together keep exactly D_in D_out weights). Under an N:M pattern the density is fixed at n/m; d is rounded up to a multiple of m
 (so V's groups are full) and the layer costs at most ``m / d`` more than dense.
 
 Initialisation: fresh (seeded), kept weights scaled by 1/sqrt(density) (sparsity-aware init,
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..pattern import NMPattern
-from ._common import fan, init_sparse_, set_parent
+from ._common import fan, init_sparse_, kept_for_density, set_parent
 from .masked import MaskedConv2d, MaskedLinear
 
 __all__ = ["SparseFactorized", "factorized_width", "apply_factorized"]
@@ -67,8 +67,15 @@ def apply_factorized(model: nn.Module, name: str, sparsity: float, pattern: Opti
     else:
         u = MaskedLinear(layer.in_features, d, bias=False, pattern=p)
         v = MaskedLinear(d, layer.out_features, bias=layer.bias is not None, pattern=p)
-    for part in (u, v):
-        part.to(device=layer.weight.device, dtype=layer.weight.dtype)
-        init_sparse_(part, density=density, pattern=pattern, generator=generator, scale=True)
+    u.to(device=layer.weight.device, dtype=layer.weight.dtype)
+    v.to(device=layer.weight.device, dtype=layer.weight.dtype)
+    if pattern is None:
+        # U and V run at the same positions: split the dense weight count D_in D_out between them.
+        kept_u = kept_for_density(u.weight.numel(), density)
+        kept_v = min(v.weight.numel(), d_in * d_out - kept_u)
+    else:
+        kept_u = kept_v = None
+    init_sparse_(u, density=density, pattern=pattern, generator=generator, scale=True, kept=kept_u)
+    init_sparse_(v, density=density, pattern=pattern, generator=generator, scale=True, kept=kept_v)
     set_parent(model, name, SparseFactorized(u, v))
     return {"inner_width": d, "density": density}

@@ -3,7 +3,8 @@
 Sparse-IFT, Sec. 3 ("Sparse Parallel"): a dense layer ``y = W x`` becomes
 ``y = sum_{i<k} norm_i(W_i x)`` with every ``W_i`` of the original shape and sparsity ``s``, so
 the layer costs ``k (1-s) = 1`` times the dense FLOPs. Because k is an integer, the mask density
-is set to exactly ``1/k`` (the actual sparsity is ``1 - 1/k``; equal to s when 1/(1-s) is an
+is set to ``1/k`` (kept counts split so the k branches keep exactly as many weights as the
+dense layer; the actual sparsity is ``1 - 1/k``, equal to s when 1/(1-s) is an
 integer: s = 0.5, 0.75, 0.9). Under an N:M pattern the density is n/m, so iso-FLOP needs m/n to
 be (within 2 %) an integer: 2:4 -> 2 branches, 1:4 -> 4, 1:10 -> 10.
 
@@ -101,9 +102,14 @@ def apply_parallel(model: nn.Module, name: str, sparsity: float, pattern: Option
     norm_name = _next_norm(model, name)
     norm = model.get_submodule(norm_name) if norm_name else None
     branches = []
+    numel = layer.weight.numel()
     for i in range(k):
         sparse = _masked_copy(layer, pattern, fresh=i > 0)
-        init_sparse_(sparse, density=density, pattern=pattern if sparsity > 0 else None, generator=generator, scale=False)
+        # Unstructured: branch i keeps floor(numel (i+1)/k) - floor(numel i/k) weights, so the k
+        # branches keep exactly numel in total (exactly the dense layer's MACs).
+        kept = (numel * (i + 1)) // k - (numel * i) // k
+        init_sparse_(sparse, density=density, pattern=pattern if sparsity > 0 else None, generator=generator,
+                     scale=False, kept=kept)
         if norm is not None:
             branches.append(nn.Sequential(sparse, copy.deepcopy(norm) if i == 0 else _fresh_norm(norm)))
         else:
