@@ -52,7 +52,7 @@ def group_lasso_step(reg: WGSEFRegularizer, lam: float, lr: float) -> None:
             n = g.norms()
             thr = lr * lam * g.sizes.to(torch.float64).sqrt()
             scale = torch.where(n > thr, 1 - thr / n.clamp_min(1e-300), torch.zeros_like(n))
-            reg._rescale(g, scale)
+            reg.rescale_groups(g, scale)
 
 
 def spec(model_name: str, share: float):

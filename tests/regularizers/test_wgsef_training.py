@@ -117,7 +117,7 @@ def test_shrink_cnn_with_batchnorm_groups_and_flatten():
         for g, units in zip(reg.layers, ([0, 2], [1, 3, 4], [0, 7])):
             keep = torch.ones(g.n_groups, dtype=torch.float64)
             keep[units] = 0
-            reg._rescale(g, keep)  # whole group (weights, bias, BN affine) zero -> exact zero output
+            reg.rescale_groups(g, keep)  # whole group (weights, bias, BN affine) zero -> exact zero output
         model.conv3.weight[5] = 0  # conv3 filter 5 dead but its BN output is a non-zero constant
     small, rep = shrink_model(model)
     assert [r[2] for r in rep.layers] == [2, 5, 5, 64]

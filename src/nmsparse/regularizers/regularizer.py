@@ -142,7 +142,7 @@ class WGSEFRegularizer:
             if step == 0.0:
                 continue
             scale = prox_scale(g.norms(), self.k[g.name], step, self.weights[g.name], self.method)
-            self._rescale(g, scale)
+            self.rescale_groups(g, scale)
 
     def after_step(self, lr: float) -> Callable[[nn.Module, int], None]:
         """A callback ``fn(model, step)`` that runs :meth:`step` (for ``examples.train(after_step=...)``)."""
@@ -157,7 +157,7 @@ class WGSEFRegularizer:
         kept = {}
         for g in self.layers:
             keep = top_groups(g.norms(), self.k[g.name])
-            self._rescale(g, keep.to(torch.float64))
+            self.rescale_groups(g, keep.to(torch.float64))
             kept[g.name] = keep
         return kept
 
@@ -175,7 +175,12 @@ class WGSEFRegularizer:
         return [_report(g, self.k[g.name]) for g in self.layers]
 
     @staticmethod
-    def _rescale(g: LayerGroups, scale: torch.Tensor) -> None:
+    def rescale_groups(g: LayerGroups, scale: torch.Tensor) -> None:
+        """Multiply every group of ``g`` in place by ``scale[i]`` (float64 ``(n_groups,)``); 0 gives +0.0.
+
+        The building block of :meth:`step` and :meth:`project_`, public for custom proximal maps
+        (e.g. a group-lasso baseline).
+        """
         for p, lab in zip(g.params, g.labels):
             p.copy_(apply_scale(p.reshape(-1), scale.to(p.device), lab.reshape(-1)).reshape(p.shape))
 
