@@ -9,7 +9,7 @@ from nmsparse.cli import main
 
 
 def test_demo_prints_a_row_per_pattern_and_method(capsys):
-    assert main(["demo", "--size", "64", "--patterns", "2:4", "4:8T", "--methods", "exact", "greedy"]) == 0
+    assert main(["masks", "--size", "64", "--patterns", "2:4", "4:8T", "--methods", "exact", "greedy"]) == 0
     out = capsys.readouterr().out
     lines = [l for l in out.splitlines() if l.strip()]
     table = lines[lines.index(next(l for l in lines if l.startswith("pattern"))) + 2 :]
@@ -29,8 +29,8 @@ def test_diversity_prints_exact_counts(capsys):
     [
         (["diversity", "5:4"], "1 <= n <= m"),
         (["diversity", "2:4", "--shape", "banana"], "shape"),
-        (["demo", "--size", "64", "--patterns", "2:3:4"], "accepted forms"),
-        (["demo", "--size", "6", "--patterns", "2:4"], "multiple of 4"),
+        (["masks", "--size", "64", "--patterns", "2:3:4"], "accepted forms"),
+        (["masks", "--size", "6", "--patterns", "2:4"], "multiple of 4"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_1(argv, text, capsys):
@@ -49,7 +49,7 @@ def test_diversity_notes_a_structure_that_does_not_fit(capsys):
 
 def test_argument_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["demo", "--size", "0"])
+        main(["masks", "--size", "0"])
     assert exc.value.code == 2
 
 
