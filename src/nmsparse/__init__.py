@@ -17,6 +17,7 @@ from .masks import (
 )
 from .nn import sparsify_, squash_, summary, update_masks_
 from .pattern import NMPattern
+from . import regularizers  # noqa: E402  (nms.regularizers.WGSEFRegularizer, wgsef_prox, ...)
 
 __version__ = "0.1.0"
 
