@@ -1,4 +1,4 @@
-"""The command line: demo and diversity print their tables; bad input is one clear line, exit 1."""
+"""The command line: demo, masks and diversity print their tables; bad input is one clear line, exit 1."""
 
 import subprocess
 import sys
@@ -8,13 +8,37 @@ import pytest
 from nmsparse.cli import main
 
 
-def test_demo_prints_a_row_per_pattern_and_method(capsys):
+def test_masks_prints_a_row_per_pattern_and_method(capsys):
     assert main(["masks", "--size", "64", "--patterns", "2:4", "4:8T", "--methods", "exact", "greedy"]) == 0
     out = capsys.readouterr().out
     lines = [l for l in out.splitlines() if l.strip()]
     table = lines[lines.index(next(l for l in lines if l.startswith("pattern"))) + 2 :]
     assert [l.split()[0] for l in table] == ["unstructured", "2:4", "4:8T", "4:8T"]
     assert "exact" in table[2] and "greedy" in table[3]
+
+
+def test_demo_trains_and_prints_a_row_per_run(capsys):
+    runs = ["dense", "2:4T@greedy", "4:8T", "25%"]
+    assert main(["demo", "--epochs", "1", "--runs", *runs, "--no-progress", "--width", "8"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    table = lines[lines.index(next(l for l in lines if l.startswith("run "))) + 2 :]
+    assert [l.split("  ")[0].strip() for l in table] == ["dense", "2:4T (greedy)", "4:8T (exact)", "unstructured 25%"]
+    accuracy = [float(l.split()[-5]) for l in table]
+    assert accuracy[0] > 0.7 and all(0.2 < a <= 1.0 for a in accuracy)  # chance is 0.1
+    density = [float(l.split()[-2]) for l in table]
+    assert density[0] == 1.0 and density[2] == 0.5 and density[3] == 0.25 and density[1] <= 0.5
+
+
+def test_demo_diversity_column_closed_forms():
+    from math import comb, log10
+
+    from nmsparse.demo import RunSpec, diversity_per_64
+
+    assert diversity_per_64(RunSpec.parse("dense")) == 0.0
+    assert diversity_per_64(RunSpec.parse("2:4")) == pytest.approx(16 * log10(6))  # C(4,2) per group, 16 groups
+    assert diversity_per_64(RunSpec.parse("2:4T@greedy")) == pytest.approx(4 * log10(90))  # 90 valid 4x4 tiles
+    assert diversity_per_64(RunSpec.parse("50%")) == pytest.approx(log10(comb(64, 32)))
 
 
 def test_diversity_prints_exact_counts(capsys):
@@ -31,6 +55,9 @@ def test_diversity_prints_exact_counts(capsys):
         (["diversity", "2:4", "--shape", "banana"], "shape"),
         (["masks", "--size", "64", "--patterns", "2:3:4"], "accepted forms"),
         (["masks", "--size", "6", "--patterns", "2:4"], "multiple of 4"),
+        (["demo", "--runs", "120%"], "density like"),
+        (["demo", "--runs", "2:4T@fastest"], "unknown method"),
+        (["demo", "--runs", "3:2"], "1 <= n <= m"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_1(argv, text, capsys):
