@@ -170,3 +170,20 @@ def test_bad_family_and_layers():
         transform(mlp((32, 32, 32)), "wide", 0.9)
     with pytest.raises(NMSparseError, match="groups=2"):
         transform(nn.Sequential(nn.Conv2d(2, 4, 1), nn.Conv2d(4, 4, 1, groups=2), nn.Conv2d(4, 2, 1)), "doped", 0.5)
+
+
+def test_flop_ratio_recorded_and_warned_when_a_pattern_breaks_iso_flop():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # unstructured transforms are iso-FLOP: no warning
+        for family in ["parallel", "factorized", "doped"]:
+            info = transform(_cnn(), family, 0.75).sift_info
+            assert all(abs(v["flop_ratio"] - 1) <= 0.02 for v in info["layers"].values())
+    # 1:10 groups along 8 or 16 input channels: partial groups keep 1 of <= 10, so the density
+    # is above 1/10 and 10 branches cost more than the dense layer.
+    with pytest.warns(UserWarning, match="not iso-FLOP within 2 %"):
+        sparse = transform(_cnn(), "parallel", 0.9, pattern="1:10")
+    ratio = sparse.sift_info["layers"]["conv2"]["flop_ratio"]
+    dense_conv2 = count_flops(_cnn(), CNN_SHAPE).layers["conv2"].macs
+    assert ratio == pytest.approx(count_flops(sparse, CNN_SHAPE).group("conv2") / dense_conv2) and ratio > 1.02

@@ -8,8 +8,8 @@ convolution, so both run at the same output positions.
 
 Because d is an integer, d is rounded *up* and the density is set to
 ``D_in D_out / ((D_in + D_out) d)`` (<= 1 - s), so the layer is iso-FLOP up to the rounding of the
-kept count (U and V together keep exactly D_in D_out weights). Under an N:M pattern the density is fixed at n/m; d is rounded up to a multiple of m
-(so V's groups are full) and the layer costs at most ``m / d`` more than dense.
+kept count (U and V together keep exactly D_in D_out weights). Under an N:M pattern the density is fixed at n/m; d is rounded to the nearest multiple of m
+(so V's groups are full) and the layer's cost is off by at most ``m / (2 d)``.
 
 Initialisation: fresh (seeded), kept weights scaled by 1/sqrt(density) (sparsity-aware init,
 Evci et al. 2022). Sparse Factorized is not function-preserving at any s.
@@ -49,7 +49,7 @@ def factorized_width(d_in: int, d_out: int, sparsity: float, pattern: Optional[N
     if pattern is None:
         d = max(1, math.ceil(ideal - 1e-9))
         return d, min(1.0, d_in * d_out / ((d_in + d_out) * d))
-    d = max(pattern.m, pattern.m * math.ceil(ideal / pattern.m - 1e-9))
+    d = max(pattern.m, pattern.m * int(math.floor(ideal / pattern.m + 0.5)))
     return d, pattern.n / pattern.m
 
 

@@ -9,6 +9,7 @@ for the iso-FLOP rule of each family and how integer sizes are handled.
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Optional, Sequence
 
 import torch
@@ -22,6 +23,13 @@ from .parallel import apply_parallel
 from .wide import apply_wide
 
 __all__ = ["transform"]
+
+
+def _nonzero_weights(module: nn.Module) -> int:
+    from .masked import is_masked
+
+    return sum(int(m.weight_mask.sum()) if is_masked(m) else m.weight.numel()
+               for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
 
 _LAYERWISE = {"parallel": apply_parallel, "factorized": apply_factorized, "doped": apply_doped}
 
@@ -68,7 +76,9 @@ def transform(
     -------
     nn.Module
         The transformed copy; masked layers carry their masks as persistent buffers. Its
-        ``sift_info`` dict records the family, sparsity, pattern and the sizes chosen per layer.
+        ``sift_info`` dict records the family, sparsity, pattern and, per layer (``"network"`` for
+        wide), the sizes chosen and ``flop_ratio`` (transformed / dense MACs). A ``UserWarning``
+        is issued when a ratio is off by more than 2 % (possible only under N:M patterns).
 
     Examples
     --------
@@ -89,7 +99,22 @@ def transform(
         torch.manual_seed(int(seed))
         if family == "wide":
             layers = {"network": apply_wide(new, names, s, p, generator, input_shape)}
+            layers["network"]["flop_ratio"] = layers["network"]["flops"] / layers["network"]["dense_flops"]
         else:
-            layers = {name: _LAYERWISE[family](new, name, s, p, generator) for name in names}
+            layers = {}
+            for name in names:
+                dense_weights = new.get_submodule(name).weight.numel()
+                layers[name] = _LAYERWISE[family](new, name, s, p, generator)
+                # Every part of a transformed layer runs at the dense layer's output positions, so
+                # the layer's MAC ratio is its ratio of non-zero weights.
+                layers[name]["flop_ratio"] = _nonzero_weights(new.get_submodule(name)) / dense_weights
+    off = {n: round(i["flop_ratio"], 4) for n, i in layers.items() if abs(i["flop_ratio"] - 1.0) > 0.02}
+    if off:
+        warnings.warn(
+            f"transform({family!r}, {s}, pattern={None if p is None else str(p)!r}): not iso-FLOP within 2 % "
+            f"(FLOPs / dense: {off}). Under an N:M pattern, sizes move in steps of m and a grouped dimension "
+            f"that is not a multiple of m keeps up to n in its partial group; see sift_info.",
+            stacklevel=2,
+        )
     new.sift_info = {"family": family, "sparsity": s, "pattern": None if p is None else str(p), "layers": layers}
     return new

@@ -13,9 +13,9 @@ network's forward MACs equal the dense network's:
 so d = (F_dense - A) / B and the actual sparsity is 1 - d (a bit above s). Each sparse layer
 keeps round(d * numel) weights, which matches F_dense to well within 0.1 %.
 
-Under an N:M pattern the density is fixed at n/m, so instead the width factor is searched: widths
-are multiples of m (full groups and tiles) and the factor whose network MACs are closest to
-F_dense wins. Whole-network iso-FLOP is then only as close as width steps of m allow
+Under an N:M pattern the density is fixed at n/m, so instead the widths are searched: every widened width
+is a multiple of m (full groups and tiles), rounded down or up independently around k * width for
+a grid of factors k, and the width tuple whose network MACs are closest to F_dense wins. Whole-network iso-FLOP is then only as close as width steps of m allow
 (``sift_info`` reports the relative error).
 
 Which dimensions widen: every hidden dimension (between two consecutive weight layers of the
@@ -27,6 +27,7 @@ initialised (seeded); sparse ones get the sparsity-aware 1/sqrt(density) scale (
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -145,15 +146,24 @@ def apply_wide(model: nn.Module, selected: Sequence[str], sparsity: float, patte
         density = min(density, 1.0)
     else:
         density = pattern.n / pattern.m if sparsity > 0 else 1.0
-        best = None
-        for step in range(0, 4001):
-            k = 1.0 + step * (3.0 * math.sqrt(1.0 / (1.0 - sparsity)) - 1.0) / 4000
-            a, b = costs(sizes(k))
-            err = abs(a + density * b - f_dense)
-            if best is None or err < best[0]:
-                best = (err, k)
-        k = best[1]
-        new_widths = sizes(k)
+        # Each widened dimension may round down or up to a multiple of m independently; over a
+        # grid of width factors, keep the width tuple whose MACs are closest to the dense ones.
+        best, seen = None, set()
+        top = 3.0 * math.sqrt(1.0 / (1.0 - sparsity))
+        for step in range(201):
+            k = 1.0 + step * (top - 1.0) / 200
+            options = [sorted({max(pattern.m, pattern.m * math.floor(k * w / pattern.m)),
+                               max(pattern.m, pattern.m * math.ceil(k * w / pattern.m))}) if widen[j] else [w]
+                       for j, w in enumerate(widths)]
+            for cand in itertools.product(*options):
+                if cand in seen:
+                    continue
+                seen.add(cand)
+                a, b = costs(list(cand))
+                err = abs(a + density * b - f_dense)
+                if best is None or err < best[0]:
+                    best = (err, k, list(cand))
+        _, k, new_widths = best
     _rebuild(model, leaves, weights, new_widths, spread, first_in, is_sparse, density, pattern, generator)
     return {"width_factor": k, "widths": dict(zip(names, new_widths)), "density": density,
             "dense_flops": f_dense, "flops": count_flops(model, input_shape).total}
