@@ -52,7 +52,10 @@ def _count_and_refresh_eagerly(model: nn.Module) -> None:
     # Under torch.compile the counting and refreshing run eagerly (dynamo disabled for them): one
     # graph break at the model's entry instead of a recompilation per counter value, and the
     # mask buffers change in place, so compiled graphs are reused across refreshes. The disabled
-    # wrapper is built on first use because importing torch._dynamo takes seconds.
+    # wrapper is built only when compiling, because importing torch._dynamo takes seconds.
+    if not torch.compiler.is_compiling():
+        _count_and_refresh(model)
+        return
     disabled = getattr(_count_and_refresh, "_nmsparse_disabled", None)
     if disabled is None:
         disabled = torch.compiler.disable(_count_and_refresh)
