@@ -1,0 +1,481 @@
+"""``nmsparse bench claims``: test the papers' accuracy claims at CPU scale, with seeds.
+
+Two tasks, each trained for several seeds under every structure at density 1/2:
+
+* ``digits``: the small CNN of :mod:`nmsparse.examples` on scikit-learn's digits (test accuracy);
+* ``lm``: the byte-level transformer of :mod:`nmsparse.examples_lm` on the interpreter's own
+  standard-library sources (validation loss in nats per byte and perplexity ``exp(loss)``).
+
+Structures: dense, unstructured 50 % (top-k per tensor), row-wise 1:2 / 2:4 / 4:8, transposable
+2:4T / 4:8T / 8:16T with the exact and the greedy (2-approximation) solver; each sparse structure
+with STE and with SR-STE (Zhou et al. 2021, eq. 4). Masks are recomputed from the dense weights
+every ``update_every`` steps (Hubara et al. 2021, Sec. 5). The first and last layers (digits:
+``conv1, fc2``; LM: embeddings and ``head``) stay dense.
+
+Claims tested: (a) mask diversity predicts accuracy across structures (Hubara et al. 2021,
+Sec. 3): the Spearman rank correlation of log10 diversity with the metric; (b) transposable N:M
+training loses no accuracy against dense: the gap to dense against the seed spread.
+
+Mask diversity here is log10 of the number of masks a structure allows on a 16x16 block, divided
+by 4 (so: per 64 weights, and 8:16T tiles fit).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
+
+import torch
+
+from .demo import RunSpec, warm_up_solvers
+from .diversity import log10_count_masks
+from .errors import NMSparseError
+from .nn import sparsified_parameters, sparsify_
+from .pattern import NMPattern
+
+STRUCTURES = (
+    "dense", "50%", "1:2", "2:4", "4:8",
+    "2:4T@exact", "2:4T@greedy", "4:8T@exact", "4:8T@greedy", "8:16T@exact", "8:16T@greedy",
+)
+STES = ("ste", "srste")
+TASKS = ("digits", "lm")
+DIGITS_DENSE = ("conv1", "fc2")
+LM_DENSE = ("head",)  # embeddings are not nn.Linear/Conv, so they are never candidates
+
+
+@dataclass(frozen=True)
+class ClaimsConfig:
+    """Everything that defines a claims report; stored with every result line."""
+
+    seeds: int = 3
+    structures: tuple = STRUCTURES
+    tasks: tuple = TASKS
+    update_every: int = 20
+    srste_decay: float = 2e-4
+    threads: int = 1
+    jobs: int = 1
+    digits_epochs: int = 15
+    digits_train_limit: int = 0  # 0: the whole training split; >0: its first this many images
+    digits_width: int = 16
+    lm_steps: int = 300
+    lm_batch: int = 32
+    lm_lr: float = 3e-3
+    lm_d_model: int = 64
+    lm_layers: int = 2
+    lm_heads: int = 4
+    lm_d_ff: int = 256
+    lm_context: int = 64
+    lm_eval_windows: int = 256
+
+    @classmethod
+    def quick(cls, seeds: int = 2) -> "ClaimsConfig":
+        """A smoke version (seconds): few structures, one digits epoch, a tiny LM, few steps."""
+        return cls(
+            seeds=seeds, structures=("dense", "50%", "2:4", "8:16T@greedy"), digits_epochs=1, digits_train_limit=128,
+            lm_steps=6, lm_batch=4, lm_d_model=32, lm_layers=1, lm_heads=2, lm_d_ff=64, lm_context=32,
+            lm_eval_windows=8, update_every=2,
+        )
+
+    def check(self) -> None:
+        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
+            raise NMSparseError(f"bench claims: --seeds must be a positive int, got {self.seeds!r}.")
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown or not self.tasks:
+            raise NMSparseError(f"bench claims: tasks must be a non-empty subset of {TASKS}, got {self.tasks!r}.")
+        for s in self.structures:
+            RunSpec.parse(s)  # raises a clear error on a bad structure
+        for name in ("threads", "jobs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise NMSparseError(f"bench claims: {name} must be a positive int, got {value!r}.")
+
+
+def configurations(cfg: ClaimsConfig) -> List[tuple]:
+    """``(task, structure, ste)`` triples in run order; dense runs once (no STE)."""
+    out = []
+    for task in cfg.tasks:
+        for s in cfg.structures:
+            for ste in (("-",) if s == "dense" else STES):
+                out.append((task, s, ste))
+    return out
+
+
+def log10_diversity_per_64(structure: str) -> float:
+    """log10(#masks on a 16x16 block) / 4; 0 for dense (one mask)."""
+    spec = RunSpec.parse(structure)
+    if spec.pattern is None:
+        return 0.0
+    if isinstance(spec.pattern, float):
+        from fractions import Fraction
+
+        frac = Fraction(spec.pattern).limit_denominator(256)
+        return log10_count_masks(NMPattern(frac.numerator, frac.denominator), (16, 16), structure="unstructured") / 4
+    return log10_count_masks(spec.pattern, (16, 16)) / 4
+
+
+def family(structure: str) -> str:
+    """``dense``, ``unstructured``, ``row-wise``, ``transposable exact`` or ``transposable greedy``."""
+    spec = RunSpec.parse(structure)
+    if spec.pattern is None:
+        return "dense"
+    if isinstance(spec.pattern, float):
+        return "unstructured"
+    return f"transposable {spec.method}" if spec.pattern.transposable else "row-wise"
+
+
+def run_claims(
+    cfg: ClaimsConfig, *, progress: Optional[Callable[[Dict[str, object]], None]] = None
+) -> Iterator[Dict[str, object]]:
+    """Train every configuration for every seed; yield one record per finished run, in order.
+
+    Record keys: task, structure, family, ste, seed, metric ("accuracy" or "val_loss"), value,
+    val_ppl (LM), log10_div64, density and kept (share of sum |W| the final masks keep, of the
+    sparsified layers' dense weights), seconds, steps. Each run uses ``cfg.threads`` torch
+    threads (restored afterwards); ``cfg.jobs > 1`` trains that many runs at once in spawned
+    worker processes. A run's result depends only on its seed and config, not on the worker.
+    """
+    cfg.check()
+    work = [(task, s, ste, seed) for task, s, ste in configurations(cfg) for seed in range(cfg.seeds)]
+    if cfg.jobs == 1:
+        _worker_init(cfg)
+        results = map(_worker_run, work)
+    else:
+        import multiprocessing
+
+        # spawn, not fork: a forked child of a process whose OpenMP pool already ran can hang.
+        pool = multiprocessing.get_context("spawn").Pool(cfg.jobs, initializer=_worker_init, initargs=(cfg,))
+        results = pool.imap(_worker_run, work)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        for rec in results:
+            if progress is not None:
+                progress(rec)
+            yield rec
+    finally:
+        torch.set_num_threads(old_threads)
+        _WORKER.clear()
+        if cfg.jobs > 1:
+            pool.terminate()
+            pool.join()
+
+
+_WORKER: Dict[str, object] = {}
+
+
+def _worker_init(cfg: ClaimsConfig) -> None:
+    warm_up_solvers([RunSpec.parse(s) for s in cfg.structures])
+    _WORKER.update(cfg=cfg, data=_load(cfg))
+    # One throw-away step of each model, so the first timed run is not charged for torch's
+    # one-off kernel initialisation.
+    old = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        from .examples import small_cnn
+        from .examples_lm import CharTransformer
+
+        small_cnn(width=cfg.digits_width, seed=0)(torch.zeros(4, 1, 8, 8)).sum().backward()
+        CharTransformer(d_model=cfg.lm_d_model, n_layers=1, n_heads=cfg.lm_heads, d_ff=cfg.lm_d_ff,
+                        context=cfg.lm_context)(torch.zeros(2, 8, dtype=torch.long)).sum().backward()
+    finally:
+        torch.set_num_threads(old)
+
+
+def _worker_run(item: tuple) -> Dict[str, object]:
+    old = torch.get_num_threads()
+    cfg = _WORKER["cfg"]
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _run_one(cfg, _WORKER["data"], *item)
+    finally:
+        torch.set_num_threads(old)
+
+
+def _load(cfg: ClaimsConfig) -> dict:
+    data = {}
+    if "digits" in cfg.tasks:
+        from .examples import load_digits_split
+
+        digits = load_digits_split(seed=0)  # one fixed split; seeds vary init and batch order
+        if cfg.digits_train_limit:
+            k = cfg.digits_train_limit
+            digits = type(digits)(digits.x_train[:k], digits.y_train[:k], digits.x_test, digits.y_test)
+        data["digits"] = digits
+    if "lm" in cfg.tasks:
+        from .examples_lm import load_stdlib_corpus
+
+        data["lm"] = load_stdlib_corpus()
+    return data
+
+
+def _run_one(cfg: ClaimsConfig, data: dict, task: str, structure: str, ste: str, seed: int) -> Dict[str, object]:
+    spec = RunSpec.parse(structure)
+    start = time.perf_counter()
+    if task == "digits":
+        from .examples import small_cnn, train
+
+        model = small_cnn(width=cfg.digits_width, seed=seed)
+        dense_layers = DIGITS_DENSE
+    else:
+        from .examples_lm import CharTransformer
+
+        model = CharTransformer(
+            d_model=cfg.lm_d_model, n_layers=cfg.lm_layers, n_heads=cfg.lm_heads, d_ff=cfg.lm_d_ff,
+            context=cfg.lm_context, seed=seed,
+        )
+        dense_layers = LM_DENSE
+    if spec.pattern is not None:
+        sparsify_(
+            model, spec.pattern, method=spec.method, update_every=cfg.update_every, exclude=list(dense_layers),
+            ste=ste, srste_decay=cfg.srste_decay,
+        )
+    rec: Dict[str, object] = {"task": task, "structure": structure, "family": family(structure), "ste": ste, "seed": seed}
+    if task == "digits":
+        result = train(model, data["digits"], epochs=cfg.digits_epochs, seed=seed)
+        rec.update(metric="accuracy", value=result.accuracy, steps=result.steps)
+    else:
+        from .examples_lm import train_lm
+
+        result = train_lm(
+            model, data["lm"], steps=cfg.lm_steps, batch_size=cfg.lm_batch, lr=cfg.lm_lr, seed=seed,
+            eval_windows=cfg.lm_eval_windows,
+        )
+        rec.update(metric="val_loss", value=result.val_loss, val_ppl=result.val_ppl, steps=result.steps)
+    kept, density = _kept_and_density(model)
+    rec.update(log10_div64=log10_diversity_per_64(structure), density=density, kept=kept, seconds=time.perf_counter() - start)
+    return rec
+
+
+@torch.no_grad()
+def _kept_and_density(model) -> tuple:
+    kept = total = count = size = 0.0
+    for module, pname in sparsified_parameters(model).values():
+        dense = module.parametrizations[pname].original.abs().double()
+        mask = module.parametrizations[pname][0].mask
+        kept += float(torch.where(mask, dense, torch.zeros((), dtype=dense.dtype)).sum())
+        total += float(dense.sum())
+        count += int(mask.sum())
+        size += mask.numel()
+    return (kept / total, count / size) if size else (1.0, 1.0)
+
+
+def aggregate(records: Sequence[Dict[str, object]]) -> List[Dict[str, object]]:
+    """Group by (task, structure, ste): mean and sample std (ddof 1; 0 for one seed) of the metric."""
+    groups: Dict[tuple, List[Dict[str, object]]] = {}
+    for r in records:
+        groups.setdefault((r["task"], r["structure"], r["ste"]), []).append(r)
+    rows = []
+    for (task, structure, ste), rs in groups.items():
+        vals = [float(r["value"]) for r in rs]
+        row = {
+            "task": task, "structure": structure, "family": rs[0]["family"], "ste": ste, "n": len(rs),
+            "metric": rs[0]["metric"], "mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+            "log10_div64": rs[0]["log10_div64"], "seconds": statistics.fmean(float(r["seconds"]) for r in rs),
+            "kept": statistics.fmean(float(r["kept"]) for r in rs),
+        }
+        if task == "lm":
+            ppl = [math.exp(v) for v in vals]
+            row.update(ppl_mean=statistics.fmean(ppl), ppl_std=statistics.stdev(ppl) if len(ppl) > 1 else 0.0)
+        rows.append(row)
+    return rows
+
+
+def _lookup(rows, task, structure, ste) -> Optional[Dict[str, object]]:
+    for r in rows:
+        if r["task"] == task and r["structure"] == structure and r["ste"] in (ste, "-"):
+            return r
+    return None
+
+
+def _cell(row, task) -> str:
+    if row is None:
+        return "-"
+    if task == "digits":
+        return f"{100 * row['mean']:.2f} ± {100 * row['std']:.2f}"
+    return f"{row['ppl_mean']:.3f} ± {row['ppl_std']:.3f}"
+
+
+def results_table(rows: Sequence[Dict[str, object]], structures: Sequence[str] = STRUCTURES) -> str:
+    """Markdown table: one line per structure; digits accuracy (%) and LM validation perplexity,
+    mean ± std over seeds, for STE and SR-STE; mean seconds per run. Dense fills both columns."""
+    head = (
+        "| structure | log10 masks/64 | digits acc % (STE) | digits acc % (SR-STE) | LM val ppl (STE) | "
+        "LM val ppl (SR-STE) | s/run digits | s/run LM |\n|---|---|---|---|---|---|---|---|"
+    )
+    lines = [head]
+    for s in structures:
+        cells = [s, f"{log10_diversity_per_64(s):.2f}"]
+        secs = []
+        for task in ("digits", "lm"):
+            for ste in STES:
+                cells.append(_cell(_lookup(rows, task, s, ste), task))
+        for task in ("digits", "lm"):
+            found = [r["seconds"] for r in rows if r["task"] == task and r["structure"] == s]
+            secs.append(f"{statistics.fmean(found):.1f}" if found else "-")
+        lines.append("| " + " | ".join(cells + secs) + " |")
+    return "\n".join(lines)
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties); NaN if either side is constant."""
+    def ranks(v):
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        r = [0.0] * len(v)
+        i = 0
+        while i < len(v):
+            j = i
+            while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                r[order[k]] = (i + j) / 2
+            i = j + 1
+        return r
+
+    rx, ry = ranks(list(x)), ranks(list(y))
+    if len(set(rx)) < 2 or len(set(ry)) < 2:
+        return float("nan")
+    return statistics.correlation(rx, ry)
+
+
+def claim_checks(rows: Sequence[Dict[str, object]]) -> List[str]:
+    """Lines of numbers behind claims (a) and (b), for each task and STE.
+
+    (a) Spearman rho between log10 diversity and quality (accuracy, or minus the validation
+    loss) over the sparse structures; the exact solver stands for each transposable pattern.
+    (b) For each transposable pattern (exact solver): its gap to dense and the larger of the two
+    seed standard deviations.
+    """
+    out = []
+    for task in sorted({r["task"] for r in rows}):
+        dense = _lookup(rows, task, "dense", "-")
+        sign = 1.0 if task == "digits" else -1.0
+        scale, unit = (100.0, " pts acc") if task == "digits" else (1.0, " nats/byte")
+        for ste in STES:
+            sparse = [r for r in rows if r["task"] == task and r["ste"] == ste and r["family"] != "transposable greedy"]
+            if len(sparse) >= 3:
+                rho = spearman([r["log10_div64"] for r in sparse], [sign * r["mean"] for r in sparse])
+                out.append(f"{task} {ste}: (a) Spearman rho(log10 diversity, quality) = {rho:+.2f} over {len(sparse)} structures")
+            if dense is None:
+                continue
+            for r in rows:
+                if r["task"] == task and r["ste"] == ste and r["family"] == "transposable exact":
+                    gap = scale * (r["mean"] - dense["mean"])
+                    spread = scale * max(r["std"], dense["std"])
+                    out.append(f"{task} {ste}: (b) {r['structure']} - dense = {gap:+.3f}{unit} (seed std up to {spread:.3f})")
+    return out
+
+
+def plot(rows: Sequence[Dict[str, object]], path: str) -> str:
+    """Save a PNG: per task, quality against log10 mask diversity per 64 weights, one marker per
+    structure family (filled: STE, hollow: SR-STE), dense as a dashed line with its seed band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.6), squeeze=False)
+    markers = {"unstructured": "s", "row-wise": "o", "transposable exact": "^", "transposable greedy": "v"}
+    colours = {"unstructured": "C3", "row-wise": "C0", "transposable exact": "C2", "transposable greedy": "C1"}
+    for ax, task in zip(axes[0], tasks):
+        value = (lambda r: 100 * r["mean"]) if task == "digits" else (lambda r: r["ppl_mean"])
+        err = (lambda r: 100 * r["std"]) if task == "digits" else (lambda r: r["ppl_std"])
+        dense = _lookup(rows, task, "dense", "-")
+        if dense is not None:
+            ax.axhline(value(dense), color="k", ls="--", lw=1, label="dense")
+            ax.axhspan(value(dense) - err(dense), value(dense) + err(dense), color="k", alpha=0.08)
+        seen = set()
+        for r in rows:
+            if r["task"] != task or r["family"] == "dense":
+                continue
+            fam, ste = r["family"], r["ste"]
+            x = r["log10_div64"] + (0.12 if ste == "srste" else -0.12)
+            label = f"{fam} ({'SR-STE' if ste == 'srste' else 'STE'})"
+            ax.errorbar(
+                x, value(r), yerr=err(r), fmt=markers[fam], color=colours[fam], capsize=2, ms=6,
+                mfc=colours[fam] if ste == "ste" else "white", label=None if label in seen else label,
+            )
+            seen.add(label)
+            if ste == "ste":
+                ax.annotate(r["structure"].split("@")[0], (x, value(r)), textcoords="offset points", xytext=(-4, 7), fontsize=7)
+        ax.set_xlabel("log10 masks per 64 weights (mask diversity)")
+        ax.set_ylabel("test accuracy (%)" if task == "digits" else "validation perplexity per byte (lower is better)")
+        ax.set_title("small CNN, digits" if task == "digits" else "char-level transformer, stdlib text")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def environment(cfg: ClaimsConfig) -> Dict[str, object]:
+    """What a result line needs to be reproduced: versions, threads, the config."""
+    return {
+        "python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
+        "threads": cfg.threads, "platform": platform.platform(), "config": asdict(cfg),
+    }
+
+
+def write_jsonl(path: str, records: Sequence[Dict[str, object]]) -> None:
+    """Append records as JSON lines (creating the folder)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec) + "\n")
+
+
+def main(quick: bool = False, seeds: Optional[int] = None, out: str = "bench-results", plot_path: Optional[str] = None,
+         threads: int = 1, jobs: Optional[int] = None, verbose: bool = True) -> Dict[str, object]:
+    """Run the report; append every run to ``<out>/claims.jsonl``; write ``<out>/claims.md`` (table,
+    claim checks, command) and the plot (default ``<out>/claims.png``). Returns a dict with
+    ``records, rows, table, checks, seconds, paths``."""
+    cfg = ClaimsConfig.quick() if quick else ClaimsConfig()
+    jobs = (1 if quick else 2) if jobs is None else jobs
+    cfg = replace(cfg, threads=threads, jobs=jobs, **({} if seeds is None else {"seeds": seeds}))
+    cfg.check()
+    jsonl = os.path.join(out, "claims.jsonl")
+    run_id = time.strftime("%Y%m%dT%H%M%S")
+    env = environment(cfg)
+    say = print if verbose else (lambda *a, **k: None)
+    total = len(configurations(cfg)) * cfg.seeds
+    say(f"nmsparse bench claims{' --quick' if quick else ''}: {total} training runs, {cfg.jobs} at a time, {cfg.threads} thread(s) each")
+    if "lm" in cfg.tasks:
+        from .examples_lm import load_stdlib_corpus
+
+        say("LM text: " + load_stdlib_corpus().describe())
+    start = time.perf_counter()
+    records: List[Dict[str, object]] = []
+
+    def on_record(rec):
+        rec = dict(rec, run_id=run_id, quick=quick)
+        records.append(rec)
+        write_jsonl(jsonl, [rec])
+        shown = f"{100 * rec['value']:.2f}%" if rec["task"] == "digits" else f"ppl {rec['val_ppl']:.3f}"
+        say(f"[{len(records)}/{total} {time.perf_counter() - start:.0f}s] {rec['task']} {rec['structure']} "
+            f"{rec['ste']} seed {rec['seed']}: {shown} ({rec['seconds']:.1f}s)", flush=True)
+
+    for _ in run_claims(cfg, progress=on_record):
+        pass
+    seconds = time.perf_counter() - start
+    rows = aggregate(records)
+    table = results_table(rows, cfg.structures)
+    checks = claim_checks(rows)
+    write_jsonl(jsonl, [{"run_id": run_id, "summary": rows, "seconds_total": seconds, "env": env}])
+    png = plot(rows, plot_path or os.path.join(out, "claims.png"))
+    command = "nmsparse bench claims" + (" --quick" if quick else "") + (f" --seeds {cfg.seeds}" if seeds is not None else "")
+    md = os.path.join(out, "claims.md")
+    with open(md, "w", encoding="utf-8") as fh:
+        fh.write(f"{table}\n\n" + "\n".join(f"- {c}" for c in checks)
+                 + f"\n\nTotal {seconds / 60:.1f} min for {total} runs, {cfg.jobs} at a time with {cfg.threads} thread(s) each. Command: `{command}`\n")
+    say("\n" + table + "\n\n" + "\n".join(checks))
+    say(f"\ntotal {seconds:.0f} s ({seconds / 60:.1f} min); wrote {jsonl}, {md}, {png}")
+    return {"records": records, "rows": rows, "table": table, "checks": checks, "seconds": seconds,
+            "paths": {"jsonl": jsonl, "table": md, "plot": png}}
