@@ -17,7 +17,7 @@ from .masks import (
 )
 from .nn import sparsify_, squash_, summary, update_masks_
 from .pattern import NMPattern
-from . import regularizers  # noqa: E402  (nms.regularizers.WGSEFRegularizer, wgsef_prox, ...)
+from . import regularizers, sift  # noqa: E402  (nms.regularizers.WGSEFRegularizer, nms.sift.transform, ...)
 
 __version__ = "0.1.0"
 
@@ -44,5 +44,7 @@ __all__ = [
     "ScoreError",
     "MethodError",
     "MaskError",
+    "regularizers",
+    "sift",
     "__version__",
 ]
