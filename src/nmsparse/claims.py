@@ -60,11 +60,11 @@ class ClaimsConfig:
     srste_decay: float = 2e-4
     threads: int = 1
     jobs: int = 1
-    digits_epochs: int = 15
+    digits_epochs: int = 10
     digits_train_limit: int = 0  # 0: the whole training split; >0: its first this many images
     digits_width: int = 16
     lm_steps: int = 300
-    lm_batch: int = 32
+    lm_batch: int = 16
     lm_lr: float = 3e-3
     lm_d_model: int = 64
     lm_layers: int = 2
@@ -216,7 +216,7 @@ def _load(cfg: ClaimsConfig) -> dict:
 
 def _run_one(cfg: ClaimsConfig, data: dict, task: str, structure: str, ste: str, seed: int) -> Dict[str, object]:
     spec = RunSpec.parse(structure)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     if task == "digits":
         from .examples import small_cnn, train
 
@@ -248,7 +248,8 @@ def _run_one(cfg: ClaimsConfig, data: dict, task: str, structure: str, ste: str,
         )
         rec.update(metric="val_loss", value=result.val_loss, val_ppl=result.val_ppl, steps=result.steps)
     kept, density = _kept_and_density(model)
-    rec.update(log10_div64=log10_diversity_per_64(structure), density=density, kept=kept, seconds=time.perf_counter() - start)
+    rec.update(log10_div64=log10_diversity_per_64(structure), density=density, kept=kept, seconds=time.perf_counter() - start,
+               cpu_seconds=time.process_time() - cpu_start)
     return rec
 
 
@@ -277,6 +278,7 @@ def aggregate(records: Sequence[Dict[str, object]]) -> List[Dict[str, object]]:
             "task": task, "structure": structure, "family": rs[0]["family"], "ste": ste, "n": len(rs),
             "metric": rs[0]["metric"], "mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
             "log10_div64": rs[0]["log10_div64"], "seconds": statistics.fmean(float(r["seconds"]) for r in rs),
+            "cpu_seconds": statistics.fmean(float(r.get("cpu_seconds", r["seconds"])) for r in rs),
             "kept": statistics.fmean(float(r["kept"]) for r in rs),
         }
         if task == "lm":
@@ -303,7 +305,8 @@ def _cell(row, task) -> str:
 
 def results_table(rows: Sequence[Dict[str, object]], structures: Sequence[str] = STRUCTURES) -> str:
     """Markdown table: one line per structure; digits accuracy (%) and LM validation perplexity,
-    mean ± std over seeds, for STE and SR-STE; mean seconds per run. Dense fills both columns."""
+    mean ± std over seeds, for STE and SR-STE; mean wall-clock and CPU seconds per run. Dense
+    fills both columns."""
     head = (
         "| structure | log10 masks/64 | digits acc % (STE) | digits acc % (SR-STE) | LM val ppl (STE) | "
         "LM val ppl (SR-STE) | s/run digits | s/run LM |\n|---|---|---|---|---|---|---|---|"
@@ -316,8 +319,10 @@ def results_table(rows: Sequence[Dict[str, object]], structures: Sequence[str] =
             for ste in STES:
                 cells.append(_cell(_lookup(rows, task, s, ste), task))
         for task in ("digits", "lm"):
-            found = [r["seconds"] for r in rows if r["task"] == task and r["structure"] == s]
-            secs.append(f"{statistics.fmean(found):.1f}" if found else "-")
+            found = [r for r in rows if r["task"] == task and r["structure"] == s]
+            wall = statistics.fmean(r["seconds"] for r in found) if found else 0.0
+            cpu = statistics.fmean(r["cpu_seconds"] for r in found) if found else 0.0
+            secs.append(f"{wall:.1f} ({cpu:.1f} CPU)" if found else "-")
         lines.append("| " + " | ".join(cells + secs) + " |")
     return "\n".join(lines)
 
@@ -369,51 +374,6 @@ def claim_checks(rows: Sequence[Dict[str, object]]) -> List[str]:
                     spread = scale * max(r["std"], dense["std"])
                     out.append(f"{task} {ste}: (b) {r['structure']} - dense = {gap:+.3f}{unit} (seed std up to {spread:.3f})")
     return out
-
-
-def plot(rows: Sequence[Dict[str, object]], path: str) -> str:
-    """Save a PNG: per task, quality against log10 mask diversity per 64 weights, one marker per
-    structure family (filled: STE, hollow: SR-STE), dense as a dashed line with its seed band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.6), squeeze=False)
-    markers = {"unstructured": "s", "row-wise": "o", "transposable exact": "^", "transposable greedy": "v"}
-    colours = {"unstructured": "C3", "row-wise": "C0", "transposable exact": "C2", "transposable greedy": "C1"}
-    for ax, task in zip(axes[0], tasks):
-        value = (lambda r: 100 * r["mean"]) if task == "digits" else (lambda r: r["ppl_mean"])
-        err = (lambda r: 100 * r["std"]) if task == "digits" else (lambda r: r["ppl_std"])
-        dense = _lookup(rows, task, "dense", "-")
-        if dense is not None:
-            ax.axhline(value(dense), color="k", ls="--", lw=1, label="dense")
-            ax.axhspan(value(dense) - err(dense), value(dense) + err(dense), color="k", alpha=0.08)
-        seen = set()
-        for r in rows:
-            if r["task"] != task or r["family"] == "dense":
-                continue
-            fam, ste = r["family"], r["ste"]
-            x = r["log10_div64"] + (0.12 if ste == "srste" else -0.12)
-            label = f"{fam} ({'SR-STE' if ste == 'srste' else 'STE'})"
-            ax.errorbar(
-                x, value(r), yerr=err(r), fmt=markers[fam], color=colours[fam], capsize=2, ms=6,
-                mfc=colours[fam] if ste == "ste" else "white", label=None if label in seen else label,
-            )
-            seen.add(label)
-            if ste == "ste":
-                ax.annotate(r["structure"].split("@")[0], (x, value(r)), textcoords="offset points", xytext=(-4, 7), fontsize=7)
-        ax.set_xlabel("log10 masks per 64 weights (mask diversity)")
-        ax.set_ylabel("test accuracy (%)" if task == "digits" else "validation perplexity per byte (lower is better)")
-        ax.set_title("small CNN, digits" if task == "digits" else "char-level transformer, stdlib text")
-        ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def environment(cfg: ClaimsConfig) -> Dict[str, object]:
@@ -469,6 +429,8 @@ def main(quick: bool = False, seeds: Optional[int] = None, out: str = "bench-res
     table = results_table(rows, cfg.structures)
     checks = claim_checks(rows)
     write_jsonl(jsonl, [{"run_id": run_id, "summary": rows, "seconds_total": seconds, "env": env}])
+    from .claims_plot import plot
+
     png = plot(rows, plot_path or os.path.join(out, "claims.png"))
     command = "nmsparse bench claims" + (" --quick" if quick else "") + (f" --seeds {cfg.seeds}" if seeds is not None else "")
     md = os.path.join(out, "claims.md")
