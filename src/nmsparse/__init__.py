@@ -17,7 +17,7 @@ from .masks import (
 )
 from .nn import sparsify_, squash_, summary, update_masks_
 from .pattern import NMPattern
-from . import regularizers, sift  # noqa: E402  (nms.regularizers.WGSEFRegularizer, nms.sift.transform, ...)
+from . import convert, regularizers, sift  # noqa: E402  (nms.convert.adaprune, nms.regularizers.WGSEFRegularizer, nms.sift.transform)
 
 __version__ = "0.1.0"
 
@@ -44,6 +44,7 @@ __all__ = [
     "ScoreError",
     "MethodError",
     "MaskError",
+    "convert",
     "regularizers",
     "sift",
     "__version__",
