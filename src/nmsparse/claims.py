@@ -57,6 +57,7 @@ class ClaimsConfig:
     structures: tuple = STRUCTURES
     tasks: tuple = TASKS
     update_every: int = 20
+    freeze_fraction: float = 0.1  # masks stop changing for this last share of the steps
     srste_decay: float = 2e-4
     threads: int = 1
     jobs: int = 1
@@ -90,6 +91,8 @@ class ClaimsConfig:
             raise NMSparseError(f"bench claims: tasks must be a non-empty subset of {TASKS}, got {self.tasks!r}.")
         for s in self.structures:
             RunSpec.parse(s)  # raises a clear error on a bad structure
+        if not 0.0 <= self.freeze_fraction < 1.0:
+            raise NMSparseError(f"bench claims: freeze_fraction must be in [0, 1), got {self.freeze_fraction!r}.")
         for name in ("threads", "jobs"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -235,22 +238,48 @@ def _run_one(cfg: ClaimsConfig, data: dict, task: str, structure: str, ste: str,
             model, spec.pattern, method=spec.method, update_every=cfg.update_every, exclude=list(dense_layers),
             ste=ste, srste_decay=cfg.srste_decay,
         )
+    freeze = _freeze_after(model, cfg, _total_steps(cfg, data, task))
     rec: Dict[str, object] = {"task": task, "structure": structure, "family": family(structure), "ste": ste, "seed": seed}
     if task == "digits":
-        result = train(model, data["digits"], epochs=cfg.digits_epochs, seed=seed)
+        result = train(model, data["digits"], epochs=cfg.digits_epochs, seed=seed, after_step=freeze)
         rec.update(metric="accuracy", value=result.accuracy, steps=result.steps)
     else:
         from .examples_lm import train_lm
 
         result = train_lm(
             model, data["lm"], steps=cfg.lm_steps, batch_size=cfg.lm_batch, lr=cfg.lm_lr, seed=seed,
-            eval_windows=cfg.lm_eval_windows,
+            eval_windows=cfg.lm_eval_windows, after_step=freeze,
         )
         rec.update(metric="val_loss", value=result.val_loss, val_ppl=result.val_ppl, steps=result.steps)
     kept, density = _kept_and_density(model)
     rec.update(log10_div64=log10_diversity_per_64(structure), density=density, kept=kept, seconds=time.perf_counter() - start,
                cpu_seconds=time.process_time() - cpu_start)
     return rec
+
+
+def _total_steps(cfg: ClaimsConfig, data: dict, task: str) -> int:
+    if task == "lm":
+        return cfg.lm_steps
+    from .examples import steps_per_epoch
+
+    return cfg.digits_epochs * steps_per_epoch(data["digits"])
+
+
+def _freeze_after(model, cfg: ClaimsConfig, total: int) -> Callable:
+    """An ``after_step`` that freezes every mask once ``(1 - freeze_fraction) * total`` steps are done.
+
+    Without it a refresh can land on the very last steps (e.g. step 220 of 220 with
+    ``update_every=20``): the weights and BatchNorm statistics never adapt to the new mask, and
+    the final accuracy becomes a lottery. A fixed mask for the final steps is the usual remedy.
+    """
+    last = int(total * (1.0 - cfg.freeze_fraction))
+
+    def after_step(m, step: int) -> None:
+        if step == last:
+            for module, pname in sparsified_parameters(m).values():
+                module.parametrizations[pname][0].static = True
+
+    return after_step
 
 
 @torch.no_grad()
@@ -441,3 +470,28 @@ def main(quick: bool = False, seeds: Optional[int] = None, out: str = "bench-res
     say(f"\ntotal {seconds:.0f} s ({seconds / 60:.1f} min); wrote {jsonl}, {md}, {png}")
     return {"records": records, "rows": rows, "table": table, "checks": checks, "seconds": seconds,
             "paths": {"jsonl": jsonl, "table": md, "plot": png}}
+
+
+def report_from_jsonl(path: str, run_id: Optional[str] = None, plot_path: Optional[str] = None) -> Dict[str, object]:
+    """Rebuild the table, the claim checks and (if ``plot_path``) the plot from a ``claims.jsonl``.
+
+    Uses the per-run lines of ``run_id`` (default: the last run in the file), so a report can be
+    re-rendered without training again. Returns ``rows, table, checks, run_id``.
+    """
+    with open(path, encoding="utf-8") as fh:
+        lines = [json.loads(line) for line in fh if line.strip()]
+    runs = [r for r in lines if "summary" not in r and "task" in r]
+    if not runs:
+        raise NMSparseError(f"report_from_jsonl: {path!r} holds no per-run result lines; run `nmsparse bench claims` first.")
+    run_id = run_id or runs[-1]["run_id"]
+    records = [r for r in runs if r["run_id"] == run_id]
+    if not records:
+        raise NMSparseError(f"report_from_jsonl: no run {run_id!r} in {path!r}.")
+    rows = aggregate(records)
+    structures = [s for s in STRUCTURES if any(r["structure"] == s for r in rows)]
+    structures += sorted({r["structure"] for r in rows} - set(structures))
+    if plot_path:
+        from .claims_plot import plot
+
+        plot(rows, plot_path)
+    return {"rows": rows, "table": results_table(rows, structures), "checks": claim_checks(rows), "run_id": run_id}
