@@ -108,6 +108,8 @@ def test_aggregate_table_and_checks():
     assert "digits ste: (a) Spearman rho(log10 diversity, quality) = +0.80 over 4 structures" in checks
     assert "lm ste: (a) Spearman rho(log10 diversity, quality) = +0.80" in checks
     assert "digits ste: (b) 2:4T@exact - dense = -3.000 pts acc" in checks
+    # Same seed, same shift: the paired gap has no spread.
+    assert "lm ste: (c) paired 2:4 - dense = +0.200 ± 0.000 nats/byte over 3 seeds" in checks
 
 
 def test_bad_config_is_refused():
