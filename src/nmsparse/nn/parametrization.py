@@ -77,7 +77,7 @@ class NMMask(nn.Module):
     def refresh(self, weight: torch.Tensor, step: int) -> int:
         """Recompute the mask from the dense ``weight``; return how many entries changed."""
         new = compute_mask(weight.detach(), self.pattern, self.method, self.layer_name)
-        changed = int((new != self.mask).sum())
+        changed = int(torch.count_nonzero(new != self.mask))
         self.mask.copy_(new)  # in place: the buffer's identity (and torch.compile's view of it) stays
         self.last_refresh.fill_(step)
         self.refreshes += 1
