@@ -43,7 +43,7 @@ import torch
 from .demo import RunSpec, warm_up_solvers
 from .diversity import log10_count_masks
 from .errors import NMSparseError
-from .nn import sparsified_parameters, sparsify_
+from .nn import kept_and_density, sparsified_parameters, sparsify_
 from .pattern import NMPattern
 
 STRUCTURES = (
@@ -258,7 +258,7 @@ def _run_one(cfg: ClaimsConfig, data: dict, task: str, structure: str, ste: str,
             eval_windows=cfg.lm_eval_windows, after_step=freeze,
         )
         rec.update(metric="val_loss", value=result.val_loss, val_ppl=result.val_ppl, steps=result.steps)
-    kept, density = _kept_and_density(model)
+    kept, density = kept_and_density(model)
     rec.update(log10_div64=log10_diversity_per_64(structure), density=density, kept=kept, seconds=time.perf_counter() - start,
                cpu_seconds=time.process_time() - cpu_start)
     return rec
@@ -287,19 +287,6 @@ def _freeze_after(model, cfg: ClaimsConfig, total: int) -> Callable:
                 module.parametrizations[pname][0].static = True
 
     return after_step
-
-
-@torch.no_grad()
-def _kept_and_density(model) -> tuple:
-    kept = total = count = size = 0.0
-    for module, pname in sparsified_parameters(model).values():
-        dense = module.parametrizations[pname].original.abs().double()
-        mask = module.parametrizations[pname][0].mask
-        kept += float(torch.where(mask, dense, torch.zeros((), dtype=dense.dtype)).sum())
-        total += float(dense.sum())
-        count += int(mask.sum())
-        size += mask.numel()
-    return (kept / total, count / size) if size else (1.0, 1.0)
 
 
 def aggregate(records: Sequence[Dict[str, object]]) -> List[Dict[str, object]]:

@@ -23,7 +23,7 @@ from .diversity import log10_count_masks
 from .errors import NMSparseError
 from .examples import load_digits_split, small_cnn, steps_per_epoch, train
 from .masks import available_methods
-from .nn import sparsified_parameters, sparsify_
+from .nn import kept_and_density, sparsify_
 from .pattern import NMPattern
 
 DEFAULT_RUNS = ("dense", "50%", "2:4", "2:4T@exact", "2:4T@greedy", "4:8T@exact")
@@ -103,7 +103,7 @@ def run_demo(
         if progress is not None:
             progress.set_label(spec.label)
         result = train(model, data, epochs=epochs, seed=seed, progress=progress)
-        kept, density = _kept_and_density(model)
+        kept, density = kept_and_density(model)
         yield {
             "run": spec.label,
             "accuracy": result.accuracy,
@@ -123,19 +123,3 @@ def warm_up_solvers(specs: Sequence[RunSpec]) -> None:
     for spec in specs:
         if isinstance(spec.pattern, NMPattern) and not spec.pattern.is_dense:
             find_mask(tiny, spec.pattern, method=spec.method)
-
-
-@torch.no_grad()
-def _kept_and_density(model) -> tuple:
-    entries = sparsified_parameters(model)
-    if not entries:
-        return 1.0, 1.0
-    kept = total = count = size = 0.0
-    for module, pname in entries.values():
-        dense = module.parametrizations[pname].original.abs().double()
-        mask = module.parametrizations[pname][0].mask
-        kept += float(torch.where(mask, dense, 0.0).sum())
-        total += float(dense.sum())
-        count += int(mask.sum())
-        size += mask.numel()
-    return kept / total, count / size

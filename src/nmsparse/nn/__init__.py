@@ -5,7 +5,7 @@ from .parametrization import NMMask
 from .sparse_linear import CompressedWeight, sparse_linear
 from .sparsify import sparsified_parameters, sparsify_, squash_, update_masks_
 from .ste import masked_weight_ste
-from .summary import SparsitySummary, summary
+from .summary import SparsitySummary, kept_and_density, summary
 
 __all__ = [
     "sparsify_",
@@ -13,6 +13,7 @@ __all__ = [
     "squash_",
     "summary",
     "SparsitySummary",
+    "kept_and_density",
     "sparsified_parameters",
     "NMMask",
     "masked_weight_ste",

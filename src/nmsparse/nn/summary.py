@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List
 
+import torch
 from torch import nn
 
 from .sparsify import _STATE, _mask_of
@@ -70,3 +71,22 @@ def summary(model: nn.Module) -> SparsitySummary:
     position = {name: i for i, name in enumerate(state.order)}
     rows.sort(key=lambda r: position.get(r["name"], len(position)))
     return SparsitySummary(rows, state.forward_count)
+
+
+@torch.no_grad()
+def kept_and_density(model: nn.Module) -> tuple:
+    """(share of sum |W| the masks keep, share of entries kept) over every sparsified weight.
+
+    Measured on the dense weights the masks are chosen from; ``(1.0, 1.0)`` for a model with no
+    sparsified weight.
+    """
+    state = getattr(model, _STATE, None)
+    kept = total = count = size = 0.0
+    for module, pname in (state.entries.values() if state is not None else ()):
+        dense = module.parametrizations[pname].original.abs().double()
+        mask = _mask_of(module, pname).mask
+        kept += float(torch.where(mask, dense, torch.zeros((), dtype=dense.dtype)).sum())
+        total += float(dense.sum())
+        count += int(mask.sum())
+        size += mask.numel()
+    return (kept / total, count / size) if size else (1.0, 1.0)
