@@ -21,6 +21,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from ..nn.ste import masked
 from ..pattern import NMPattern
 
 __all__ = [
@@ -52,7 +53,7 @@ class _MaskedMixin:
 
     def masked_weight(self) -> torch.Tensor:
         """``where(mask, weight, +0.0)``; records the dense gradient if ``capture_dense_grad``."""
-        w = torch.where(self.weight_mask, self.weight, torch.zeros((), dtype=self.weight.dtype, device=self.weight.device))
+        w = masked(self.weight, self.weight_mask)
         if self.capture_dense_grad and w.requires_grad:
             w.register_hook(self._store_dense_grad)
         return w
@@ -74,7 +75,16 @@ class _MaskedMixin:
         self.weight.copy_(self.masked_weight_detached())
 
     def masked_weight_detached(self) -> torch.Tensor:
-        return torch.where(self.weight_mask, self.weight.detach(), torch.zeros((), dtype=self.weight.dtype, device=self.weight.device))
+        return masked(self.weight.detach(), self.weight_mask)
+
+    @torch.no_grad()
+    def _copy_parameters_from(self, layer: nn.Module) -> "_MaskedMixin":
+        """Match ``layer``'s device and dtype and copy its weight and bias (for ``from_dense``)."""
+        self.to(device=layer.weight.device, dtype=layer.weight.dtype)
+        self.weight.copy_(layer.weight)
+        if layer.bias is not None:
+            self.bias.copy_(layer.bias)
+        return self
 
     def _mask_repr(self) -> str:
         return f", density={self.density:.4f}" + (f", pattern={self.pattern}" if self.pattern else "")
@@ -105,12 +115,7 @@ class MaskedLinear(_MaskedMixin, nn.Linear):
     @classmethod
     def from_dense(cls, layer: nn.Linear, pattern: Optional[str] = None) -> "MaskedLinear":
         new = cls(layer.in_features, layer.out_features, layer.bias is not None, pattern=pattern)
-        new.to(device=layer.weight.device, dtype=layer.weight.dtype)
-        with torch.no_grad():
-            new.weight.copy_(layer.weight)
-            if layer.bias is not None:
-                new.bias.copy_(layer.bias)
-        return new
+        return new._copy_parameters_from(layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.masked_weight(), self.bias)
@@ -134,12 +139,7 @@ class MaskedConv2d(_MaskedMixin, nn.Conv2d):
     def from_dense(cls, layer: nn.Conv2d, pattern: Optional[str] = None) -> "MaskedConv2d":
         new = cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
                   layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode, pattern=pattern)
-        new.to(device=layer.weight.device, dtype=layer.weight.dtype)
-        with torch.no_grad():
-            new.weight.copy_(layer.weight)
-            if layer.bias is not None:
-                new.bias.copy_(layer.bias)
-        return new
+        return new._copy_parameters_from(layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.masked_weight(), self.bias)
