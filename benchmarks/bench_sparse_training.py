@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _common import machine, print_table, write_jsonl  # noqa: E402
 
 import nmsparse as nms  # noqa: E402
-from nmsparse.examples import load_digits_split, mlp, small_cnn, steps_per_epoch  # noqa: E402
+from nmsparse.examples import load_digits_split, mlp, small_cnn  # noqa: E402
 from nmsparse.nn import CompressedWeight, sparse_linear  # noqa: E402
 from nmsparse.nn.sparse_linear import semi_structured_unsupported  # noqa: E402
 

@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import best_of, machine, print_table, write_jsonl  # noqa: E402
 
-from nmsparse.examples import evaluate, load_digits_split, mlp, small_cnn, train  # noqa: E402
+from nmsparse.examples import load_digits_split, mlp, small_cnn, train  # noqa: E402
 from nmsparse.regularizers import WGSEFRegularizer, shrink_model  # noqa: E402
 
 LR = 2e-3

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..errors import NMSparseError
 from ..layout import matrix_layout
 from ..pattern import NMPattern
 
@@ -41,8 +42,6 @@ class Candidate:
 
 
 def compile_patterns(patterns: Patterns, argname: str) -> List[re.Pattern]:
-    from ..errors import NMSparseError
-
     if patterns is None:
         return []
     if isinstance(patterns, str):
