@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nmsparse.claims import main as run_report
+from nmsparse.apps.claims import main as run_report
 
 
 def main(argv=None) -> int:

@@ -33,7 +33,7 @@ def test_demo_trains_and_prints_a_row_per_run(capsys):
 def test_demo_diversity_column_closed_forms():
     from math import comb, log10
 
-    from nmsparse.demo import RunSpec, diversity_per_64
+    from nmsparse.apps.demo import RunSpec, diversity_per_64
 
     assert diversity_per_64(RunSpec.parse("dense")) == 0.0
     assert diversity_per_64(RunSpec.parse("2:4")) == pytest.approx(16 * log10(6))  # C(4,2) per group, 16 groups

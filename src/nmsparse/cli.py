@@ -7,8 +7,8 @@ import sys
 from typing import Dict, List, Optional, Sequence
 
 from . import __version__
-from .demo import DEFAULT_RUNS
-from .mask_tour import DEFAULT_PATTERNS
+from .apps.demo import DEFAULT_RUNS
+from .apps.mask_tour import DEFAULT_PATTERNS
 from .errors import NMSparseError
 
 
@@ -35,7 +35,7 @@ def _cell(value, fmt: str) -> str:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ._progress import Progress
-    from .demo import run_demo
+    from .apps.demo import run_demo
     from .examples import load_digits_split, steps_per_epoch
 
     print(
@@ -68,7 +68,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_masks(args: argparse.Namespace) -> int:
-    from .mask_tour import demo_weight, run_demo
+    from .apps.mask_tour import demo_weight, run_demo
 
     weight = demo_weight(args.size, args.size, seed=args.seed)
     print(
@@ -98,7 +98,7 @@ def _cmd_masks(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_claims(args: argparse.Namespace) -> int:
-    from .claims import main as run_claims_report
+    from .apps.claims import main as run_claims_report
 
     run_claims_report(quick=args.quick, seeds=args.seeds, out=args.out, plot_path=args.plot, threads=args.threads, jobs=args.jobs)
     return 0

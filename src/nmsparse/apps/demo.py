@@ -19,12 +19,12 @@ from typing import Dict, Iterator, Optional, Sequence
 
 import torch
 
-from .diversity import log10_count_masks
-from .errors import NMSparseError
-from .examples import load_digits_split, small_cnn, steps_per_epoch, train
-from .masks import available_methods
-from .nn import kept_and_density, sparsify_
-from .pattern import NMPattern
+from ..diversity import log10_count_masks
+from ..errors import NMSparseError
+from ..examples import load_digits_split, small_cnn, steps_per_epoch, train
+from ..masks import available_methods
+from ..nn import kept_and_density, sparsify_
+from ..pattern import NMPattern
 
 DEFAULT_RUNS = ("dense", "50%", "2:4", "2:4T@exact", "2:4T@greedy", "4:8T@exact")
 DENSE_LAYERS = ("conv1", "fc2")  # first and last layer
@@ -117,7 +117,7 @@ def run_demo(
 
 def warm_up_solvers(specs: Sequence[RunSpec]) -> None:
     """Load (on a very first run: compile) each solver on a tiny matrix, so no run is charged for it."""
-    from .masks import find_mask
+    from ..masks import find_mask
 
     tiny = torch.rand(16, 16, generator=torch.Generator().manual_seed(0))
     for spec in specs:

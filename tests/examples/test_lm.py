@@ -1,4 +1,4 @@
-"""The stdlib text corpus and the small byte-level transformer LM (nmsparse.examples_lm)."""
+"""The stdlib text corpus and the small byte-level transformer LM (nmsparse.examples.lm)."""
 
 import math
 import os
@@ -8,7 +8,7 @@ import torch
 
 import nmsparse as nms
 from nmsparse.errors import NMSparseError
-from nmsparse.examples_lm import (
+from nmsparse.examples.lm import (
     STDLIB_FILES, VOCAB_SIZE, CharTransformer, evaluate_lm, load_stdlib_corpus, train_lm,
 )
 from nmsparse.nn import sparsified_parameters

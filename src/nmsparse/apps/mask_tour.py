@@ -13,10 +13,10 @@ from typing import Dict, Iterator, Sequence
 
 import torch
 
-from .diversity import log10_count_masks
-from .errors import ShapeError
-from .masks import available_methods, solve_mask, unstructured_mask
-from .pattern import NMPattern
+from ..diversity import log10_count_masks
+from ..errors import ShapeError
+from ..masks import available_methods, solve_mask, unstructured_mask
+from ..pattern import NMPattern
 
 DEFAULT_PATTERNS = ("1:2", "2:4", "4:8", "8:16", "2:4T", "4:8T", "8:16T")
 

@@ -23,7 +23,7 @@ from typing import Callable, List, Optional, Sequence
 import torch
 from torch import nn
 
-from ._progress import Progress
+from .._progress import Progress
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._progress import Progress
-from .errors import NMSparseError
+from .._progress import Progress
+from ..errors import NMSparseError
 
 #: Standard-library modules read for the corpus (sorted; single-file modules in CPython 3.10-3.14;
 #: ``string``, ``pathlib`` and ``zipfile`` are avoided because they became packages).

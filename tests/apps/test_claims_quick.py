@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from nmsparse.claims import (
+from nmsparse.apps.claims import (
     STES, STRUCTURES, ClaimsConfig, aggregate, claim_checks, configurations, log10_diversity_per_64,
     main, results_table, spearman,
 )
@@ -31,7 +31,7 @@ def test_quick_report_end_to_end(tmp_path):
             assert 0.0 < rec["value"] < math.log(256) + 0.5 and rec["val_ppl"] == pytest.approx(math.exp(rec["value"]))
     assert (tmp_path / "claims.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Reproducible: re-running one configuration gives the same numbers.
-    from nmsparse.claims import _WORKER, _worker_init, _worker_run
+    from nmsparse.apps.claims import _WORKER, _worker_init, _worker_run
 
     _worker_init(cfg)  # what a run gets: the config's data and thread count
     try:

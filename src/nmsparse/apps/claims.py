@@ -2,8 +2,8 @@
 
 Two tasks, each trained for several seeds under every structure at density 1/2:
 
-* ``digits``: the small CNN of :mod:`nmsparse.examples` on scikit-learn's digits (test accuracy);
-* ``lm``: the byte-level transformer of :mod:`nmsparse.examples_lm` on the interpreter's own
+* ``digits``: the small CNN of :mod:`nmsparse.examples.digits` on scikit-learn's digits (test accuracy);
+* ``lm``: the byte-level transformer of :mod:`nmsparse.examples.lm` on the interpreter's own
   standard-library sources (validation loss in nats per byte and perplexity ``exp(loss)``).
 
 Structures: dense, unstructured 50 % (top-k per tensor), row-wise 1:2 / 2:4 / 4:8, transposable
@@ -41,10 +41,10 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 import torch
 
 from .demo import RunSpec, warm_up_solvers
-from .diversity import log10_count_masks
-from .errors import NMSparseError
-from .nn import kept_and_density, sparsified_parameters, sparsify_
-from .pattern import NMPattern
+from ..diversity import log10_count_masks
+from ..errors import NMSparseError
+from ..nn import kept_and_density, sparsified_parameters, sparsify_
+from ..pattern import NMPattern
 
 STRUCTURES = (
     "dense", "50%", "1:2", "2:4", "4:8",
@@ -187,8 +187,8 @@ def _worker_init(cfg: ClaimsConfig) -> None:
     old = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        from .examples import small_cnn
-        from .examples_lm import CharTransformer
+        from ..examples import small_cnn
+        from ..examples.lm import CharTransformer
 
         small_cnn(width=cfg.digits_width, seed=0)(torch.zeros(4, 1, 8, 8)).sum().backward()
         CharTransformer(d_model=cfg.lm_d_model, n_layers=1, n_heads=cfg.lm_heads, d_ff=cfg.lm_d_ff,
@@ -210,7 +210,7 @@ def _worker_run(item: tuple) -> Dict[str, object]:
 def _load(cfg: ClaimsConfig) -> dict:
     data = {}
     if "digits" in cfg.tasks:
-        from .examples import load_digits_split
+        from ..examples import load_digits_split
 
         digits = load_digits_split(seed=0)  # one fixed split; seeds vary init and batch order
         if cfg.digits_train_limit:
@@ -218,7 +218,7 @@ def _load(cfg: ClaimsConfig) -> dict:
             digits = type(digits)(digits.x_train[:k], digits.y_train[:k], digits.x_test, digits.y_test)
         data["digits"] = digits
     if "lm" in cfg.tasks:
-        from .examples_lm import load_stdlib_corpus
+        from ..examples.lm import load_stdlib_corpus
 
         data["lm"] = load_stdlib_corpus()
     return data
@@ -228,12 +228,12 @@ def _run_one(cfg: ClaimsConfig, data: dict, task: str, structure: str, ste: str,
     spec = RunSpec.parse(structure)
     start, cpu_start = time.perf_counter(), time.process_time()
     if task == "digits":
-        from .examples import small_cnn, train
+        from ..examples import small_cnn, train
 
         model = small_cnn(width=cfg.digits_width, seed=seed)
         dense_layers = DIGITS_DENSE
     else:
-        from .examples_lm import CharTransformer
+        from ..examples.lm import CharTransformer
 
         model = CharTransformer(
             d_model=cfg.lm_d_model, n_layers=cfg.lm_layers, n_heads=cfg.lm_heads, d_ff=cfg.lm_d_ff,
@@ -251,7 +251,7 @@ def _run_one(cfg: ClaimsConfig, data: dict, task: str, structure: str, ste: str,
         result = train(model, data["digits"], epochs=cfg.digits_epochs, seed=seed, after_step=freeze)
         rec.update(metric="accuracy", value=result.accuracy, steps=result.steps)
     else:
-        from .examples_lm import train_lm
+        from ..examples.lm import train_lm
 
         result = train_lm(
             model, data["lm"], steps=cfg.lm_steps, batch_size=cfg.lm_batch, lr=cfg.lm_lr, seed=seed,
@@ -267,7 +267,7 @@ def _run_one(cfg: ClaimsConfig, data: dict, task: str, structure: str, ste: str,
 def _total_steps(cfg: ClaimsConfig, data: dict, task: str) -> int:
     if task == "lm":
         return cfg.lm_steps
-    from .examples import steps_per_epoch
+    from ..examples import steps_per_epoch
 
     return cfg.digits_epochs * steps_per_epoch(data["digits"])
 
@@ -442,7 +442,7 @@ def main(quick: bool = False, seeds: Optional[int] = None, out: str = "bench-res
     total = len(configurations(cfg)) * cfg.seeds
     say(f"nmsparse bench claims{' --quick' if quick else ''}: {total} training runs, {cfg.jobs} at a time, {cfg.threads} thread(s) each")
     if "lm" in cfg.tasks:
-        from .examples_lm import load_stdlib_corpus
+        from ..examples.lm import load_stdlib_corpus
 
         say("LM text: " + load_stdlib_corpus().describe())
     start = time.perf_counter()
