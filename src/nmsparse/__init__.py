@@ -5,7 +5,16 @@ m x m tile keeps exactly n per row and per column). See the README for the conve
 """
 
 from .diversity import count_masks, count_transposable_tile, log10_count_masks, log10_int
-from .errors import MaskError, MethodError, NMSparseError, PatternError, ScoreError, ShapeError
+from .errors import (
+    CheckpointError,
+    ConvertError,
+    MaskError,
+    MethodError,
+    NMSparseError,
+    PatternError,
+    ScoreError,
+    ShapeError,
+)
 from .masks import (
     MaskResult,
     available_methods,
@@ -44,6 +53,8 @@ __all__ = [
     "ScoreError",
     "MethodError",
     "MaskError",
+    "ConvertError",
+    "CheckpointError",
     "convert",
     "regularizers",
     "sift",

@@ -14,6 +14,8 @@ __all__ = [
     "ScoreError",
     "MethodError",
     "MaskError",
+    "ConvertError",
+    "CheckpointError",
 ]
 
 
@@ -39,3 +41,14 @@ class MethodError(NMSparseError, ValueError):
 
 class MaskError(NMSparseError, ValueError):
     """A mask breaks its pattern; the message names the first bad group or tile."""
+
+
+class ConvertError(NMSparseError, ValueError):
+    """A conversion argument is unusable (a bad regex, an unknown ``ragged`` choice, bad calibration data)."""
+
+
+class CheckpointError(ConvertError, OSError):
+    """A checkpoint cannot be read or written: missing, corrupt, unknown format, unsafe, or OUT exists.
+
+    It is also an ``OSError`` (file trouble) and, through :class:`ConvertError`, a ``ValueError``.
+    """

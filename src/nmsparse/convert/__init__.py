@@ -5,7 +5,7 @@ See ``docs/convert.md``. ``n:m`` means n entries KEPT in every group of m; ``"n:
 
 from .adaprune import AdaPruneReport, LayerFit, adaprune
 from .calibration import reestimate_batchnorm
-from .errors import CheckpointError, ConvertError
+from ..errors import CheckpointError, ConvertError
 from .formats import FORMATS, Checkpoint, detect_format, read_checkpoint, write_checkpoint
 from .prune import LayerResult, PruneResult, json_path_for, prune_checkpoint, prune_state_dict
 from .report import CheckpointReport, WeightReport, densest_patterns, report_checkpoint, report_state_dict

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 __all__ = ["atomic_write_file", "atomic_write_dir", "check_parent"]
 

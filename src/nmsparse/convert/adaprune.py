@@ -27,7 +27,7 @@ from ..masks import solve_mask
 from ..masks.methods import resolve_method
 from ..pattern import NMPattern, PatternLike
 from .calibration import as_batches, capture, reestimate_batchnorm
-from .errors import ConvertError
+from ..errors import ConvertError
 from .rules import Selector, check_ragged_choice, ragged_error, ragged_problem
 
 __all__ = ["adaprune", "AdaPruneReport", "LayerFit"]

@@ -14,7 +14,7 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 import torch
 from torch import nn
 
-from .errors import ConvertError
+from ..errors import ConvertError
 
 __all__ = ["as_batches", "call_model", "capture", "reestimate_batchnorm"]
 

@@ -36,7 +36,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 
 from ._atomic import atomic_write_dir, atomic_write_file
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 __all__ = ["Checkpoint", "read_checkpoint", "write_checkpoint", "detect_format", "FORMATS"]
 

@@ -27,7 +27,7 @@ import torch
 from ..errors import ShapeError
 from ..layout import matrix_layout
 from ..pattern import NMPattern
-from .errors import ConvertError
+from ..errors import ConvertError
 
 __all__ = ["Selector", "RAGGED_CHOICES", "ragged_problem"]
 
