@@ -18,9 +18,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..errors import NMSparseError
 from ..layout import matrix_layout
 from ..pattern import NMPattern
+from ..selection import compile_patterns as _compile
 
 DEFAULT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -42,19 +42,7 @@ class Candidate:
 
 
 def compile_patterns(patterns: Patterns, argname: str) -> List[re.Pattern]:
-    if patterns is None:
-        return []
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    out = []
-    for p in patterns:
-        if not isinstance(p, str):
-            raise NMSparseError(f"sparsify_: {argname} must be regular expressions (strings), got {p!r}.")
-        try:
-            out.append(re.compile(p))
-        except re.error as err:
-            raise NMSparseError(f"sparsify_: {argname} pattern {p!r} is not a valid regular expression ({err}).") from None
-    return out
+    return _compile(patterns, argname, "sparsify_")
 
 
 def _matches(regexes: List[re.Pattern], *names: str) -> bool:
