@@ -83,3 +83,31 @@ def test_argument_errors_exit_2(capsys):
 def test_python_dash_m_runs_the_same_command():
     out = subprocess.run([sys.executable, "-m", "nmsparse", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("nmsparse ")
+
+
+def _subcommand_paths(parser, prefix=()):
+    """Every sub-command path of the parser (["demo"], ["bench"], ["bench", "claims"], ...), found by walking argparse."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield prefix + (name,)
+                yield from _subcommand_paths(sub, prefix + (name,))
+
+
+def test_help_works_for_every_subcommand(capsys):
+    # argparse %-formats help strings: one stray '%' (e.g. '50%' in a default) crashed `demo --help`.
+    from nmsparse.cli import build_parser
+
+    paths = list(_subcommand_paths(build_parser()))
+    assert {("demo",), ("masks",), ("bench", "claims"), ("diversity",), ("prune",), ("report",)} <= set(paths)
+    for path in [()] + paths:
+        with pytest.raises(SystemExit) as exc:
+            main([*path, "--help"])
+        assert exc.value.code == 0, path
+        out = capsys.readouterr().out
+        assert out.startswith("usage: nmsparse"), path
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    assert "50%" in capsys.readouterr().out

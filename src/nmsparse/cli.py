@@ -185,6 +185,22 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# argparse %-formats help strings: a literal percent sign must be written %%.
+_INCLUDE_HELP = (
+    "{verb} only tensors whose name (fc1.weight) or module name (fc1) the regex matches IN FULL "
+    "(replaces the name rules); repeat for several"
+)
+_EXCLUDE_HELP = (
+    "{verb} tensors whose name or module name the regex matches in full (fc2 spares fc2, not fc20; "
+    "fc2.* for a prefix); repeat for several"
+)
+
+
+def _literal(text: str) -> str:
+    """``text`` as an argparse help string: argparse %-formats help, so a literal '%' ('50%') is doubled."""
+    return text.replace("%", "%%")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nmsparse",
@@ -207,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="seed of the split, initial weights and batches (default 0)")
     demo.add_argument(
         "--runs", "--patterns", nargs="+", default=list(DEFAULT_RUNS), metavar="RUN", dest="runs",
-        help=f"runs to compare (default: {' '.join(DEFAULT_RUNS)})",
+        help=_literal(f"runs to compare (default: {' '.join(DEFAULT_RUNS)})"),
     )
     demo.add_argument("--width", type=_positive_int, default=16, help="channels of the first conv (default 16)")
     demo.add_argument("--update-every", type=_positive_int, default=20, help="mask refresh interval in steps (default 20)")
@@ -219,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--seed", type=int, default=0, help="seed of the synthetic weight (default 0)")
     masks.add_argument(
         "--patterns", nargs="+", default=list(DEFAULT_PATTERNS), metavar="P",
-        help=f"patterns, e.g. 2:4 4:8T (default: {' '.join(DEFAULT_PATTERNS)})",
+        help=_literal(f"patterns, e.g. 2:4 4:8T (default: {' '.join(DEFAULT_PATTERNS)})"),
     )
     masks.add_argument(
         "--methods", nargs="+", default=["exact", "refine", "greedy"], metavar="M",
@@ -261,8 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("-o", "--output", required=True, metavar="OUT", help="where to write the pruned checkpoint")
     prune.add_argument("--pattern", required=True, help='e.g. "2:4" (row-wise) or "4:8T" (transposable); n KEPT of every m')
     prune.add_argument("--method", default=None, help="mask method (default: the optimal one; transposable: exact)")
-    prune.add_argument("--include", metavar="REGEX", help="prune only tensors whose name matches (replaces the name rules)")
-    prune.add_argument("--exclude", metavar="REGEX", help="leave tensors whose name matches dense")
+    prune.add_argument("--include", metavar="REGEX", action="append", help=_INCLUDE_HELP.format(verb="prune"))
+    prune.add_argument("--exclude", metavar="REGEX", action="append", help=_EXCLUDE_HELP.format(verb="leave dense"))
     prune.add_argument(
         "--ragged", choices=("error", "skip", "pad"), default="error",
         help="a weight whose shape does not fit the pattern: error (default), skip (leave dense) or pad",
@@ -276,8 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("checkpoint", metavar="CKPT", help="a .safetensors file, a Hugging Face model folder, or a torch.save file")
     report.add_argument("--pattern", help="claimed pattern; exit status 1 if an eligible weight breaks it")
-    report.add_argument("--include", metavar="REGEX", help="check only tensors whose name matches (replaces the name rules)")
-    report.add_argument("--exclude", metavar="REGEX", help="do not check tensors whose name matches")
+    report.add_argument("--include", metavar="REGEX", action="append", help=_INCLUDE_HELP.format(verb="check"))
+    report.add_argument("--exclude", metavar="REGEX", action="append", help=_EXCLUDE_HELP.format(verb="do not check"))
     report.set_defaults(func=_cmd_report)
     return parser
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -79,8 +79,8 @@ def adaprune(
     pattern: PatternLike,
     *,
     method: str = "exact",
-    include: Optional[str] = None,
-    exclude: Optional[str] = None,
+    include: Union[str, Sequence[str], None] = None,
+    exclude: Union[str, Sequence[str], None] = None,
     iterations: int = 1000,
     lr: float = 1e-3,
     batch_size: int = 50,
@@ -106,8 +106,10 @@ def adaprune(
         ``"n:m"`` or ``"n:mT"`` (n entries KEPT per group of m).
     method : str
         Mask method (``"exact"`` is optimal; see :func:`nmsparse.available_methods`).
-    include, exclude : str, optional
-        Regexes on the weight's full name (``"features.3.weight"``); see :mod:`nmsparse.convert.rules`.
+    include, exclude : str or list of str, optional
+        Regexes matched in full against the module name (``"features.3"``) or the weight's full
+        name (``"features.3.weight"``): ``exclude="fc2"`` spares ``fc2`` but not ``fc20``. See
+        :mod:`nmsparse.selection`.
     iterations : int
         Adam steps per layer (0: mask only, i.e. one-shot pruning).
     lr : float

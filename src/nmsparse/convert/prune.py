@@ -13,7 +13,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
@@ -106,8 +106,8 @@ def prune_state_dict(
     pattern: PatternLike,
     *,
     method: Optional[str] = None,
-    include: Optional[str] = None,
-    exclude: Optional[str] = None,
+    include: Union[str, Sequence[str], None] = None,
+    exclude: Union[str, Sequence[str], None] = None,
     ragged: str = "error",
     tied: Optional[Dict[str, List[str]]] = None,
     progress: bool = False,
@@ -123,8 +123,9 @@ def prune_state_dict(
         ``"n:m"`` or ``"n:mT"``; n entries KEPT per group of m.
     method : str, optional
         Mask method (see :func:`nmsparse.available_methods`); default: the optimal one.
-    include, exclude : str, optional
-        Regexes on tensor names; see :mod:`nmsparse.convert.rules`.
+    include, exclude : str or list of str, optional
+        Regexes matched in full against a tensor's name (``"fc1.weight"``) or its module name
+        (``"fc1"``): ``exclude="fc2"`` spares ``fc2`` but not ``fc20``. See :mod:`nmsparse.selection`.
     ragged : {"error", "skip", "pad"}
         What to do with a weight whose shape does not fit the pattern. ``"error"`` raises before
         any solving, naming the layer.
@@ -208,8 +209,8 @@ def prune_checkpoint(
     pattern: PatternLike,
     *,
     method: Optional[str] = None,
-    include: Optional[str] = None,
-    exclude: Optional[str] = None,
+    include: Union[str, Sequence[str], None] = None,
+    exclude: Union[str, Sequence[str], None] = None,
     ragged: str = "error",
     force: bool = False,
     progress: bool = False,

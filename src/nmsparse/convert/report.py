@@ -102,8 +102,8 @@ def report_state_dict(
     tensors: Dict[str, torch.Tensor],
     pattern: Optional[PatternLike] = None,
     *,
-    include: Optional[str] = None,
-    exclude: Optional[str] = None,
+    include: Union[str, Sequence[str], None] = None,
+    exclude: Union[str, Sequence[str], None] = None,
     ms: Sequence[int] = DEFAULT_MS,
 ) -> CheckpointReport:
     """Report every tensor of a state dict; judge the eligible weights against ``pattern`` if given.
@@ -141,8 +141,8 @@ def report_checkpoint(
     path: Union[str, Path],
     pattern: Optional[PatternLike] = None,
     *,
-    include: Optional[str] = None,
-    exclude: Optional[str] = None,
+    include: Union[str, Sequence[str], None] = None,
+    exclude: Union[str, Sequence[str], None] = None,
     ms: Sequence[int] = DEFAULT_MS,
 ) -> CheckpointReport:
     """Read a checkpoint (any format of :mod:`nmsparse.convert.formats`) and :func:`report_state_dict` it.

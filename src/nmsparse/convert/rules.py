@@ -8,9 +8,13 @@ Default rules (both for checkpoints and for :func:`nmsparse.convert.adaprune`):
   by name embeddings (``embed``, ``wte``, ``wpe``, ``word_embeddings``, ``position_embeddings``,
   ``tok_embeddings``, ``shared.weight``) and normalisation layers (``norm``, ``ln_``, ``bn``).
 
-``include`` (a regex, ``re.search`` on the tensor's full name such as ``"encoder.0.fc1.weight"``)
-replaces the name rules: every 2-D..5-D float tensor whose name matches is pruned, embeddings
-included. ``exclude`` then leaves matching names dense. A tensor whose dimensions do not fit the
+``include`` and ``exclude`` follow the library's one selection rule (:mod:`nmsparse.selection`): a
+regex or a list of regexes, each matched **in full** against the tensor's full name
+(``"encoder.0.fc1.weight"``) and against its module name (the same without a final ``.weight`` /
+``.bias``: ``"encoder.0.fc1"``). ``exclude="fc2"`` leaves ``fc2.weight`` dense but not
+``fc20.weight``; write ``"fc2.*"`` for a prefix. ``include`` replaces the name rules: every
+2-D..5-D float tensor it matches is pruned, embeddings included. ``exclude`` then leaves matching
+names dense. A tensor whose dimensions do not fit the
 pattern (``ragged``: the grouped axis, or for transposable patterns the row count, is not a
 multiple of m) is handled by ``ragged``: ``"error"`` (default; nothing is written, and the
 message names the layer and the fixes), ``"skip"`` (left dense, reason in the table) or ``"pad"``
@@ -20,7 +24,7 @@ message names the layer and the fixes), ``"skip"`` (left dense, reason in the ta
 from __future__ import annotations
 
 import re
-from typing import Optional, Pattern, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -28,6 +32,7 @@ from ..errors import ShapeError
 from ..layout import matrix_layout
 from ..pattern import NMPattern
 from ..errors import ConvertError
+from ..selection import NameFilter, Patterns
 
 __all__ = ["Selector", "RAGGED_CHOICES", "ragged_problem"]
 
@@ -42,15 +47,15 @@ class Selector:
 
     Parameters
     ----------
-    include, exclude : str, optional
-        Regular expressions (``re.search`` on the full tensor name); see the module docstring.
+    include, exclude : str or list of str, optional
+        Regular expressions matched in full against the tensor name and its module name (see the
+        module docstring); an invalid one raises :class:`~nmsparse.errors.PatternError` naming ``where``.
     where : str
         Caller's name for error messages.
     """
 
-    def __init__(self, include: Optional[str] = None, exclude: Optional[str] = None, where: str = "prune"):
-        self.include = _compile(include, "include", where)
-        self.exclude = _compile(exclude, "exclude", where)
+    def __init__(self, include: Patterns = None, exclude: Patterns = None, where: str = "prune"):
+        self._filter = NameFilter(include, exclude, where=where)
 
     def skip_reason(self, name: str, shape: Sequence[int], dtype: torch.dtype) -> Optional[str]:
         """``None`` if the tensor is to be pruned, else a short reason it stays dense."""
@@ -63,16 +68,25 @@ class Selector:
             return f"dense: {nd}-D, neither a matrix nor a conv kernel"
         if any(s == 0 for s in shape):
             return "dense: empty tensor"
-        if self.include is not None:
-            if not self.include.search(name):
+        module = module_name(name)
+        if self._filter.include:
+            if not self._filter.included(module, name):
                 return "dense: not matched by --include"
         elif _EMBEDDING.search(name):
             return "dense: embedding, left dense by default (prune it with --include)"
         elif _NORM.search(name):
             return "dense: normalisation layer, left dense by default"
-        if self.exclude is not None and self.exclude.search(name):
+        if self._filter.excluded(module, name):
             return "dense: matched by --exclude"
         return None
+
+
+def module_name(tensor_name: str) -> str:
+    """A checkpoint tensor's module name: its name without a final ``.weight`` / ``.bias``."""
+    for suffix in (".weight", ".bias"):
+        if tensor_name.endswith(suffix):
+            return tensor_name[: -len(suffix)]
+    return tensor_name
 
 
 def ragged_problem(name: str, shape: Tuple[int, ...], pattern: NMPattern) -> Optional[str]:
@@ -105,11 +119,3 @@ def check_ragged_choice(ragged: str, where: str) -> None:
     if ragged not in RAGGED_CHOICES:
         raise ConvertError(f"{where}: ragged must be one of {', '.join(RAGGED_CHOICES)}, got {ragged!r}.")
 
-
-def _compile(text: Optional[str], what: str, where: str) -> Optional[Pattern]:
-    if text is None or text == "":
-        return None
-    try:
-        return re.compile(text)
-    except re.error as err:
-        raise ConvertError(f"{where}: --{what} {text!r} is not a valid regular expression ({err}); fix the regex.") from None
