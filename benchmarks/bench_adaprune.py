@@ -26,7 +26,7 @@ import nmsparse as nms  # noqa: E402
 from nmsparse.convert import adaprune  # noqa: E402
 from nmsparse.examples import evaluate, load_digits_split, small_cnn, train  # noqa: E402
 
-KEEP_DENSE = r"^(conv1|fc2)\."
+KEEP_DENSE = ["conv1", "fc2"]
 CALIB_IMAGES = 256
 ITERATIONS = 1000
 

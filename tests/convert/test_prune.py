@@ -18,7 +18,7 @@ from nmsparse.convert import (
     read_checkpoint,
     report_state_dict,
 )
-from nmsparse.errors import MethodError, ScoreError, ShapeError
+from nmsparse.errors import MethodError, PatternError, ScoreError, ShapeError
 
 
 def _model_state(dtype=torch.float32, seed=0):
@@ -82,12 +82,14 @@ def test_kept_fraction_matches_brute_force_for_a_tiny_weight():
 
 def test_include_replaces_name_rules_and_exclude_wins():
     sd = _model_state()
-    res = prune_state_dict(sd, "2:4", include=r"embed|fc1")
+    # Full match on the tensor name or its module name (the name without .weight/.bias).
+    res = prune_state_dict(sd, "2:4", include=["embed_tokens", r".*\.fc1"])
     assert {r.name for r in res.pruned} == {"embed_tokens.weight", "layers.0.fc1.weight"}
-    res = prune_state_dict(sd, "2:4", include=r"embed|fc1", exclude=r"^embed")
+    res = prune_state_dict(sd, "2:4", include=r"embed_tokens|.*fc1", exclude=r"embed.*")
     assert {r.name for r in res.pruned} == {"layers.0.fc1.weight"}
     assert "--exclude" in next(r.reason for r in res.layers if r.name == "embed_tokens.weight")
-    with pytest.raises(ConvertError, match="regular expression"):
+    assert not prune_state_dict(sd, "2:4", include="embed").pruned  # a search would have matched
+    with pytest.raises(PatternError, match="prune: include pattern '\\(' is not a valid regular expression"):
         prune_state_dict(sd, "2:4", include="(")
 
 

@@ -144,7 +144,7 @@ def test_deterministic_and_input_untouched():
 
 
 def test_include_exclude():
-    sparse = transform(_cnn(), "doped", 0.5, include=["conv*"], exclude=["conv1"])
+    sparse = transform(_cnn(), "doped", 0.5, include=["conv.*"], exclude=["conv1"])
     assert isinstance(sparse.conv2, SparseDoped) and isinstance(sparse.conv3, SparseDoped)
     assert isinstance(sparse.conv1, nn.Conv2d) and isinstance(sparse.fc1, nn.Linear)
 

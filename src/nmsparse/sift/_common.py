@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from typing import List, Optional, Sequence, Tuple
 
@@ -12,6 +11,7 @@ from torch import nn
 from ..errors import MethodError, PatternError, ScoreError, ShapeError
 from ..masks import find_mask
 from ..pattern import NMPattern
+from ..selection import Patterns, compile_patterns, matches_any
 
 FAMILIES = ("wide", "parallel", "factorized", "doped")
 NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm,
@@ -54,26 +54,29 @@ def weight_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
 
 
-def select_layers(model: nn.Module, include: Optional[Sequence[str]], exclude: Optional[Sequence[str]],
-                  where: str = "transform") -> List[str]:
+def select_layers(model: nn.Module, include: Patterns, exclude: Patterns, where: str = "transform") -> List[str]:
     """Names of the layers to transform.
 
     Default: every Linear/Conv2d except the first and the last (the input layer and the
-    classifier stay dense, as in Sparse-IFT). ``include`` (names or fnmatch globs) replaces the
-    default; ``exclude`` removes names. A name or glob that matches no layer is an error.
+    classifier stay dense, as in Sparse-IFT). ``include`` / ``exclude`` follow the library's one
+    selection rule (:mod:`nmsparse.selection`): a regex or a list of regexes, each matched in full
+    against the layer name (``"features.3"``) or its weight's name (``"features.3.weight"``).
+    ``include`` replaces the default; ``exclude`` removes layers. An entry that matches no
+    Linear/Conv2d layer is an error (it is almost always a typo).
     """
     layers = [n for n, _ in weight_layers(model)]
     if not layers:
         raise ShapeError(f"{where}: the model has no nn.Linear or nn.Conv2d layer to transform.")
 
-    def matches(globs: Sequence[str], arg: str) -> set:
-        if isinstance(globs, str):
-            globs = [globs]
+    def matches(patterns: Patterns, arg: str) -> set:
         out = set()
-        for g in globs:
-            hit = {n for n in layers if fnmatch.fnmatchcase(n, g)}
+        for regex in compile_patterns(patterns, arg, where):
+            hit = {n for n in layers if matches_any([regex], n, f"{n}.weight")}
             if not hit:
-                raise ShapeError(f"{where}: {arg} entry {g!r} matches no Linear/Conv2d layer; layers are: {', '.join(layers)}.")
+                raise ShapeError(
+                    f"{where}: {arg} entry {regex.pattern!r} matches no Linear/Conv2d layer in full; "
+                    f"layers are: {', '.join(layers)}."
+                )
             out |= hit
         return out
 

@@ -63,8 +63,9 @@ def transform(
         None: unstructured random masks. ``"2:4"``, ``"4:8T"``, ...: N:M (n KEPT of every m) or
         transposable N:M masks. The density is then n/m, so ``sparsity`` must be ``1 - n/m``
         (0.5 for 2:4 and 4:8T, 0.75 for 1:4).
-    include, exclude : sequence of str, optional
-        Layer names or fnmatch globs. Default: every Linear/Conv2d except the first and the last.
+    include, exclude : str or sequence of str, optional
+        Regexes matched in full against layer names (``"conv.*"``, not the glob ``"conv*"``); see
+        :mod:`nmsparse.selection`. Default: every Linear/Conv2d except the first and the last.
     input_shape : sequence of int, optional
         Input shape with batch dimension; needed by ``"wide"`` for models with convolutions
         (the whole-network FLOP match depends on spatial sizes).
