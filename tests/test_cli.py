@@ -55,7 +55,7 @@ def test_diversity_prints_exact_counts(capsys):
         (["diversity", "2:4", "--shape", "banana"], "shape"),
         (["masks", "--size", "64", "--patterns", "2:3:4"], "accepted forms"),
         (["masks", "--size", "6", "--patterns", "2:4"], "multiple of 4"),
-        (["demo", "--runs", "120%"], "density like"),
+        (["demo", "--runs", "120%"], "kept share strictly between 0% and 100%"),
         (["demo", "--runs", "2:4T@fastest"], "unknown method"),
         (["demo", "--runs", "3:2"], "1 <= n <= m"),
     ],

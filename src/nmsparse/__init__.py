@@ -6,6 +6,7 @@ m x m tile keeps exactly n per row and per column). See the README for the conve
 
 from .diversity import count_masks, count_transposable_tile, log10_count_masks, log10_int
 from .errors import (
+    ArgumentError,
     CheckpointError,
     ConvertError,
     MaskError,
@@ -53,6 +54,7 @@ __all__ = [
     "ScoreError",
     "MethodError",
     "MaskError",
+    "ArgumentError",
     "ConvertError",
     "CheckpointError",
     "convert",

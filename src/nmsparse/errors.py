@@ -1,8 +1,10 @@
 """Library exceptions.
 
-Every error raised on bad user input is an :class:`NMSparseError`. Each subclass also derives
-from the matching built-in (``ValueError`` or ``RuntimeError``) so that callers who catch the
-built-in keep working.
+Every error raised on bad user input is an :class:`NMSparseError`, and always one of its
+subclasses below, never the bare base class (a test over the sources enforces it). Each subclass
+also derives from the matching built-in (``ValueError``; :class:`CheckpointError` is an ``OSError``
+too) so that callers who catch the built-in keep working. Messages are one line: the rule, the
+value received and the fix; model-level functions name the layer.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ __all__ = [
     "ScoreError",
     "MethodError",
     "MaskError",
+    "ArgumentError",
     "ConvertError",
     "CheckpointError",
 ]
@@ -41,6 +44,11 @@ class MethodError(NMSparseError, ValueError):
 
 class MaskError(NMSparseError, ValueError):
     """A mask breaks its pattern; the message names the first bad group or tile."""
+
+
+class ArgumentError(NMSparseError, ValueError):
+    """Any other argument outside its documented range or choices: a count, a rate, a schedule, a
+    mode such as ``ste=``, a model that is not (yet) what the call needs."""
 
 
 class ConvertError(NMSparseError, ValueError):

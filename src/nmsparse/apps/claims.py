@@ -42,7 +42,7 @@ import torch
 
 from .demo import RunSpec, warm_up_solvers
 from ..diversity import log10_count_masks
-from ..errors import NMSparseError
+from ..errors import ArgumentError
 from ..nn import kept_and_density, sparsified_parameters, sparsify_
 from ..pattern import NMPattern
 
@@ -92,18 +92,18 @@ class ClaimsConfig:
 
     def check(self) -> None:
         if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
-            raise NMSparseError(f"bench claims: --seeds must be a positive int, got {self.seeds!r}.")
+            raise ArgumentError(f"bench claims: --seeds must be a positive int, got {self.seeds!r}; pass e.g. --seeds 3.")
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown or not self.tasks:
-            raise NMSparseError(f"bench claims: tasks must be a non-empty subset of {TASKS}, got {self.tasks!r}.")
+            raise ArgumentError(f"bench claims: tasks must be a non-empty subset of {TASKS}, got {self.tasks!r}; pick from those.")
         for s in self.structures:
             RunSpec.parse(s)  # raises a clear error on a bad structure
         if not 0.0 <= self.freeze_fraction < 1.0:
-            raise NMSparseError(f"bench claims: freeze_fraction must be in [0, 1), got {self.freeze_fraction!r}.")
+            raise ArgumentError(f"bench claims: freeze_fraction must be in [0, 1), got {self.freeze_fraction!r}; pass e.g. 0.75.")
         for name in ("threads", "jobs"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise NMSparseError(f"bench claims: {name} must be a positive int, got {value!r}.")
+                raise ArgumentError(f"bench claims: {name} must be a positive int, got {value!r}; pass e.g. 1.")
 
 
 def configurations(cfg: ClaimsConfig) -> List[tuple]:
@@ -487,11 +487,11 @@ def report_from_jsonl(path: str, run_id: Optional[str] = None, plot_path: Option
         lines = [json.loads(line) for line in fh if line.strip()]
     runs = [r for r in lines if "summary" not in r and "task" in r]
     if not runs:
-        raise NMSparseError(f"report_from_jsonl: {path!r} holds no per-run result lines; run `nmsparse bench claims` first.")
+        raise ArgumentError(f"report_from_jsonl: the file must hold per-run result lines, but {path!r} has none; run `nmsparse bench claims` first.")
     run_id = run_id or runs[-1]["run_id"]
     records = [r for r in runs if r["run_id"] == run_id]
     if not records:
-        raise NMSparseError(f"report_from_jsonl: no run {run_id!r} in {path!r}.")
+        raise ArgumentError(f"report_from_jsonl: run_id must name a run in the file, got {run_id!r}, not in {path!r}; pass run_id=None for the last run.")
     rows = aggregate(records)
     structures = [s for s in STRUCTURES if any(r["structure"] == s for r in rows)]
     structures += sorted({r["structure"] for r in rows} - set(structures))

@@ -20,7 +20,7 @@ from typing import Dict, Iterator, Optional, Sequence
 import torch
 
 from ..diversity import log10_count_masks
-from ..errors import NMSparseError
+from ..errors import ArgumentError, MethodError, PatternError
 from ..examples import load_digits_split, small_cnn, steps_per_epoch, train
 from ..masks import available_methods
 from ..nn import kept_and_density, sparsify_
@@ -49,12 +49,12 @@ class RunSpec:
             except ValueError:
                 density = -1.0
             if not 0.0 < density < 1.0:
-                raise NMSparseError(f"demo: {text!r} is not a density like '50%' (kept share, strictly between 0% and 100%).")
+                raise PatternError(f"demo: a density run is the kept share strictly between 0% and 100%, got {text!r}; write e.g. '50%'.")
             return cls(f"unstructured {t}", density, None)
         pattern_text, _, method = t.partition("@")
         pattern = NMPattern.parse(pattern_text)
         if method and method not in available_methods(pattern) and method != "exact":
-            raise NMSparseError(
+            raise MethodError(
                 f"demo: unknown method {method!r} for {pattern}; known: {', '.join(available_methods(pattern))}."
             )
         if pattern.transposable and not method:
@@ -91,7 +91,7 @@ def run_demo(
     """
     specs = [RunSpec.parse(r) for r in runs]
     if epochs < 1:
-        raise NMSparseError(f"demo: --epochs must be at least 1, got {epochs}.")
+        raise ArgumentError(f"demo: --epochs must be at least 1, got {epochs}; pass e.g. --epochs 15.")
     data = load_digits_split(seed=seed)
     steps = epochs * steps_per_epoch(data)
     warm_up_solvers(specs)

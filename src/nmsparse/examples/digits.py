@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .._progress import Progress
+from ..errors import ArgumentError
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def load_digits_split(seed: int = 0, test_fraction: float = 0.25) -> DigitsData:
         Share of each class held out for testing, in (0, 1).
     """
     if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"load_digits_split: test_fraction must be in (0, 1), got {test_fraction}")
+        raise ArgumentError(f"load_digits_split: test_fraction must be in (0, 1), got {test_fraction}; pass e.g. 0.25.")
     try:
         from sklearn.datasets import load_digits
     except ImportError as err:  # pragma: no cover - scikit-learn is a declared dependency
@@ -83,7 +84,7 @@ def small_cnn(width: int = 16, seed: Optional[int] = 0, batch_norm: bool = True)
     sparse-training recipes usually keep dense.
     """
     if width < 1:
-        raise ValueError(f"small_cnn: width must be positive, got {width}")
+        raise ArgumentError(f"small_cnn: width must be a positive int, got {width}; pass e.g. 16.")
     if seed is not None:
         torch.manual_seed(seed)
     w = width
@@ -150,14 +151,14 @@ def train(
     Batches are drawn from a generator seeded by ``seed``.
     """
     if epochs < 0 or batch_size < 1:
-        raise ValueError(f"train: need epochs >= 0 and batch_size >= 1, got {epochs}, {batch_size}")
+        raise ArgumentError(f"train: epochs must be >= 0 and batch_size >= 1, got epochs={epochs}, batch_size={batch_size}; pass e.g. 15 and 64.")
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer == "adam":
         opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     elif optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     else:
-        raise ValueError(f"train: optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+        raise ArgumentError(f"train: optimizer must be 'adam' or 'sgd', got {optimizer!r}; pick one of those.")
     g = torch.Generator().manual_seed(seed)
     loss_fn = nn.CrossEntropyLoss()
     n = len(data.x_train)

@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._progress import Progress
-from ..errors import NMSparseError
+from ..errors import ArgumentError, ShapeError
 
 #: Standard-library modules read for the corpus (sorted; single-file modules in CPython 3.10-3.14;
 #: ``string``, ``pathlib`` and ``zipfile`` are avoided because they became packages).
@@ -84,18 +84,18 @@ def load_stdlib_corpus(
 
     Raises
     ------
-    NMSparseError
+    ArgumentError
         If a file is missing or unreadable (e.g. a frozen or zip-only install without ``.py``
         sources), naming the files and the folder looked in.
     """
     if not 0.0 < valid_fraction < 1.0:
-        raise NMSparseError(f"load_stdlib_corpus: valid_fraction must be in (0, 1), got {valid_fraction!r}.")
+        raise ArgumentError(f"load_stdlib_corpus: valid_fraction must be in (0, 1), got {valid_fraction!r}; pass e.g. 0.1.")
     if not files:
-        raise NMSparseError("load_stdlib_corpus: files is empty; pass at least one stdlib .py path.")
+        raise ArgumentError("load_stdlib_corpus: files must name at least one file, got an empty list; pass at least one stdlib .py path.")
     root = root if root is not None else sysconfig.get_paths()["stdlib"]
     missing = [f for f in files if not os.path.isfile(os.path.join(root, f))]
     if missing:
-        raise NMSparseError(
+        raise ArgumentError(
             f"load_stdlib_corpus: the Python standard-library sources {missing} are not in {root!r}. "
             "This interpreter ships without .py sources (a frozen, embedded or zip-only install?); "
             "run the language-model benchmark with a regular CPython 3.10+ install, or pass root= "
@@ -186,9 +186,9 @@ class CharTransformer(nn.Module):
         super().__init__()
         for name, value in (("d_model", d_model), ("n_layers", n_layers), ("n_heads", n_heads), ("d_ff", d_ff), ("context", context)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise NMSparseError(f"CharTransformer: {name} must be a positive int, got {value!r}.")
+                raise ArgumentError(f"CharTransformer: {name} must be a positive int, got {value!r}; pass e.g. 64.")
         if d_model % n_heads:
-            raise NMSparseError(f"CharTransformer: d_model ({d_model}) must be divisible by n_heads ({n_heads}).")
+            raise ShapeError(f"CharTransformer: d_model must be divisible by n_heads, got d_model={d_model}, n_heads={n_heads}; change one of them.")
         if seed is not None:
             torch.manual_seed(seed)
         self.context = context
@@ -206,7 +206,7 @@ class CharTransformer(nn.Module):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         t = idx.shape[1]
         if t > self.context:
-            raise NMSparseError(f"CharTransformer: sequence length {t} exceeds context {self.context}.")
+            raise ShapeError(f"CharTransformer: a sequence may be at most context={self.context} long, got length {t}; crop the input or build a longer context.")
         x = self.tok(idx) + self.pos(torch.arange(t, device=idx.device))
         for block in self.blocks:
             x = block(x)
@@ -254,10 +254,10 @@ def train_lm(
     by ``seed``. ``losses`` holds the mean training loss of each tenth of the run.
     """
     if steps < 1 or batch_size < 1:
-        raise NMSparseError(f"train_lm: need steps >= 1 and batch_size >= 1, got {steps}, {batch_size}.")
+        raise ArgumentError(f"train_lm: steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}; pass positive ints.")
     t = model.context
     if len(corpus.train) <= t + 1:
-        raise NMSparseError(f"train_lm: the training text ({len(corpus.train)} bytes) is shorter than a window ({t + 1}).")
+        raise ShapeError(f"train_lm: the training text must be longer than one window ({t + 1} bytes), got {len(corpus.train)} bytes; use more text or a shorter context.")
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = lambda s: min(1.0, (s + 1) / max(warmup, 1)) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps)))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
@@ -301,7 +301,7 @@ def evaluate_lm(model: CharTransformer, tokens: torch.Tensor, *, max_windows: in
     t = model.context
     total = (len(tokens) - 1) // t
     if total < 1:
-        raise NMSparseError(f"evaluate_lm: the text ({len(tokens)} bytes) is shorter than a window ({t + 1}).")
+        raise ShapeError(f"evaluate_lm: the text must be longer than one window ({t + 1} bytes), got {len(tokens)} bytes; use more text or a shorter context.")
     count = min(total, max_windows)
     starts = torch.div(torch.arange(count) * total, count, rounding_mode="floor") * t
     was_training = model.training

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..errors import MethodError, NMSparseError
+from ..errors import ArgumentError, MethodError, PatternError, ShapeError
 from ..masks import available_methods
 from ..pattern import NMPattern, PatternLike
 from .parametrization import STE_MODES, NMMask, compute_mask
@@ -124,9 +124,14 @@ def sparsify_(
 
     Raises
     ------
-    NMSparseError
-        Unknown method/ste, a layer named in ``include`` that cannot take the pattern, NaN/Inf
-        weights (naming the layer), or no layer at all to sparsify.
+    MethodError
+        Unknown method.
+    ShapeError
+        A layer named in ``include`` that cannot take the pattern, or no layer at all to sparsify.
+    ScoreError
+        NaN/Inf weights (naming the layer).
+    PatternError, ArgumentError
+        A bad pattern or density; another option out of range (``update_every``, ``ste``, ...).
 
     Examples
     --------
@@ -135,7 +140,7 @@ def sparsify_(
     Sequential(...)
     """
     if not isinstance(model, nn.Module):
-        raise NMSparseError(f"sparsify_: model must be a torch.nn.Module, got {type(model).__name__}.")
+        raise ArgumentError(f"sparsify_: model must be a torch.nn.Module, got {type(model).__name__}; pass the model itself.")
     pattern = _parse_pattern(pattern)
     method = _check_method(pattern, method)
     _check_options(update_every, ste, srste_decay, kernels)
@@ -143,10 +148,10 @@ def sparsify_(
     chosen, skipped = split(find_candidates(model, include, exclude), pattern)
     for cand in skipped:
         if cand.explicit and not cand.reason.startswith("excluded"):
-            raise NMSparseError(f"sparsify_: layer {cand.name!r} with shape {cand.shape} cannot take {_describe(pattern)}: {cand.reason}.")
+            raise ShapeError(f"sparsify_: layer {cand.name!r} with shape {cand.shape} cannot take {_describe(pattern)}: {cand.reason}. Drop it from include=.")
     if not chosen:
         why = "; ".join(f"{c.name}: {c.reason}" for c in skipped) or "the model has no nn.Linear/nn.Conv weights"
-        raise NMSparseError(f"sparsify_: no layer can take {_describe(pattern)} ({why}). Check include=/exclude= or the pattern.")
+        raise ShapeError(f"sparsify_: no layer can take {_describe(pattern)} ({why}). Check include=/exclude= or the pattern.")
 
     # Every mask first, then attach: an error (e.g. NaN in a later layer) leaves the model untouched.
     masks = [compute_mask(c.module._parameters[c.param_name].detach(), pattern, method, c.name) for c in chosen]
@@ -217,14 +222,14 @@ def _mask_of(module: nn.Module, pname: str) -> NMMask:
 def _state(model: nn.Module, where: str) -> SparsityState:
     state = getattr(model, _STATE, None) if isinstance(model, nn.Module) else None
     if state is None:
-        raise NMSparseError(f"{where}: this model has not been sparsified; call nmsparse.sparsify_(model, pattern) first.")
+        raise ArgumentError(f"{where}: this model has not been sparsified; call nmsparse.sparsify_(model, pattern) first.")
     return state
 
 
 def _parse_pattern(pattern) -> Union[NMPattern, float]:
     if isinstance(pattern, float) and not isinstance(pattern, bool):
         if not (0.0 < pattern <= 1.0) or math.isnan(pattern):
-            raise NMSparseError(f"sparsify_: an unstructured density must be in (0, 1], got {pattern}.")
+            raise PatternError(f"sparsify_: an unstructured density (a float pattern) must be in (0, 1], got {pattern}; pass e.g. 0.5.")
         return pattern
     return NMPattern.parse(pattern)
 
@@ -243,13 +248,13 @@ def _check_method(pattern, method: Optional[str]) -> Optional[str]:
 
 def _check_options(update_every, ste, srste_decay, kernels) -> None:
     if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
-        raise NMSparseError(f"sparsify_: update_every must be a positive int (use static=True to freeze masks), got {update_every!r}.")
+        raise ArgumentError(f"sparsify_: update_every must be a positive int, got {update_every!r}; pass e.g. 100, or static=True to freeze masks.")
     if ste not in STE_MODES:
-        raise NMSparseError(f"sparsify_: ste must be one of {STE_MODES}, got {ste!r}.")
+        raise ArgumentError(f"sparsify_: ste must be one of {STE_MODES}, got {ste!r}; pick one of those.")
     if not isinstance(srste_decay, (int, float)) or not math.isfinite(srste_decay) or srste_decay < 0:
-        raise NMSparseError(f"sparsify_: srste_decay must be a finite number >= 0, got {srste_decay!r}.")
+        raise ArgumentError(f"sparsify_: srste_decay must be a finite number >= 0, got {srste_decay!r}; pass e.g. 2e-4.")
     if kernels not in KERNELS:
-        raise NMSparseError(f"sparsify_: kernels must be one of {KERNELS}, got {kernels!r}.")
+        raise ArgumentError(f"sparsify_: kernels must be one of {KERNELS}, got {kernels!r}; pick one of those.")
 
 
 def _describe(pattern) -> str:

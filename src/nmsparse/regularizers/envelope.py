@@ -43,7 +43,7 @@ import math
 import numpy as np
 import torch
 
-from ..errors import MethodError
+from ..errors import ArgumentError, MethodError
 from ._group_index import GroupsLike, check_k, check_x, group_norms, resolve_groups, resolve_weights
 
 __all__ = ["wgsef", "wgsef_prox", "wgsef_project", "k_support_norm", "PROX_METHODS"]
@@ -227,7 +227,7 @@ def wgsef_prox(
     _check_method(method, "wgsef_prox")
     step = float(step)
     if not math.isfinite(step) or step < 0:
-        raise ValueError(f"wgsef_prox: step must be a finite number >= 0, got {step}.")
+        raise ArgumentError(f"wgsef_prox: step must be a finite number >= 0, got {step}; pass lr * lam.")
     if step == 0.0:
         return x.clone()
     flat = x.reshape(-1)

@@ -40,6 +40,7 @@ from torch import nn
 
 from ..errors import ShapeError
 from ..layout import matrix_layout
+from ..selection import NameFilter, Patterns
 from ._group_index import resolve_groups
 
 __all__ = ["LayerGroups", "layer_groups", "model_groups", "GROUP_KINDS", "prunable_layers"]
@@ -185,12 +186,15 @@ def _following_norms(model: nn.Module) -> Dict[str, nn.Module]:
     return found
 
 
-def model_groups(model: nn.Module, groups: Union[str, Dict[str, object]] = "rows", layers=None) -> List[LayerGroups]:
+def model_groups(model: nn.Module, groups: Union[str, Dict[str, object]] = "rows", layers=None, *,
+                 include: Patterns = None, exclude: Patterns = None, where: str = "model_groups") -> List[LayerGroups]:
     """:class:`LayerGroups` for the chosen layers of ``model``.
 
     ``groups`` is one kind for every layer, or ``{layer name: kind or label tensor}`` (then the
-    dict's keys are the layers). ``layers`` (list of names) restricts a single kind to some
-    layers; default: every Linear/Conv layer. ``"rows"`` groups pull in the BatchNorm that
+    dict's keys are the layers). ``layers`` (list of exact names) restricts a single kind to some
+    layers; default: every Linear/Conv layer. ``include`` / ``exclude`` then filter those layers
+    by the library's one selection rule (:mod:`nmsparse.selection`): regexes matched in full
+    against the layer name (``"fc1"``) or its weight's name (``"fc1.weight"``). ``"rows"`` groups pull in the BatchNorm that
     follows a layer in module order (``nn.Sequential`` models), so dead units output exactly 0.
     """
     available = prunable_layers(model)
@@ -204,8 +208,14 @@ def model_groups(model: nn.Module, groups: Union[str, Dict[str, object]] = "rows
     unknown = [n for n in spec if n not in available]
     if unknown:
         raise ShapeError(f"model_groups: no Linear/Conv layer named {unknown[0]!r}; layers are {list(available)}.")
+    if include is not None or exclude is not None:
+        chosen = NameFilter(include, exclude, where=where)
+        spec = {n: kind for n, kind in spec.items() if chosen(n, f"{n}.weight")}
     if not spec:
-        raise ShapeError("model_groups: no layers selected.")
+        raise ShapeError(
+            f"{where}: no layer selected (Linear/Conv layers: {list(available)}); check groups=, layers=, "
+            f"include= and exclude= (regexes matched in full)."
+        )
     norms = _following_norms(model)
     return [layer_groups(available[n], kind, name=n, norm=norms.get(n) if _is_rows(kind) else None) for n, kind in spec.items()]
 

@@ -29,7 +29,8 @@ from typing import Callable, Dict, List, Optional, Union
 import torch
 from torch import nn
 
-from ..errors import ShapeError
+from ..errors import ArgumentError, MethodError, ShapeError
+from ..selection import Patterns
 from ._group_index import check_k, resolve_weights
 from .envelope import PROX_METHODS, apply_scale, prox_scale, top_groups
 from .envelope import wgsef as _wgsef_value
@@ -78,7 +79,7 @@ def _resolve_k(value, n_groups: int, name: str) -> int:
 def _resolve_lam(value, name: str) -> float:
     lam = float(value)
     if not math.isfinite(lam) or lam < 0:
-        raise ValueError(f"WGSEFRegularizer (layer {name!r}): lam must be a finite number >= 0, got {value!r}.")
+        raise ArgumentError(f"WGSEFRegularizer (layer {name!r}): lam must be a finite number >= 0, got {value!r}; pass e.g. 1e-3.")
     return lam
 
 
@@ -107,7 +108,12 @@ class WGSEFRegularizer:
     lam : float or dict
         lambda per layer (>= 0); the prox step is ``lr * lam``.
     layers : list of str, optional
-        With a single ``groups`` kind: the layers to regularize (default all Linear/Conv).
+        With a single ``groups`` kind: the layers to regularize, by exact name (default all
+        Linear/Conv).
+    include, exclude : str or list of str, optional
+        Filter the layers by the library's one selection rule (:mod:`nmsparse.selection`):
+        regexes matched in full against the layer name (``"fc1"``) or its weight's name
+        (``"fc1.weight"``); ``exclude="fc2"`` spares ``fc2``, not ``fc20``.
     weights : None, "size", "sqrt_size", tensor, or dict by layer
         Group weights ``d_i`` (multiplying squared group norms; see :mod:`.envelope`).
     method : {"sort", "select"}
@@ -115,14 +121,17 @@ class WGSEFRegularizer:
     """
 
     def __init__(self, model: nn.Module, groups="rows", k: Union[Number, Dict[str, Number]] = 0.5,
-                 lam: Union[float, Dict[str, float]] = 1e-3, *, layers=None, weights=None, method: str = "sort"):
+                 lam: Union[float, Dict[str, float]] = 1e-3, *, layers=None, include: Patterns = None,
+                 exclude: Patterns = None, weights=None, method: str = "sort"):
         if method not in PROX_METHODS:
-            raise ShapeError(f"WGSEFRegularizer: unknown method {method!r}; known: {', '.join(PROX_METHODS)}.")
+            raise MethodError(f"WGSEFRegularizer: unknown method {method!r}; known: {', '.join(PROX_METHODS)}.")
         if isinstance(k, dict) and not isinstance(groups, dict) and layers is None:
             layers = list(k)
         self.model = model
         self.method = method
-        self.layers: List[LayerGroups] = model_groups(model, groups, layers)
+        self.layers: List[LayerGroups] = model_groups(
+            model, groups, layers, include=include, exclude=exclude, where="WGSEFRegularizer"
+        )
         self.k: Dict[str, int] = {}
         self.lam: Dict[str, float] = {}
         self.weights: Dict[str, Optional[torch.Tensor]] = {}
@@ -136,7 +145,7 @@ class WGSEFRegularizer:
         """Apply ``prox_{lr * lam_l * WGSEF_{k_l}}`` to every regularized layer, in place."""
         lr = float(lr)
         if not math.isfinite(lr) or lr < 0:
-            raise ValueError(f"WGSEFRegularizer.step: lr must be a finite number >= 0, got {lr}.")
+            raise ArgumentError(f"WGSEFRegularizer.step: lr must be a finite number >= 0, got {lr}; pass the optimizer's learning rate.")
         for g in self.layers:
             step = lr * self.lam[g.name]
             if step == 0.0:
