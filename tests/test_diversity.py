@@ -23,10 +23,12 @@ from nmsparse.diversity import (
     log10_count_masks,
     log10_count_transposable_tile_estimate,
     log10_int,
+    log10_masks_per_64,
     parse_shape,
     transposable_tile_is_countable,
 )
 from nmsparse.errors import NMSparseError, PatternError, ShapeError
+from nmsparse.pattern import NMPattern
 
 # ------------------------------------------------------------------------------------------------
 # oracles written from the definitions, sharing nothing with the library
@@ -376,7 +378,11 @@ def test_shape_error_message_states_rule_and_fix():
 
 def test_module_is_pure_python():
     """diversity must work without torch or numpy (DESIGN: pure Python, no torch needed)."""
-    tree = ast.parse(open(diversity.__file__, encoding="utf-8").read())
+    import nmsparse._diversity_args as args
+
+    tree = ast.Module(body=[], type_ignores=[])
+    for path in (diversity.__file__, args.__file__):  # diversity's argument checks live beside it
+        tree.body += ast.parse(open(path, encoding="utf-8").read()).body
     imported = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -384,3 +390,69 @@ def test_module_is_pure_python():
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             imported.add(node.module.split(".")[0])
     assert not imported & {"torch", "numpy", "scipy"}
+
+
+# --- log10_masks_per_64: the one "log10 masks per 64 weights" of demo, masks tour and claims ---
+
+
+@pytest.mark.parametrize("dense", [None, "dense", 1.0, 1, "4:4", "8:8T"])
+def test_masks_per_64_dense_is_one_mask(dense):
+    assert log10_masks_per_64(dense) == 0.0
+
+
+@pytest.mark.parametrize("k", range(1, 65))
+def test_masks_per_64_unstructured_is_binomial_of_an_8x8_block(k):
+    # Closed form: C(64, k) masks of an 8x8 block keeping k entries; 50 % is log10 C(64, 32) = 18.26.
+    want = math.log10(math.comb(64, k))
+    assert log10_masks_per_64(k / 64) == pytest.approx(want, abs=1e-12)
+    assert log10_masks_per_64(Fraction(k, 64)) == pytest.approx(want, abs=1e-12)
+
+
+def test_masks_per_64_half_is_18_26_not_the_16x16_rate():
+    assert round(log10_masks_per_64(0.5), 2) == 18.26
+    assert round(math.log10(math.comb(256, 128)) / 4, 2) == 18.94  # what a 16x16 block would give
+
+
+@pytest.mark.parametrize("m", [1, 2, 4, 8])
+def test_masks_per_64_rowwise_closed_form(m):
+    for n in range(1, m + 1):
+        want = (64 // m) * math.log10(math.comb(m, n))  # 8 rows x 8/m groups of C(m, n) choices
+        assert log10_masks_per_64(f"{n}:{m}") == pytest.approx(want, abs=1e-12)
+        assert log10_masks_per_64(f"{n}:{m}") == pytest.approx(log10_int(count_masks(f"{n}:{m}", (8, 8))), abs=1e-12)
+
+
+@pytest.mark.parametrize("text, want", [
+    ("1:2T", 16 * math.log10(2)),  # 2x2 tiles: the two permutation matrices
+    ("2:4T", 4 * math.log10(90)),  # 90 4x4 0/1 matrices with all line sums 2
+    ("4:8T", math.log10(116963796250)),  # one 8x8 tile
+    ("1:4T", 4 * math.log10(24)),  # 4! permutation matrices
+])
+def test_masks_per_64_transposable_closed_form(text, want):
+    assert log10_masks_per_64(text) == pytest.approx(want, abs=1e-12)
+    assert log10_masks_per_64(NMPattern.parse(text)) == pytest.approx(log10_int(count_masks(text, (8, 8))), abs=1e-12)
+
+
+def test_masks_per_64_when_the_group_does_not_fit_8x8_uses_the_per_weight_rate():
+    # Counts multiply over groups and tiles, so the rate is the same on any block they tile.
+    assert log10_masks_per_64("3:6") == pytest.approx(64 / 6 * math.log10(20), abs=1e-12)
+    assert log10_masks_per_64("3:6") == pytest.approx(log10_int(count_masks("3:6", (6, 6))) * 64 / 36, abs=1e-12)
+    assert log10_masks_per_64("8:16T") == pytest.approx(log10_int(count_masks("8:16T", (16, 16))) / 4, abs=1e-12)
+    assert log10_masks_per_64("8:16T") == pytest.approx(log10_count_masks("8:16T", (32, 32)) / 16, abs=1e-9)
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.5, 1.5, float("nan"), True, "50%"])
+def test_masks_per_64_bad_density(bad):
+    with pytest.raises(PatternError):
+        log10_masks_per_64(bad)
+
+
+def test_demo_masks_tour_and_claims_print_the_same_diversity():
+    from nmsparse.apps.claims import STRUCTURES, log10_diversity_per_64
+    from nmsparse.apps.demo import RunSpec, diversity_per_64
+    from nmsparse.apps.mask_tour import demo_weight, run_demo
+
+    for s in STRUCTURES:
+        assert diversity_per_64(RunSpec.parse(s)) == log10_diversity_per_64(s)
+    rows = {r["pattern"]: r["log10_masks_64"] for r in run_demo(demo_weight(16, 16), ["2:4", "4:8T"], ["exact"])}
+    assert rows["unstructured 0.5"] == log10_diversity_per_64("50%") == diversity_per_64(RunSpec.parse("50%"))
+    assert rows["4:8T"] == log10_diversity_per_64("4:8T@exact")

@@ -23,13 +23,23 @@ Structures
 from __future__ import annotations
 
 import math
-import numbers
-import operator
-import re
-from fractions import Fraction
 from typing import Optional, Sequence, Tuple, Union
 
-from .errors import PatternError, ShapeError
+from ._diversity_args import (  # noqa: F401  (parse_shape, kept_count, STRUCTURES are public here)
+    STRUCTURES,
+    Density,
+    ShapeLike,
+    _as_matrix,
+    _block_dims,
+    _check_block_arg,
+    _check_density,
+    _check_divisible,
+    _check_shape,
+    _check_structure,
+    kept_count,
+    parse_shape,
+)
+from .errors import ShapeError
 from ._tile_count import (
     EXACT_TILE_LIMIT,
     _log10_comb,
@@ -52,122 +62,11 @@ __all__ = [
     "log10_count_transposable_tile_estimate",
     "log10_int",
     "log10_count_masks",
+    "log10_masks_per_64",
     "diversity_table",
 ]
 
-STRUCTURES = ("unstructured", "rowwise", "transposable", "block")
-"""Names accepted by ``structure=``; ``None`` follows the pattern (``"n:mT"`` -> transposable)."""
-
-
 _LOG10_E = math.log10(math.e)
-_SHAPE_TEXT_RE = re.compile(r"^\s*\d+(\s*[xX×,]\s*\d+)*\s*$")
-
-ShapeLike = Sequence[int]
-Density = Union[float, int, Fraction]
-
-
-# ---------------------------------------------------------------------------------------------
-# argument checking
-
-
-def parse_shape(text: str) -> Tuple[int, ...]:
-    """Parse ``"64x64"`` (or ``"8x3x3x16"``, ``"64,64"``) into a tuple of positive ints.
-
-    Examples
-    --------
-    >>> parse_shape("768x3072")
-    (768, 3072)
-    """
-    if not isinstance(text, str) or _SHAPE_TEXT_RE.match(text) is None:
-        raise ShapeError(
-            f"cannot parse shape {text!r}: write positive integers separated by 'x', e.g. '64x64' or '768x3072'."
-        )
-    dims = tuple(int(part) for part in re.split(r"[xX×,]", text))
-    return _check_shape(dims, "parse_shape")
-
-
-def _check_shape(shape: ShapeLike, where: str) -> Tuple[int, ...]:
-    if isinstance(shape, str):
-        raise ShapeError(
-            f"{where}: shape must be a tuple of ints, got the string {shape!r}; use parse_shape({shape!r})."
-        )
-    if not isinstance(shape, (tuple, list)) or len(shape) == 0:
-        raise ShapeError(f"{where}: shape must be a non-empty tuple of positive ints, e.g. (64, 64); got {shape!r}.")
-    dims = []
-    for d in shape:
-        if isinstance(d, bool):
-            raise ShapeError(f"{where}: shape entries must be ints, got bool in {shape!r}.")
-        try:
-            d = operator.index(d)  # ints and integer-like (numpy ints); floats are refused, not truncated
-        except TypeError:
-            raise ShapeError(
-                f"{where}: shape entries must be ints, got {d!r} ({type(d).__name__}) in {tuple(shape)!r}."
-            ) from None
-        if d < 1:
-            raise ShapeError(f"{where}: every dimension must be >= 1, got {tuple(shape)!r}.")
-        dims.append(d)
-    return tuple(dims)
-
-
-def _as_matrix(dims: Tuple[int, ...]) -> Tuple[int, int]:
-    """(rows, cols) of the 2-D view: groups run along the last dimension."""
-    return math.prod(dims[:-1]), dims[-1]
-
-
-def _check_density(density: Density, where: str) -> Fraction:
-    if isinstance(density, bool) or not isinstance(density, numbers.Real):
-        raise PatternError(f"{where}: density must be a real number in (0, 1], got {density!r}.")
-    try:
-        exact = Fraction(density)  # exact binary value of a float, so the rounding rule is exact
-    except (ValueError, OverflowError, TypeError):
-        raise PatternError(f"{where}: density must be a finite number in (0, 1], got {density!r}.") from None
-    if not (0 < exact <= 1):
-        raise PatternError(f"{where}: density is the kept fraction and must lie in (0, 1], got {density!r}.")
-    return exact
-
-
-def kept_count(total: int, density: Density) -> int:
-    """Entries kept at ``density``: k = floor(density * total + 1/2), round half up, computed in
-    exact rational arithmetic on the density's exact (binary) value.
-
-    The one rounding rule for "a fraction of entries": :func:`nmsparse.unstructured_mask` keeps
-    exactly this many, so counts here match the masks it makes.
-    """
-    return math.floor(Fraction(density) * total + Fraction(1, 2))
-
-
-def _check_structure(structure: Optional[str], pattern: NMPattern) -> str:
-    if structure is None:
-        return "transposable" if pattern.transposable else "rowwise"
-    if structure not in STRUCTURES:
-        raise PatternError(
-            f"unknown structure {structure!r}; known structures: {', '.join(STRUCTURES)} "
-            f"(or None to follow the pattern)."
-        )
-    return structure
-
-
-def _check_divisible(rows: int, cols: int, p: NMPattern, transposable: bool, dims: Tuple[int, ...], where: str) -> None:
-    if cols % p.m:
-        raise ShapeError(
-            f"{where}: pattern {p.n}:{p.m} groups the last dimension in chunks of {p.m}, but shape {dims} has "
-            f"{cols} columns. Pad the last dimension to a multiple of {p.m}."
-        )
-    if transposable and rows % p.m:
-        raise ShapeError(
-            f"{where}: transposable {p.n}:{p.m}T needs {p.m}x{p.m} tiles, so rows = prod(shape[:-1]) must be a "
-            f"multiple of {p.m}; shape {dims} has {rows} rows. Pad the rows to a multiple of {p.m}."
-        )
-
-
-def _block_dims(block: Union[int, Sequence[int]], where: str) -> Tuple[int, int]:
-    if isinstance(block, (tuple, list)):
-        if len(block) != 2:
-            raise ShapeError(f"{where}: block must be an int k (k x k blocks) or a pair (bh, bw), got {block!r}.")
-        bh, bw = _check_shape(tuple(block), where)
-        return bh, bw
-    (k,) = _check_shape((block,), where)
-    return k, k
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,15 +190,6 @@ def count_masks(
     return count_transposable_tile(p.n, p.m) ** ((rows // p.m) * (cols // p.m))
 
 
-def _check_block_arg(kind: str, block) -> None:
-    if kind == "block" and block is None:
-        raise ShapeError('structure="block" needs block=k (k x k blocks) or block=(bh, bw).')
-    if kind != "block" and block is not None:
-        raise ShapeError(
-            f'block={block!r} only applies to structure="block", not {kind!r}; drop it or set structure="block".'
-        )
-
-
 # ---------------------------------------------------------------------------------------------
 # log scale
 
@@ -356,6 +246,39 @@ def log10_count_masks(
     kind = _check_structure(structure, p)
     dims = _check_shape(shape, "log10_count_masks")
     return _log10_and_exactness(p, dims, kind, block, allow_estimate)[0]
+
+
+def log10_masks_per_64(structure: Union[None, str, NMPattern, Density]) -> float:
+    """Mask diversity per 64 weights: log10 of the number of masks an 8 x 8 block of weights admits.
+
+    The one definition behind every "log10 masks / 64" figure the library prints (``nmsparse
+    demo``, the masks tour, ``nmsparse bench claims``):
+
+    * ``None``, ``"dense"`` or density 1: one mask, 0.
+    * a density ``d`` (float or Fraction in (0, 1]): unstructured, any mask of the 8 x 8 block
+      keeping k = :func:`kept_count` (64, d) entries: log10 C(64, k). For 50 %: log10 C(64, 32) =
+      18.26. (Not multiplicative: a 16 x 16 block gives log10 C(256, 128) / 4 = 18.94 per 64, which
+      is why a block size must be fixed once.)
+    * an N:M pattern (``"2:4"``, ``"4:8T"``, :class:`NMPattern`): row-wise 8 x 8 = 64 / m groups of
+      C(m, n) choices, transposable 64 / m^2 tiles of T(n, m) (:func:`count_transposable_tile`).
+      These counts multiply over groups and tiles, so when m does not divide 8 (3:6, 8:16T) the same
+      per-weight rate is used: 64 / m * log10 C(m, n) and 64 / m^2 * log10 T(n, m). Beyond
+      :data:`EXACT_TILE_LIMIT` T(n, m) is the labelled estimate, as in :func:`log10_count_masks`.
+
+    Examples
+    --------
+    >>> round(log10_masks_per_64(0.5), 2), round(log10_masks_per_64("2:4"), 2), round(log10_masks_per_64("4:8T"), 2)
+    (18.26, 12.45, 11.07)
+    """
+    if structure is None or (isinstance(structure, str) and structure.strip() == "dense"):
+        return 0.0
+    if isinstance(structure, (str, NMPattern)):
+        p = NMPattern.parse(structure)
+        if p.transposable:
+            return 64 * _log10_tile(p.n, p.m, allow_estimate=True)[0] / (p.m * p.m)
+        return 64 * log10_int(math.comb(p.m, p.n)) / p.m
+    density = _check_density(structure, "log10_masks_per_64")
+    return _log10_comb(64, kept_count(64, density))
 
 
 def diversity_table(pattern: PatternLike, shape: ShapeLike, *, max_count_digits: int = 1000) -> list:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import Dict, Sequence
 
-from .claims import TASKS, _lookup
+from .claims_common import TASKS, lookup
 
 
 def plot(rows: Sequence[Dict[str, object]], path: str) -> str:
@@ -26,7 +26,7 @@ def plot(rows: Sequence[Dict[str, object]], path: str) -> str:
     for ax, task in zip(axes[0], tasks):
         value = (lambda r: 100 * r["mean"]) if task == "digits" else (lambda r: r["ppl_mean"])
         err = (lambda r: 100 * r["std"]) if task == "digits" else (lambda r: r["ppl_std"])
-        dense = _lookup(rows, task, "dense", "-")
+        dense = lookup(rows, task, "dense", "-")
         if dense is not None:
             ax.axhline(value(dense), color="k", ls="--", lw=1, label="dense")
             ax.axhspan(value(dense) - err(dense), value(dense) + err(dense), color="k", alpha=0.08)

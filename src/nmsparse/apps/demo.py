@@ -19,7 +19,7 @@ from typing import Dict, Iterator, Optional, Sequence
 
 import torch
 
-from ..diversity import log10_count_masks
+from ..diversity import log10_masks_per_64
 from ..errors import ArgumentError, MethodError, PatternError
 from ..examples import load_digits_split, small_cnn, steps_per_epoch, train
 from ..masks import available_methods
@@ -64,15 +64,9 @@ class RunSpec:
 
 
 def diversity_per_64(spec: RunSpec) -> float:
-    """log10 of the number of masks the structure allows on an 8x8 block of weights."""
-    if spec.pattern is None:
-        return 0.0
-    if isinstance(spec.pattern, float):
-        from fractions import Fraction
-
-        frac = Fraction(spec.pattern).limit_denominator(64)
-        return log10_count_masks(NMPattern(frac.numerator, frac.denominator), (8, 8), structure="unstructured")
-    return log10_count_masks(spec.pattern, (8, 8))
+    """log10 of the number of masks the run's structure allows on an 8x8 block of weights
+    (:func:`nmsparse.diversity.log10_masks_per_64`, the figure the claims report prints too)."""
+    return log10_masks_per_64(spec.pattern)
 
 
 def run_demo(

@@ -13,7 +13,7 @@ from typing import Dict, Iterator, Sequence
 
 import torch
 
-from ..diversity import log10_count_masks
+from ..diversity import log10_count_masks, log10_masks_per_64
 from ..errors import ShapeError
 from ..masks import available_methods, solve_mask, unstructured_mask
 from ..pattern import NMPattern
@@ -45,7 +45,9 @@ def run_demo(
     """Yield one result row per (pattern, method), after unstructured top-k at each pattern density.
 
     Row keys: pattern, method, density, kept (share of sum |W| kept), log10_masks (log10 of the
-    number of masks the structure allows for this weight), optimal, short_tiles, seconds.
+    number of masks the structure allows for this weight), log10_masks_64 (the same per 64
+    weights, :func:`nmsparse.diversity.log10_masks_per_64`, as ``nmsparse demo`` and the claims
+    report print it), optimal, short_tiles, seconds.
     """
     shape = tuple(weight.shape)
     parsed = [NMPattern.parse(p) for p in patterns]
@@ -64,6 +66,7 @@ def run_demo(
             "density": float(mask.float().mean()),
             "kept": float(torch.where(mask, magnitude, 0.0).sum()) / total,
             "log10_masks": log10_count_masks(p, shape, structure="unstructured"),
+            "log10_masks_64": log10_masks_per_64(fraction),
             "optimal": True,
             "short_tiles": None,
             "seconds": seconds,
@@ -86,6 +89,7 @@ def run_demo(
             "density": res.density,
             "kept": res.kept_fraction,
             "log10_masks": log10_count_masks(p, shape),
+            "log10_masks_64": log10_masks_per_64(p),
             "optimal": res.optimal,
             "short_tiles": res.info.get("short_tiles"),
             "seconds": res.seconds,
