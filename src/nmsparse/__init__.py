@@ -29,7 +29,7 @@ from .nn import sparsify_, squash_, summary, update_masks_
 from .pattern import NMPattern
 from . import convert, regularizers, sift  # noqa: E402  (nms.convert.adaprune, nms.regularizers.WGSEFRegularizer, nms.sift.transform)
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "NMPattern",

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Dict, List, Optional, Sequence
 
-from . import __version__
+from ._version import __version__
 from .apps.demo import DEFAULT_RUNS
 from .apps.mask_tour import DEFAULT_PATTERNS
 from .errors import NMSparseError

@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 
 from .._progress import Progress
+from .._version import __version__
 from ..errors import NMSparseError
 from ..masks import solve_mask
 from ..masks.methods import resolve_method
@@ -87,8 +88,6 @@ class PruneResult:
         )
 
     def to_json(self) -> dict:
-        from .. import __version__  # lazily: nmsparse/__init__ may import this package
-
         return {
             "nmsparse_version": __version__,
             "pattern": self.pattern,
