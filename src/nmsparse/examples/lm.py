@@ -301,7 +301,7 @@ def evaluate_lm(model: CharTransformer, tokens: torch.Tensor, *, max_windows: in
     t = model.context
     total = (len(tokens) - 1) // t
     if total < 1:
-        raise ShapeError(f"evaluate_lm: the text must be longer than one window ({t + 1} bytes), got {len(tokens)} bytes; use more text or a shorter context.")
+        raise ShapeError(f"evaluate_lm: the text must hold at least one window ({t + 1} bytes), got {len(tokens)} bytes; use more text or a shorter context.")
     count = min(total, max_windows)
     starts = torch.div(torch.arange(count) * total, count, rounding_mode="floor") * t
     was_training = model.training
