@@ -136,6 +136,8 @@ SITES = [
     ("WGSEF lam", lambda t: _wgsef(lam=-1.0), ArgumentError, r"lam must be a finite number >= 0, got -1.0"),
     ("WGSEF method", lambda t: _wgsef(method="fast"), MethodError, r"unknown method 'fast'"),
     ("WGSEF step lr", lambda t: _wgsef().step(float("nan")), ArgumentError, r"lr must be a finite number >= 0, got nan"),
+    ("log10_int zero", lambda t: nmsparse.log10_int(0), ArgumentError, r"x must be a positive int, got 0"),
+    ("log10_int float", lambda t: nmsparse.log10_int(2.5), ArgumentError, r"x must be a positive int, got float 2.5"),
     ("wgsef_prox step", lambda t: nmsparse.regularizers.wgsef_prox(torch.ones(4), 2, -1.0), ArgumentError, r"step must be a finite number >= 0, got -1.0"),
 ]
 

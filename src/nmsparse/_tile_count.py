@@ -10,7 +10,7 @@ import math
 from functools import lru_cache
 from typing import Optional, Tuple
 
-from .errors import PatternError
+from .errors import ArgumentError, PatternError
 
 EXACT_TILE_LIMIT = 1_000_000
 """Largest C(m + k, k), k = min(n, m - n), for which T(n, m) is counted exactly by default.
@@ -200,8 +200,8 @@ def log10_int(x: int) -> float:
     5000.0
     """
     if isinstance(x, bool) or not isinstance(x, int):
-        raise TypeError(f"log10_int needs an int, got {type(x).__name__}.")
+        raise ArgumentError(f"log10_int: x must be a positive int, got {type(x).__name__} {x!r}; use math.log10 for floats.")
     if x <= 0:
-        raise ValueError(f"log10_int needs a positive int, got {x}.")
+        raise ArgumentError(f"log10_int: x must be a positive int, got {x}; a count of masks is at least 1.")
     shift = max(0, x.bit_length() - 64)
     return math.log10(x >> shift) + shift * _LOG10_2

@@ -20,9 +20,9 @@ from typing import Dict, Iterator, Optional, Sequence
 import torch
 
 from ..diversity import log10_masks_per_64
-from ..errors import ArgumentError, MethodError, PatternError
+from ..errors import ArgumentError, PatternError
 from ..examples import load_digits_split, small_cnn, steps_per_epoch, train
-from ..masks import available_methods
+from ..masks.methods import resolve_method
 from ..nn import kept_and_density, sparsify_
 from ..pattern import NMPattern
 
@@ -53,14 +53,10 @@ class RunSpec:
             return cls(f"unstructured {t}", density, None)
         pattern_text, _, method = t.partition("@")
         pattern = NMPattern.parse(pattern_text)
-        if method and method not in available_methods(pattern) and method != "exact":
-            raise MethodError(
-                f"demo: unknown method {method!r} for {pattern}; known: {', '.join(available_methods(pattern))}."
-            )
-        if pattern.transposable and not method:
-            method = "exact"
+        # The library's one resolution: default and the "exact" alias resolved once, stored resolved.
+        method = resolve_method(pattern, method or None, "demo")
         label = f"{pattern} ({method})" if pattern.transposable else str(pattern)
-        return cls(label, pattern, method or None)
+        return cls(label, pattern, method)
 
 
 def diversity_per_64(spec: RunSpec) -> float:
