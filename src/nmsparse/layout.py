@@ -13,12 +13,17 @@ Conventions (DESIGN.md, "Where groups run"):
   ``[c, c+m)``.
 * Ragged edges are padded for solving (the grouped axis per kernel position, the rows as a whole)
   and cropped afterwards.
+* Padding is bounded. Each padded axis grows by at most m - 1, but a pattern whose m dwarfs the
+  weight would still multiply its size (``"1:100000T"`` on an 8 x 8 weight is a 10^10-entry
+  matrix). The padded matrix may hold at most ``MAX_PAD_FACTOR`` times the weight's entries,
+  unless it stays under ``PAD_BUDGET`` entries (small weights may pad freely); beyond that the
+  layout raises :class:`ShapeError` before allocating anything.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
@@ -26,7 +31,10 @@ import torch.nn.functional as F
 
 from .errors import ShapeError
 
-__all__ = ["MatrixLayout", "matrix_layout", "to_groups", "to_tiles", "from_tiles"]
+__all__ = ["MatrixLayout", "matrix_layout", "to_groups", "to_tiles", "from_tiles", "MAX_PAD_FACTOR", "PAD_BUDGET"]
+
+MAX_PAD_FACTOR = 8
+PAD_BUDGET = 1 << 24  # entries; 128 MiB as float64 scores
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,7 @@ class MatrixLayout:
     shape: tuple
     perm: tuple
     row_axes: int
+    where: str = field(default="layout", compare=False)
 
     @property
     def permuted_shape(self) -> tuple:
@@ -94,13 +103,37 @@ class MatrixLayout:
         """True if solving needs padding: the grouped axis (or, for tiles, the rows) is not a multiple of m."""
         return self.group_len % m != 0 or (tiles and self.rows % m != 0)
 
+    def padding_problem(self, m: int, tiles: bool) -> Optional[str]:
+        """Why padding to multiples of m would be unreasonable (see the module docstring), or ``None``."""
+        rows, cols = self.padded_shape(m, tiles)
+        padded, entries = rows * cols, math.prod(self.shape)
+        if padded <= PAD_BUDGET or padded <= MAX_PAD_FACTOR * entries:
+            return None
+        what = f"{m}x{m} tiles" if tiles else f"groups of {m}"
+        fits = min(self.group_len, self.rows) if tiles else self.group_len
+        return (
+            f"padding the {self.rows}x{self.cols} matrix view of a weight of shape {self.shape} to {what} "
+            f"makes it {rows}x{cols} ({padded:.3g} entries), more than {MAX_PAD_FACTOR}x the weight's {entries} "
+            f"entries and more than the {PAD_BUDGET} entries small weights may pad to; use a pattern whose m "
+            f"fits the weight (m <= {fits} here), or leave this weight dense"
+        )
+
+    def check_padding(self, m: int, tiles: bool) -> None:
+        """Raise :class:`ShapeError` if padding to multiples of m is unreasonable; allocates nothing."""
+        problem = self.padding_problem(m, tiles)
+        if problem is not None:
+            raise ShapeError(f"{self.where}: {problem}.")
+
     def to_matrix(self, t: torch.Tensor, m: int = 1, tiles: bool = False, fill: float = 0.0) -> torch.Tensor:
         """Permute/reshape ``t`` (of ``shape``) into the padded matrix, filling padding with ``fill``.
 
-        Returns a view when no permutation copy and no padding are needed.
+        Returns a view when no permutation copy and no padding are needed. Raises
+        :class:`ShapeError` before allocating if the padding would be unreasonable
+        (:meth:`padding_problem`).
         """
         if tuple(t.shape) != self.shape:
             raise ShapeError(f"layout expects a tensor of shape {self.shape}, got {tuple(t.shape)}")
+        self.check_padding(m, tiles)
         p = t.permute(self.perm) if self.perm != tuple(range(len(self.shape))) else t
         extra = _round_up(self.group_len, m) - self.group_len
         if extra:
@@ -170,18 +203,18 @@ def matrix_layout(shape: Sequence[int], dim: Optional[int] = None, *, where: str
         raise ShapeError(f"{where}: tensor of shape {shape} is empty; every dimension must be at least 1.")
     if dim is None:
         if nd == 1:
-            return MatrixLayout(shape, (0,), 0)
+            return MatrixLayout(shape, (0,), 0, where)
         if nd == 2:
-            return MatrixLayout(shape, (0, 1), 1)
+            return MatrixLayout(shape, (0, 1), 1, where)
         # Conv (out, in, k1..kd) -> (out, k1..kd, in): implicit GEMM with the input channel innermost.
-        return MatrixLayout(shape, (0, *range(2, nd), 1), 1)
+        return MatrixLayout(shape, (0, *range(2, nd), 1), 1, where)
     if isinstance(dim, bool) or not isinstance(dim, int):
         raise ShapeError(f"{where}: dim must be an int or None, got {dim!r}.")
     if not -nd <= dim < nd:
         raise ShapeError(f"{where}: dim={dim} is out of range for a tensor of shape {shape} ({nd} dimensions).")
     dim %= nd
     others = tuple(a for a in range(nd) if a != dim)
-    return MatrixLayout(shape, (*others, dim), len(others))
+    return MatrixLayout(shape, (*others, dim), len(others), where)
 
 
 def to_groups(matrix: torch.Tensor, m: int) -> torch.Tensor:

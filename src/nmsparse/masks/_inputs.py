@@ -3,6 +3,11 @@
 Scores choose the mask: ``|weight|`` by default, or any non-negative tensor of the weight's shape
 (e.g. ``|W| * ||x||`` as in Wanda). NaN/Inf and negative scores are errors, never a silently
 wrong mask.
+
+Inputs are taken as users hold them: ``nn.Parameter``s and tensors with ``requires_grad`` are
+read through ``detach()`` (a mask is not differentiable, and the caller's autograd graph is left
+alone), views and any memory format are accepted, and fp16/bf16 are read exactly in fp32. Tensors
+without values (``meta``) or in a sparse layout are refused with a clear error.
 """
 
 from __future__ import annotations
@@ -17,15 +22,29 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def as_tensor(x, what: str, where: str) -> torch.Tensor:
+    """``x`` as a detached, strided tensor with values (a numpy array is wrapped without a copy)."""
     if isinstance(x, torch.Tensor):
-        return x
+        return _usable(x.detach(), what, where)
     try:
         import numpy as np
     except ImportError:  # pragma: no cover - numpy is a dependency
         np = None
     if np is not None and isinstance(x, np.ndarray):
-        return torch.from_numpy(x)
+        if x.dtype.kind not in "biufc":
+            raise ScoreError(f"{where}: {what} is a numpy array of dtype {x.dtype}; expected numbers. Convert it with np.asarray(x, dtype=np.float32).")
+        return torch.as_tensor(x)
     raise ShapeError(f"{where}: {what} must be a torch.Tensor (or numpy array), got {type(x).__name__}.")
+
+
+def _usable(t: torch.Tensor, what: str, where: str) -> torch.Tensor:
+    if t.device.type == "meta":
+        raise ScoreError(
+            f"{where}: {what} is a meta tensor (shape {tuple(t.shape)}), which holds no values to work with; "
+            f"materialise it first (e.g. model.to_empty(device='cpu') and load the weights)."
+        )
+    if t.layout != torch.strided:
+        raise ShapeError(f"{where}: {what} has layout {t.layout}; expected a dense tensor. Convert it with .to_dense().")
+    return t
 
 
 def prepare_scores(weight, scores: Optional[torch.Tensor], where: str) -> torch.Tensor:
@@ -66,7 +85,10 @@ def score_source(weight, scores: Optional[torch.Tensor], where: str) -> Tuple[to
     if tuple(s.shape) != tuple(weight.shape):
         raise ShapeError(f"{where}: scores must have the weight's shape {tuple(weight.shape)}, got {tuple(s.shape)}.")
     if s.dtype == torch.bool or s.is_complex():
-        raise ScoreError(f"{where}: scores must be real numbers, got dtype {s.dtype}.")
+        raise ScoreError(
+            f"{where}: scores must be real, non-negative numbers, got dtype {s.dtype}. "
+            f"Pass e.g. scores.abs().float() (complex) or scores.float() (bool)."
+        )
     if s.dtype not in _FLOAT_DTYPES:
         s = s.to(torch.float64)
     elif s.dtype in (torch.float16, torch.bfloat16):

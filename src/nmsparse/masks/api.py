@@ -47,6 +47,16 @@ def solve_mask(
         Allow a grouped axis (or, for transposable patterns, a row count) that is not a multiple
         of m. Partial groups keep at most n entries (the top ones, up to n of them);
         partial tiles keep at most n per row and column, as many real entries as the tile allows.
+        Padding may grow the matrix view to at most 8x the weight's entries unless it stays under
+        2**24 entries (:mod:`nmsparse.layout`); beyond that a :class:`ShapeError` is raised.
+
+    Notes
+    -----
+    Any input a user holds is accepted: ``nn.Parameter``s and ``requires_grad`` tensors (read
+    through ``detach()``; the mask never requires grad), views, non-contiguous and channels_last
+    tensors, fp16/bf16/fp32/fp64 weights, numpy arrays. Integer, bool and complex weights need
+    ``scores=``; meta tensors (no values) and sparse layouts are refused with a clear error.
+    The caller's torch and numba thread counts are restored before returning.
 
     Returns
     -------
@@ -72,6 +82,7 @@ def _solve(weight, pattern, method, scores, dim, pad, where: str) -> MaskResult:
     layout = matrix_layout(source.shape, dim, where=where)
     if layout.is_ragged(p.m, p.transposable) and not pad:
         raise ShapeError(_ragged_message(where, p, layout))
+    layout.check_padding(p.m, p.transposable)  # before any allocation: "1:100000T" on 8x8 is refused
     with kernel_threads(source.numel(), source.device.type == "cpu"):
         mask, info, optimal, objective = _solve_layout(source, absolute, layout, p, name)
     return MaskResult(mask, objective, optimal, name, time.perf_counter() - start, p, info)
