@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Dict, List, Optional, Sequence
 
@@ -157,7 +158,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .convert import report_checkpoint
 
-    rep = report_checkpoint(args.checkpoint, args.pattern, include=args.include, exclude=args.exclude)
+    rep = report_checkpoint(args.checkpoint, args.pattern, include=args.include, exclude=args.exclude, ragged=args.ragged)
     rows = []
     shown = [w for w in rep.weights if w.checked or len(w.shape) >= 2 and "not floating" not in (w.reason or "")]
     for w in shown:
@@ -296,6 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--pattern", help="claimed pattern; exit status 1 if an eligible weight breaks it")
     report.add_argument("--include", metavar="REGEX", action="append", help=_INCLUDE_HELP.format(verb="check"))
     report.add_argument("--exclude", metavar="REGEX", action="append", help=_EXCLUDE_HELP.format(verb="do not check"))
+    report.add_argument(
+        "--ragged", choices=("error", "skip", "pad"), default="error",
+        help="a weight whose shape does not fit PATTERN, as in prune: error (default: it breaks PATTERN), "
+        "skip (not checked) or pad (partial groups may keep at most n)",
+    )
     report.set_defaults(func=_cmd_report)
     return parser
 
@@ -308,6 +314,7 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command; a failure is one line on stderr and exit status 1 (argparse's usage errors: 2)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -316,11 +323,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return args.func(args)
     except NMSparseError as err:
-        print(f"nmsparse {args.command}: error: {err}", file=sys.stderr)
-        return 1
+        return _fail(args, str(err))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        return _fail(args, "out of memory; try a smaller input, or a machine with more memory")
+    except OSError as err:
+        # File trouble the library did not wrap (e.g. an unwritable --out): the OS says what and where.
+        where = f": {err.filename}" if getattr(err, "filename", None) else ""
+        return _fail(args, f"{err.strerror or err}{where}")
+    except Exception as err:  # noqa: BLE001 - the promise is one line, never a traceback
+        if os.environ.get("NMSPARSE_DEBUG"):
+            raise
+        return _fail(args, f"internal error ({type(err).__name__}: {err}); this is a bug, please report it "
+                     "(set NMSPARSE_DEBUG=1 for the traceback)")
+
+
+def _fail(args: argparse.Namespace, message: str) -> int:
+    command = " ".join(c for c in (args.command, getattr(args, "bench_command", None)) if c)
+    print(f"nmsparse {command}: error: {' '.join(message.split())}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -28,7 +28,7 @@ from ..masks.methods import resolve_method
 from ..pattern import NMPattern, PatternLike
 from .calibration import as_batches, capture, reestimate_batchnorm
 from ..errors import ConvertError
-from .rules import Selector, check_ragged_choice, ragged_error, ragged_problem
+from .rules import Selector, check_ragged_choice, plan_weight, ragged_error
 
 __all__ = ["adaprune", "AdaPruneReport", "LayerFit"]
 
@@ -203,16 +203,13 @@ def _select(model, p, include, exclude, ragged):
             continue
         wname = f"{name}.weight" if name else "weight"
         shape = tuple(module.weight.shape)
-        reason = selector.skip_reason(wname, shape, module.weight.dtype)
-        problem = ragged_problem(wname, shape, p) if reason is None else None
-        if problem is not None and ragged == "error":
-            raise ragged_error("adaprune", wname, shape, problem, p)
-        if problem is not None and ragged == "skip":
-            reason = f"shape does not fit {p}: {problem}"
-        if reason is not None:
-            skipped.append((name, reason.replace("dense: ", "", 1)))
+        plan = plan_weight(selector, wname, shape, module.weight.dtype, p, ragged)
+        if plan.reason is None and plan.problem is not None and ragged == "error":
+            raise ragged_error("adaprune", wname, shape, plan.problem, p)
+        if plan.reason is not None:
+            skipped.append((name, plan.reason.replace("dense: ", "", 1)))
             continue
-        layers[name], pads[name] = module, problem is not None
+        layers[name], pads[name] = module, plan.pad
     return layers, pads, skipped
 
 

@@ -25,7 +25,7 @@ from ..masks.methods import resolve_method
 from ..pattern import NMPattern, PatternLike
 from ._atomic import atomic_write_file
 from .formats import check_output, read_checkpoint, write_checkpoint
-from .rules import Selector, check_ragged_choice, ragged_error, ragged_problem
+from .rules import Selector, check_ragged_choice, check_state_dict, plan_weight, ragged_error
 
 __all__ = ["LayerResult", "PruneResult", "prune_state_dict", "prune_checkpoint", "json_path_for"]
 
@@ -117,7 +117,10 @@ def prune_state_dict(
     Parameters
     ----------
     tensors : dict of str -> torch.Tensor
-        A state dict (``name -> tensor``); non-eligible entries are passed through unchanged.
+        A state dict (``name -> tensor``, e.g. ``model.state_dict()``; ``nn.Parameter`` values are
+        fine); non-eligible entries are passed through unchanged. A value that is not a tensor (or
+        a key that is not a string) is a :class:`ConvertError` naming the key: a checkpoint's
+        tensors are written back as tensors, so anything else has no place in them.
     pattern : str or NMPattern
         ``"n:m"`` or ``"n:mT"``; n entries KEPT per group of m.
     method : str, optional
@@ -154,23 +157,17 @@ def prune_state_dict(
     tied = tied or {}
     rows: Dict[str, LayerResult] = {}
     todo: Dict[str, bool] = {}  # name -> pad
-    for name, t in tensors.items():
+    for name, t in check_state_dict(tensors, where).items():
         shape = tuple(t.shape)
         row = LayerResult(name, shape, str(t.dtype).replace("torch.", ""), False)
         rows[name] = row
-        reason = selector.skip_reason(name, shape, t.dtype)
-        if reason is None and name in tied:
-            reason = f"dense: tied weights: shares storage with {tied[name][0]} (pruning one copy would untie them)"
-        if reason is None:
-            problem = ragged_problem(name, shape, p)
-            if problem is not None and ragged == "error":
-                raise ragged_error(where, name, shape, problem, p)
-            if problem is not None and ragged == "skip":
-                reason = f"dense: shape does not fit {p} (--ragged skip): {problem}"
-        if reason is not None:
-            row.reason = reason
+        plan = plan_weight(selector, name, shape, t.dtype, p, ragged, tied)
+        if plan.reason is None and plan.problem is not None and ragged == "error":
+            raise ragged_error(where, name, shape, plan.problem, p)
+        if plan.reason is not None:
+            row.reason = plan.reason
             continue
-        todo[name] = ragged_problem(name, shape, p) is not None
+        todo[name] = plan.pad
     out = dict(tensors)
     with Progress(len(todo), f"pruning to {p}", enabled=progress) as bar:
         for name, pad in todo.items():
@@ -180,6 +177,7 @@ def prune_state_dict(
 
 
 def _prune_one(name: str, t: torch.Tensor, p: NMPattern, method: str, pad: bool, row: LayerResult, where: str) -> torch.Tensor:
+    t = t.detach()  # an nn.Parameter in, a plain tensor out: the pruned copy is not part of a graph
     w = t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
     try:
         res = solve_mask(w, p, method=method, pad=pad)

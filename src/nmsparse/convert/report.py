@@ -2,8 +2,14 @@
 densest N:M pattern each weight obeys.
 
 A weight obeys ``n:m`` when no group of m (along the grouped axis, :mod:`nmsparse.layout`) holds
-more than n non-zeros, and ``n:mT`` when no row or column of any m x m tile does. Partial groups at
-ragged edges are held to "at most n" (as in :func:`nmsparse.check_mask`).
+more than n non-zeros, and ``n:mT`` when no row or column of any m x m tile does
+(:func:`obey_problem`, the one definition). Which weights are checked, and what a weight whose
+shape does not fit the pattern means, is decided by :func:`nmsparse.convert.rules.plan_weight`,
+the same function ``prune`` uses, with the same ``ragged`` choice: under ``"error"`` (default) a
+weight that does not fit breaks the pattern (``prune`` would refuse it), under ``"skip"`` it is
+not checked (``prune`` leaves it dense), under ``"pad"`` its partial groups are held to "at most
+n" (what ``prune --ragged pad`` produces). So ``report --ragged R`` passes on every output of
+``prune --ragged R``, and fails on a weight that ``prune --ragged R`` would refuse.
 """
 
 from __future__ import annotations
@@ -14,14 +20,14 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
-from ..errors import MaskError
+from ..errors import MaskError, ShapeError
 from ..layout import matrix_layout, to_groups, to_tiles
 from ..masks import check_mask
 from ..pattern import NMPattern, PatternLike
 from .formats import read_checkpoint
-from .rules import Selector
+from .rules import Selector, WeightPlan, check_ragged_choice, check_state_dict, plan_weight, ragged_problem
 
-__all__ = ["WeightReport", "CheckpointReport", "densest_patterns", "report_state_dict", "report_checkpoint"]
+__all__ = ["WeightReport", "CheckpointReport", "densest_patterns", "obey_problem", "report_state_dict", "report_checkpoint"]
 
 DEFAULT_MS = (4, 8, 16)
 
@@ -72,30 +78,60 @@ def densest_patterns(weight: torch.Tensor, ms: Sequence[int] = DEFAULT_MS) -> Di
 
     Returns e.g. ``{4: "2:4T", 8: "4:8T", 16: "8:16, 9:16T"}``: ``"n:mT"`` when the transposable
     pattern holds with the same n, ``"n:m, k:mT"`` when only a looser transposable one does,
-    ``"n:m, not T"`` when no transposable pattern short of dense holds, ``"dense"`` when n = m.
+    ``"n:m, not T"`` when no transposable pattern short of dense holds, ``"dense"`` when n = m,
+    ``"n:m, T does not fit"`` when the row count is not a multiple of m, and ``"does not fit"``
+    when the grouped axis is not (:func:`ragged_problem`: a partial group cannot show that the
+    weight has the structure).
 
     Examples
     --------
     >>> densest_patterns(torch.tensor([[1.0, 0, 2.0, 0]]), ms=(4,))
     {4: '2:4T'}
     """
-    nz = weight != 0
+    nz = weight.detach() != 0
     layout = matrix_layout(nz.shape, where="densest_patterns")
+    for m in ms:
+        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+            raise ShapeError(f"densest_patterns: ms must hold group sizes m >= 1, got {m!r}; pass e.g. ms=(4, 8, 16).")
     out = {}
     for m in ms:
-        mat = layout.to_matrix(nz, m, tiles=True, fill=False).to(torch.int32)
+        shape = tuple(nz.shape)
+        if ragged_problem("densest_patterns", shape, NMPattern(1, m)) is not None:
+            out[m] = "does not fit"
+            continue
+        tiles_fit = ragged_problem("densest_patterns", shape, NMPattern(1, m, True)) is None
+        mat = layout.to_matrix(nz, m, tiles=tiles_fit, fill=False).to(torch.int32)
         n_row = max(int(to_groups(mat, m).sum(-1).max()), 1)
-        tiles = to_tiles(mat, m)
-        n_t = max(int(tiles.sum(-1).max()), int(tiles.sum(-2).max()), 1)
         if n_row == m:
             out[m] = "dense"
-        elif n_t == n_row:
+            continue
+        if not tiles_fit:
+            out[m] = f"{n_row}:{m}, T does not fit"
+            continue
+        tiles = to_tiles(mat, m)
+        n_t = max(int(tiles.sum(-1).max()), int(tiles.sum(-2).max()), 1)
+        if n_t == n_row:
             out[m] = f"{n_row}:{m}T"
         elif n_t == m:
             out[m] = f"{n_row}:{m}, not T"
         else:
             out[m] = f"{n_row}:{m}, {n_t}:{m}T"
     return out
+
+
+def obey_problem(weight: torch.Tensor, pattern: NMPattern, plan: WeightPlan) -> Optional[str]:
+    """Why ``weight`` does not obey ``pattern`` under ``plan`` (from :func:`plan_weight`), or ``None``.
+
+    A weight that does not fit the pattern breaks it unless the plan pads it; then, like every
+    weight that fits, its non-zeros must obey :func:`nmsparse.check_mask` (partial groups at most n).
+    """
+    if plan.problem is not None and not plan.pad:
+        return f"shape does not fit {pattern}: {plan.problem} (prune would refuse it; see --ragged)"
+    try:
+        check_mask(weight.detach() != 0, pattern)
+    except MaskError as err:
+        return str(err).replace("check_mask: ", "", 1)
+    return None
 
 
 def report_state_dict(
@@ -105,22 +141,32 @@ def report_state_dict(
     include: Union[str, Sequence[str], None] = None,
     exclude: Union[str, Sequence[str], None] = None,
     ms: Sequence[int] = DEFAULT_MS,
+    ragged: str = "error",
+    tied: Optional[Dict[str, List[str]]] = None,
 ) -> CheckpointReport:
     """Report every tensor of a state dict; judge the eligible weights against ``pattern`` if given.
 
     Without ``pattern``, each eligible weight gets its densest patterns for ``ms`` instead.
-    Weights that the pruning rules leave dense (1-D, embeddings, norms, ``exclude``) are listed
-    with their sparsity but not judged.
+    Weights that the pruning rules leave dense (1-D, embeddings, norms, ``exclude``, tied copies)
+    are listed with their sparsity but not judged. ``ragged`` is ``prune``'s choice (one of
+    ``"error"``, ``"skip"``, ``"pad"``) and means the same here (see the module docstring).
+    A value that is not a tensor is a :class:`ConvertError` naming the key.
     """
     p = NMPattern.parse(pattern) if pattern is not None else None
+    check_ragged_choice(ragged, "report")
     selector = Selector(include, exclude, "report")
     rows = []
-    for name, t in tensors.items():
+    for name, t in check_state_dict(tensors, "report").items():
         shape = tuple(t.shape)
         sparsity = 1.0 - int(torch.count_nonzero(t)) / t.numel() if t.numel() else 0.0
         row = WeightReport(name, shape, str(t.dtype).replace("torch.", ""), sparsity, False)
-        row.reason = selector.skip_reason(name, shape, t.dtype)
         rows.append(row)
+        if p is None:
+            row.reason = selector.skip_reason(name, shape, t.dtype)
+            plan = WeightPlan(row.reason)
+        else:
+            plan = plan_weight(selector, name, shape, t.dtype, p, ragged, tied)
+            row.reason = plan.reason
         if row.reason is not None:
             row.reason = row.reason.replace("dense: ", "not checked: ", 1)
             continue
@@ -128,12 +174,8 @@ def report_state_dict(
         if p is None:
             row.densest = densest_patterns(t, ms)
             continue
-        try:
-            check_mask(t != 0, p)
-            row.obeys = True
-        except MaskError as err:
-            row.obeys = False
-            row.problem = str(err).replace("check_mask: ", "", 1)
+        row.problem = obey_problem(t, p, plan)
+        row.obeys = row.problem is None
     return CheckpointReport(str(p) if p is not None else None, rows)
 
 
@@ -144,6 +186,7 @@ def report_checkpoint(
     include: Union[str, Sequence[str], None] = None,
     exclude: Union[str, Sequence[str], None] = None,
     ms: Sequence[int] = DEFAULT_MS,
+    ragged: str = "error",
 ) -> CheckpointReport:
     """Read a checkpoint (any format of :mod:`nmsparse.convert.formats`) and :func:`report_state_dict` it.
 
@@ -154,6 +197,6 @@ def report_checkpoint(
     []
     """
     ckpt = read_checkpoint(path)
-    rep = report_state_dict(ckpt.tensors, pattern, include=include, exclude=exclude, ms=ms)
+    rep = report_state_dict(ckpt.tensors, pattern, include=include, exclude=exclude, ms=ms, ragged=ragged, tied=ckpt.tied)
     rep.source, rep.format = str(path), ckpt.format
     return rep

@@ -5,8 +5,20 @@ Default rules (both for checkpoints and for :func:`nmsparse.convert.adaprune`):
 * pruned: floating-point tensors with 2 dimensions (``nn.Linear``, ``(out, in)``) or 3-5
   dimensions (conv kernels ``(out, in, k...)``);
 * left dense: 1-D tensors (biases, norm scales), integer/bool tensors (counters, masks), and
-  by name embeddings (``embed``, ``wte``, ``wpe``, ``word_embeddings``, ``position_embeddings``,
-  ``tok_embeddings``, ``shared.weight``) and normalisation layers (``norm``, ``ln_``, ``bn``).
+  by name embedding tables and patch-embedding stems (:func:`is_embedding_name`) and
+  normalisation layers (``norm``, ``ln_``, ``bn``).
+
+Embedding tables are recognised by the *module that owns the tensor* (the name's component before
+``weight``/``bias``), matched in full, never by substring: ``embed_tokens``, ``embed_positions``,
+``embed_in``, ``embed``, ``embeddings``/``embedding``, ``wte``, ``wpe``, ``shared`` (T5),
+``relative_attention_bias`` (T5), and any ``*_embedding(s)`` (``word_embeddings``,
+``position_embeddings``, ``token_type_embeddings``, ``tok_embeddings``, ``token_embedding``, ...),
+plus a tensor held directly by such a module (ViT ``embeddings.cls_token``) or named like one
+(timm ``pos_embed``). A ``patch_embed*`` module anywhere in the path is an input stem and left
+dense too. Projections that merely sit near an embedding stay prunable: MoE shared experts
+(``mlp.shared_expert.up_proj``, ``shared_experts.down_proj``), ALBERT's
+``embedding_hidden_mapping_in``, GPT-NeoX's output ``embed_out``, diffusers'
+``time_embedding.linear_1``, and ``lm_head``.
 
 ``include`` and ``exclude`` follow the library's one selection rule (:mod:`nmsparse.selection`): a
 regex or a list of regexes, each matched **in full** against the tensor's full name
@@ -24,7 +36,8 @@ message names the layer and the fixes), ``"skip"`` (left dense, reason in the ta
 from __future__ import annotations
 
 import re
-from typing import Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -34,10 +47,17 @@ from ..pattern import NMPattern
 from ..errors import ConvertError
 from ..selection import NameFilter, Patterns
 
-__all__ = ["Selector", "RAGGED_CHOICES", "ragged_problem"]
+__all__ = ["Selector", "RAGGED_CHOICES", "ragged_problem", "is_embedding_name", "WeightPlan", "plan_weight"]
 
 RAGGED_CHOICES = ("error", "skip", "pad")
-_EMBEDDING = re.compile(r"(^|[._])(embed\w*|wte|wpe|word_embeddings|position_embeddings|tok_embeddings|shared)([._]|$)", re.I)
+# Full-match on one name component (see the module docstring); never a substring of the whole name.
+_EMBEDDING_OWNER = re.compile(
+    r"embed|embed_tokens|embed_positions|embed_in|embeddings?|wte|wpe|shared|relative_attention_bias|\w+_embeddings?",
+    re.I,
+)
+_EMBEDDING_PARAM = re.compile(r"(\w+_)?(pos|position|tok|token|cls|class)_?embed(ding)?s?", re.I)
+_PATCH_STEM = re.compile(r"patch_embed\w*", re.I)
+_PARAM_LEAVES = ("weight", "bias")
 _NORM = re.compile(r"(norm|(^|[._])ln(_\w*|\d*)([._]|$)|(^|[._])bn\d*([._]|$))", re.I)
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -72,7 +92,7 @@ class Selector:
         if self._filter.include:
             if not self._filter.included(module, name):
                 return "dense: not matched by --include"
-        elif _EMBEDDING.search(name):
+        elif is_embedding_name(name):
             return "dense: embedding, left dense by default (prune it with --include)"
         elif _NORM.search(name):
             return "dense: normalisation layer, left dense by default"
@@ -87,6 +107,25 @@ def module_name(tensor_name: str) -> str:
         if tensor_name.endswith(suffix):
             return tensor_name[: -len(suffix)]
     return tensor_name
+
+
+def is_embedding_name(name: str) -> bool:
+    """True if the tensor ``name`` is an embedding table or a patch-embedding stem (left dense by default).
+
+    Examples
+    --------
+    >>> is_embedding_name("model.embed_tokens.weight"), is_embedding_name("model.layers.0.mlp.shared_expert.up_proj.weight")
+    (True, False)
+    """
+    parts = name.split(".")
+    if "parametrizations" in parts:  # "fc.parametrizations.weight.original" is fc's weight
+        parts = parts[: parts.index("parametrizations")] + ["weight"]
+    leaf, owner = parts[-1], (parts[-2] if len(parts) > 1 else "")
+    if leaf.lower() not in _PARAM_LEAVES and (_EMBEDDING_PARAM.fullmatch(leaf) or _EMBEDDING_OWNER.fullmatch(leaf)):
+        return True  # a bare parameter named like a table (timm "pos_embed")
+    if owner and _EMBEDDING_OWNER.fullmatch(owner):
+        return True  # the owning module is a table, or holds the table parameters (ViT "embeddings")
+    return any(_PATCH_STEM.fullmatch(part) for part in parts[:-1])
 
 
 def ragged_problem(name: str, shape: Tuple[int, ...], pattern: NMPattern) -> Optional[str]:
@@ -106,6 +145,42 @@ def ragged_problem(name: str, shape: Tuple[int, ...], pattern: NMPattern) -> Opt
     )
 
 
+@dataclass(frozen=True)
+class WeightPlan:
+    """What happens to one tensor under a pattern; the one decision shared by ``prune`` and ``report``.
+
+    ``reason`` is why it stays dense (``None``: it is pruned / checked); ``problem`` is why its
+    shape does not fit the pattern (:func:`ragged_problem`; ``None``: it fits); ``pad`` says it is
+    solved padded (``ragged="pad"`` and a problem).
+    """
+
+    reason: Optional[str]
+    problem: Optional[str] = None
+    pad: bool = False
+
+
+def plan_weight(
+    selector: "Selector", name: str, shape: Tuple[int, ...], dtype: torch.dtype, pattern: NMPattern,
+    ragged: str = "error", tied: Optional[dict] = None,
+) -> WeightPlan:
+    """Decide whether tensor ``name`` is pruned (by ``prune``) and checked (by ``report``), and how.
+
+    Selection first (:meth:`Selector.skip_reason`), then tied storage, then the fit of its shape:
+    under ``ragged="skip"`` a weight that does not fit stays dense; under ``"pad"`` it is padded;
+    under ``"error"`` the plan carries the problem and the caller raises (``prune``) or reports the
+    weight as breaking the pattern (``report``).
+    """
+    reason = selector.skip_reason(name, shape, dtype)
+    if reason is None and tied and name in tied:
+        reason = f"dense: tied weights: shares storage with {tied[name][0]} (pruning one copy would untie them)"
+    if reason is not None:
+        return WeightPlan(reason)
+    problem = ragged_problem(name, shape, pattern)
+    if problem is not None and ragged == "skip":
+        return WeightPlan(f"dense: shape does not fit {pattern} (--ragged skip): {problem}", problem)
+    return WeightPlan(None, problem, problem is not None and ragged == "pad")
+
+
 def ragged_error(where: str, name: str, shape: Tuple[int, ...], problem: str, pattern: NMPattern) -> ShapeError:
     """The error for a ragged layer under ``ragged="error"``: the layer, the rule and three fixes."""
     return ShapeError(
@@ -115,7 +190,34 @@ def ragged_error(where: str, name: str, shape: Tuple[int, ...], problem: str, pa
     )
 
 
+def check_state_dict(tensors, where: str) -> dict:
+    """``tensors`` if it maps string names to tensors, else a :class:`ConvertError` naming the first bad key.
+
+    Non-tensor values are refused rather than passed through: a pruned or reported checkpoint is a
+    mapping of tensors, and a silently dropped or rewritten entry would lose the user's data.
+    """
+    if not isinstance(tensors, Mapping):
+        raise ConvertError(
+            f"{where}: expected a state dict (a mapping of names to tensors, e.g. model.state_dict()), "
+            f"got {type(tensors).__name__}."
+        )
+    for key, value in tensors.items():
+        if not isinstance(key, str):
+            raise ConvertError(f"{where}: state dict keys must be strings (tensor names), got {key!r} ({type(key).__name__}).")
+        if not isinstance(value, torch.Tensor):
+            raise ConvertError(
+                f"{where}: state dict entry {key!r} holds a value of type {type(value).__name__}, not a torch.Tensor; "
+                f"a state dict maps names to tensors. Remove the entry (or pass model.state_dict())."
+            )
+        if value.device.type == "meta":
+            raise ConvertError(
+                f"{where}: state dict entry {key!r} is a meta tensor (shape {tuple(value.shape)}), which holds no values; "
+                f"load the real weights first."
+            )
+    return tensors
+
+
 def check_ragged_choice(ragged: str, where: str) -> None:
-    if ragged not in RAGGED_CHOICES:
+    if not isinstance(ragged, str) or ragged not in RAGGED_CHOICES:
         raise ConvertError(f"{where}: ragged must be one of {', '.join(RAGGED_CHOICES)}, got {ragged!r}.")
 
