@@ -164,7 +164,9 @@ def count_masks(
     ------
     ShapeError
         Shape not a tuple of positive ints, or not divisible by m (rowwise: cols; transposable:
-        rows and cols) or by the block.
+        rows and cols) or by the block; or a count with more than ``MAX_POWER_DIGITS`` digits
+        (``MAX_BINOMIAL_DIGITS`` for unstructured and block counts), which would take minutes to
+        hours to build: use :func:`log10_count_masks`.
     PatternError
         Bad pattern or structure; or a transposable tile beyond :data:`EXACT_TILE_LIMIT`.
 
@@ -179,6 +181,7 @@ def count_masks(
     kind = _check_structure(structure, p)
     dims = _check_shape(shape, "count_masks")
     _check_block_arg(kind, block)
+    _check_count_size(p, dims, kind, block)
     if kind == "unstructured":
         return count_unstructured(dims, p.density_fraction)
     if kind == "block":
@@ -188,6 +191,23 @@ def count_masks(
     if kind == "rowwise":
         return math.comb(p.m, p.n) ** (rows * cols // p.m)
     return count_transposable_tile(p.n, p.m) ** ((rows // p.m) * (cols // p.m))
+
+
+# Exact counts are built only up to these sizes (decimal digits): a power of a small integer with
+# 10^7 digits takes seconds, a binomial coefficient with 10^5 digits too (math.comb is much slower).
+MAX_POWER_DIGITS = 10**7
+MAX_BINOMIAL_DIGITS = 10**5
+
+
+def _check_count_size(p: NMPattern, dims: Tuple[int, ...], kind: str, block) -> None:
+    """Refuse, before computing, an exact count too large to build in reasonable time and memory."""
+    digits = _log10_and_exactness(p, dims, kind, block, True)[0]
+    limit = MAX_BINOMIAL_DIGITS if kind in ("unstructured", "block") else MAX_POWER_DIGITS
+    if digits > limit:
+        raise ShapeError(
+            f"count_masks: the exact count for {p} ({kind}) on shape {dims} has about {digits:.4g} digits, more than "
+            f"the {limit} this function builds exactly; use log10_count_masks(...) instead (log10 = {digits:.6g})."
+        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -149,6 +149,8 @@ def adaprune(
     >>> fit.name, fit.error_after < fit.error_before
     ('fc1', True)
     """
+    if not isinstance(model, nn.Module):
+        raise ConvertError(f"adaprune: model must be a torch.nn.Module, got {type(model).__name__}; pass the model itself.")
     start = time.perf_counter()
     p = NMPattern.parse(pattern)
     method_name = resolve_method(p, method, "adaprune")

@@ -14,7 +14,7 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..errors import ConvertError
+from ..errors import ConvertError, NMSparseError
 
 __all__ = ["as_batches", "call_model", "capture", "reestimate_batchnorm"]
 
@@ -38,7 +38,20 @@ def as_batches(calibration: Iterable, where: str = "adaprune") -> List[object]:
                 f"{where}: calibration batch {i} is a {type(b).__name__}; expected a tensor (model(x)), "
                 "a tuple (model(*batch)) or a dict (model(**batch))."
             )
+        for t in _tensors_of(b):
+            if t.is_floating_point() and t.device.type != "meta" and not bool(torch.isfinite(t).all()):
+                raise ConvertError(
+                    f"{where}: calibration batch {i} contains NaN or Inf; the layers would be fitted to "
+                    "non-finite outputs. Clean the data (e.g. torch.nan_to_num) or drop the batch."
+                )
     return batches
+
+
+def _tensors_of(batch) -> List[torch.Tensor]:
+    if isinstance(batch, torch.Tensor):
+        return [batch]
+    values = batch.values() if isinstance(batch, Mapping) else batch
+    return [v for v in values if isinstance(v, torch.Tensor)]
 
 
 def call_model(model: nn.Module, batch) -> object:
@@ -83,11 +96,20 @@ def capture(
 
     handles = [m.register_forward_hook(hook_for(name)) for name, m in modules.items()]
     try:
-        for batch in batches:
+        for i, batch in enumerate(batches):
             try:
                 call_model(model, batch)
             except _Stop:
                 pass
+            except NMSparseError:
+                raise
+            except (RuntimeError, TypeError, ValueError, IndexError, KeyError) as err:
+                # The model rejected the batch (wrong shape, dtype or arguments): name the batch.
+                first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                raise ConvertError(
+                    f"adaprune: the model failed on calibration batch {i} ({type(err).__name__}: {first}); "
+                    "pass batches the model accepts, as model(x), model(*batch) or model(**batch)."
+                ) from err
     finally:
         for h in handles:
             h.remove()

@@ -76,6 +76,8 @@ def solve_mask(
 
 def _solve(weight, pattern, method, scores, dim, pad, where: str) -> MaskResult:
     start = time.perf_counter()
+    if not isinstance(pad, bool):
+        raise ShapeError(f"{where}: pad must be True or False, got {pad!r} ({type(pad).__name__}).")
     p = NMPattern.parse(pattern)
     name = resolve_method(p, method, where)
     source, absolute = score_source(weight, scores, where)

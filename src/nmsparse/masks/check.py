@@ -51,6 +51,8 @@ def is_valid_mask(mask: torch.Tensor, pattern: PatternLike, *, dim: Optional[int
 
 
 def _first_problem(mask, pattern, dim, exact, where) -> Optional[str]:
+    if not isinstance(exact, bool):
+        raise MaskError(f"{where}: exact must be True or False, got {exact!r} ({type(exact).__name__}).")
     p = NMPattern.parse(pattern)
     mask = as_tensor(mask, "mask", where)
     if mask.dtype != torch.bool:

@@ -10,6 +10,8 @@ entries you do not want to penalise out of the tensor you pass.
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -107,9 +109,19 @@ def check_k(k, n_groups: int, where: str) -> int:
     return k
 
 
+def finite_number(value) -> Optional[float]:
+    """``value`` as a finite float, or ``None`` if it is not a real finite number (bools excluded)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
 def check_x(x, where: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise ShapeError(f"{where}: x must be a torch.Tensor, got {type(x).__name__}.")
+    if x.device.type == "meta":
+        raise ScoreError(f"{where}: x is a meta tensor (shape {tuple(x.shape)}), which holds no values; materialise it first.")
     if not x.is_floating_point():
         raise ScoreError(f"{where}: x must be a floating-point tensor, got dtype {x.dtype}.")
     if x.numel() == 0:

@@ -45,6 +45,7 @@ import torch
 
 from ..errors import ArgumentError, MethodError
 from ._group_index import GroupsLike, check_k, check_x, group_norms, resolve_groups, resolve_weights
+from ._group_index import finite_number as _finite_number
 
 __all__ = ["wgsef", "wgsef_prox", "wgsef_project", "k_support_norm", "PROX_METHODS"]
 
@@ -225,9 +226,9 @@ def wgsef_prox(
     k = check_k(k, m, "wgsef_prox")
     d = resolve_weights(weights, m, "wgsef_prox")
     _check_method(method, "wgsef_prox")
-    step = float(step)
-    if not math.isfinite(step) or step < 0:
-        raise ArgumentError(f"wgsef_prox: step must be a finite number >= 0, got {step}; pass lr * lam.")
+    value, step = step, _finite_number(step)
+    if step is None or step < 0:
+        raise ArgumentError(f"wgsef_prox: step must be a finite number >= 0, got {value!r}; pass lr * lam.")
     if step == 0.0:
         return x.clone()
     flat = x.reshape(-1)

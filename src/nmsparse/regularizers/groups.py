@@ -197,6 +197,8 @@ def model_groups(model: nn.Module, groups: Union[str, Dict[str, object]] = "rows
     against the layer name (``"fc1"``) or its weight's name (``"fc1.weight"``). ``"rows"`` groups pull in the BatchNorm that
     follows a layer in module order (``nn.Sequential`` models), so dead units output exactly 0.
     """
+    if not isinstance(model, nn.Module):
+        raise ShapeError(f"model_groups: model must be a torch.nn.Module, got {type(model).__name__}; pass the model itself.")
     available = prunable_layers(model)
     if isinstance(groups, dict):
         spec = dict(groups)

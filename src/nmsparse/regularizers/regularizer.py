@@ -32,6 +32,7 @@ from torch import nn
 from ..errors import ArgumentError, MethodError, ShapeError
 from ..selection import Patterns
 from ._group_index import check_k, resolve_weights
+from ._group_index import finite_number as _finite_number
 from .envelope import PROX_METHODS, apply_scale, prox_scale, top_groups
 from .envelope import wgsef as _wgsef_value
 from .groups import LayerGroups, model_groups
@@ -77,8 +78,8 @@ def _resolve_k(value, n_groups: int, name: str) -> int:
 
 
 def _resolve_lam(value, name: str) -> float:
-    lam = float(value)
-    if not math.isfinite(lam) or lam < 0:
+    lam = _finite_number(value)
+    if lam is None or lam < 0:
         raise ArgumentError(f"WGSEFRegularizer (layer {name!r}): lam must be a finite number >= 0, got {value!r}; pass e.g. 1e-3.")
     return lam
 
@@ -143,9 +144,11 @@ class WGSEFRegularizer:
     @torch.no_grad()
     def step(self, lr: float) -> None:
         """Apply ``prox_{lr * lam_l * WGSEF_{k_l}}`` to every regularized layer, in place."""
-        lr = float(lr)
-        if not math.isfinite(lr) or lr < 0:
-            raise ArgumentError(f"WGSEFRegularizer.step: lr must be a finite number >= 0, got {lr}; pass the optimizer's learning rate.")
+        value, lr = lr, _finite_number(lr)
+        if lr is None or lr < 0:
+            raise ArgumentError(
+                f"WGSEFRegularizer.step: lr must be a finite number >= 0, got {value!r}; pass the optimizer's learning rate."
+            )
         for g in self.layers:
             step = lr * self.lam[g.name]
             if step == 0.0:
