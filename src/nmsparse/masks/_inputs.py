@@ -115,5 +115,10 @@ def _raise_not_finite(t: torch.Tensor, what: str, where: str) -> None:
 
 
 def _first_index(flags: torch.Tensor) -> tuple:
+    # Unravelled by hand: torch.unravel_index imports sympy on first use, which adds a warning filter.
     flat = int(torch.nonzero(flags.reshape(-1))[0])
-    return tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), flags.shape))
+    index = []
+    for size in reversed(flags.shape):
+        flat, i = divmod(flat, size)
+        index.append(i)
+    return tuple(reversed(index))
