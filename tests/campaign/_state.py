@@ -17,6 +17,11 @@ from typing import Dict, List
 import numpy as np
 import torch
 
+# torch imports torch._dynamo (and with it sympy, which adds a "once" warning filter) lazily, the
+# first time e.g. an optimizer is built. That is torch's one-time import, not a change made by the
+# call under test, so it is done here, before any snapshot.
+import torch._dynamo  # noqa: E402,F401
+
 
 def snapshot() -> Dict[str, object]:
     """Every piece of global state the campaign watches, as comparable values."""
