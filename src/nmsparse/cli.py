@@ -182,7 +182,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
         return 0
     if rep.broken:
         first = rep.broken[0]
-        print(f"\n{len(rep.broken)} of {len(rep.checked)} checked weights break {rep.pattern}; first: {first.name}: {first.problem}")
+        # The verdict is the command's failure: one line on stderr (the table above is on stdout).
+        print(f"nmsparse report: {len(rep.broken)} of {len(rep.checked)} checked weights break {rep.pattern}; "
+              f"first: {first.name}: {first.problem}", file=sys.stderr)
         return 1
     print(f"\nall {len(rep.checked)} checked weights obey {rep.pattern}.")
     return 0

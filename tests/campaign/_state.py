@@ -22,6 +22,10 @@ import torch
 # call under test, so it is done here, before any snapshot.
 import torch._dynamo  # noqa: E402,F401
 
+# Likewise scikit-learn (loaded by the digits example behind `nmsparse demo`) adds warning filters
+# and draws from Python's `random` when first imported.
+import sklearn.datasets  # noqa: E402,F401
+
 
 def snapshot() -> Dict[str, object]:
     """Every piece of global state the campaign watches, as comparable values."""

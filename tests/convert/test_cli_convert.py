@@ -48,7 +48,7 @@ def test_prune_then_report(tmp_path, ckpt, capsys):
     assert "all 2 checked weights obey 2:4T" in cap.out
     assert main(["report", str(out), "--pattern", "2:4T"]) == 1  # conv1 was left dense
     cap = capsys.readouterr()
-    assert "1 of 3 checked weights break 2:4T; first: conv1.weight" in cap.out
+    assert "1 of 3 checked weights break 2:4T; first: conv1.weight" in cap.err  # the failing verdict is on stderr
     assert main(["report", str(out)]) == 0
     cap = capsys.readouterr()
     assert "densest m=4" in cap.out and "2:4T" in cap.out and "dense" in cap.out

@@ -274,6 +274,17 @@ def environment(cfg: ClaimsConfig) -> Dict[str, object]:
     }
 
 
+def _check_writable(out: str, plot_path: Optional[str]) -> None:
+    """Create OUT (and the plot's folder) and prove a file can be written there, or raise OSError."""
+    for folder in {out, os.path.dirname(plot_path) if plot_path else out}:
+        folder = folder or "."
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, f".nmsparse-write-test-{os.getpid()}")
+        with open(probe, "w", encoding="utf-8"):
+            pass
+        os.remove(probe)
+
+
 def main(quick: bool = False, seeds: Optional[int] = None, out: str = "bench-results", plot_path: Optional[str] = None,
          threads: int = 1, jobs: Optional[int] = None, verbose: bool = True) -> Dict[str, object]:
     """Run the report; append every run to ``<out>/claims.jsonl``; write ``<out>/claims.md`` (table,
@@ -284,6 +295,7 @@ def main(quick: bool = False, seeds: Optional[int] = None, out: str = "bench-res
     cfg = replace(cfg, threads=threads, jobs=jobs, **({} if seeds is None else {"seeds": seeds}))
     cfg.check()
     jsonl = os.path.join(out, "claims.jsonl")
+    _check_writable(out, plot_path)  # fail in one line now, not after the first training run
     run_id = time.strftime("%Y%m%dT%H%M%S")
     env = environment(cfg)
     say = print if verbose else (lambda *a, **k: None)

@@ -14,7 +14,7 @@ from typing import Dict, Iterator, Sequence
 import torch
 
 from ..diversity import log10_count_masks, log10_masks_per_64
-from ..errors import ShapeError
+from ..errors import MethodError, ShapeError
 from ..masks import available_methods, solve_mask, unstructured_mask
 from ..pattern import NMPattern
 
@@ -51,6 +51,17 @@ def run_demo(
     """
     shape = tuple(weight.shape)
     parsed = [NMPattern.parse(p) for p in patterns]
+    # Every argument is checked before the first row is printed: no half table, then an error.
+    for p in parsed:
+        if any(side % p.m for side in shape):
+            raise ShapeError(
+                f"masks: pattern {p} needs a matrix side that is a multiple of {p.m}, got {shape[0]}x{shape[1]}; "
+                f"choose --size as a multiple of {max(q.m for q in parsed)}."
+            )
+    known = sorted({name for q in parsed if q.transposable for name in available_methods(q)})
+    unknown = [m for m in methods if m not in known] if known else []
+    if unknown:
+        raise MethodError(f"masks: unknown method(s) {', '.join(map(repr, unknown))}; known for transposable patterns: {', '.join(known)}.")
     magnitude = weight.abs().double()
     total = float(magnitude.sum())
     by_density = {}
@@ -71,12 +82,6 @@ def run_demo(
             "short_tiles": None,
             "seconds": seconds,
         }
-    for p in parsed:
-        if any(side % p.m for side in shape):
-            raise ShapeError(
-                f"demo: pattern {p} needs a matrix side that is a multiple of {p.m}, got {shape[0]}x{shape[1]}; "
-                f"choose --size as a multiple of {max(q.m for q in parsed)}."
-            )
     plan = [(p, name) for p in parsed for name in _methods_for(p, methods)]
     warm = torch.rand(2 * max(p.m for p in parsed), 2 * max(p.m for p in parsed), generator=torch.Generator().manual_seed(0))
     for p, name in plan:  # load (or, on a first run, compile) every kernel before timing anything
