@@ -91,8 +91,8 @@ BAD_CHECKS = [
     ("pattern None", lambda: nms.is_valid_mask(M, None), nms.PatternError, "string or NMPattern"),
     ("dim out of range", lambda: nms.check_mask(M, "2:4", dim=5), nms.ShapeError, "out of range"),
     ("dim float", lambda: nms.check_mask(M, "2:4", dim=0.0), nms.ShapeError, "dim must be an int"),
-    ("exact a string", lambda: nms.check_mask(M, "2:4", exact="yes"), nms.MaskError, "exact must be True or False"),
-    ("exact None", lambda: nms.is_valid_mask(M, "2:4", exact=None), nms.MaskError, "exact must be True or False"),
+    ("exact a string", lambda: nms.check_mask(M, "2:4", exact="yes"), nms.ArgumentError, "exact must be True or False"),
+    ("exact None", lambda: nms.is_valid_mask(M, "2:4", exact=None), nms.ArgumentError, "exact must be True or False"),
     ("huge tile padding", lambda: nms.check_mask(M, "1:100000T"), nms.ShapeError, "m <= 8"),
     ("is_valid huge tile padding", lambda: nms.is_valid_mask(M, "1:1000000T"), nms.ShapeError, "padding"),
 ]

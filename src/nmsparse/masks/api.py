@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from ..errors import ShapeError
+from ..errors import ArgumentError, ShapeError
 from ..layout import MatrixLayout, matrix_layout
 from ..pattern import NMPattern, PatternLike
 from ._inputs import score_source
@@ -77,7 +77,7 @@ def solve_mask(
 def _solve(weight, pattern, method, scores, dim, pad, where: str) -> MaskResult:
     start = time.perf_counter()
     if not isinstance(pad, bool):
-        raise ShapeError(f"{where}: pad must be True or False, got {pad!r} ({type(pad).__name__}).")
+        raise ArgumentError(f"{where}: pad must be True or False, got {pad!r} ({type(pad).__name__}).")
     p = NMPattern.parse(pattern)
     name = resolve_method(p, method, where)
     source, absolute = score_source(weight, scores, where)

@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from ..errors import MaskError, ShapeError
+from ..errors import ArgumentError, MaskError, ShapeError
 from ..layout import MatrixLayout, matrix_layout, to_groups, to_tiles
 from ..pattern import NMPattern, PatternLike
 from ._inputs import as_tensor
@@ -52,7 +52,7 @@ def is_valid_mask(mask: torch.Tensor, pattern: PatternLike, *, dim: Optional[int
 
 def _first_problem(mask, pattern, dim, exact, where) -> Optional[str]:
     if not isinstance(exact, bool):
-        raise MaskError(f"{where}: exact must be True or False, got {exact!r} ({type(exact).__name__}).")
+        raise ArgumentError(f"{where}: exact must be True or False, got {exact!r} ({type(exact).__name__}).")
     p = NMPattern.parse(pattern)
     mask = as_tensor(mask, "mask", where)
     if mask.dtype != torch.bool:

@@ -8,7 +8,7 @@ from typing import Dict, List
 import torch
 from torch import nn
 
-from ..errors import NMSparseError
+from ..errors import ArgumentError
 from .sparsify import _STATE, _mask_of
 
 
@@ -43,7 +43,7 @@ class SparsitySummary:
 def summary(model: nn.Module) -> SparsitySummary:
     """Per-layer table of a sparsified model: chosen layers with their mask, skipped ones with why."""
     if not isinstance(model, nn.Module):
-        raise NMSparseError(f"summary: model must be a torch.nn.Module, got {type(model).__name__}; pass the sparsified model.")
+        raise ArgumentError(f"summary: model must be a torch.nn.Module, got {type(model).__name__}; pass the sparsified model.")
     state = getattr(model, _STATE, None)
     if state is None:
         return SparsitySummary()

@@ -38,7 +38,7 @@ from typing import Dict, List, Optional, Union
 import torch
 from torch import nn
 
-from ..errors import ShapeError
+from ..errors import ArgumentError, ShapeError
 from ..layout import matrix_layout
 from ..selection import NameFilter, Patterns
 from ._group_index import resolve_groups
@@ -198,7 +198,7 @@ def model_groups(model: nn.Module, groups: Union[str, Dict[str, object]] = "rows
     follows a layer in module order (``nn.Sequential`` models), so dead units output exactly 0.
     """
     if not isinstance(model, nn.Module):
-        raise ShapeError(f"model_groups: model must be a torch.nn.Module, got {type(model).__name__}; pass the model itself.")
+        raise ArgumentError(f"model_groups: model must be a torch.nn.Module, got {type(model).__name__}; pass the model itself.")
     available = prunable_layers(model)
     if isinstance(groups, dict):
         spec = dict(groups)

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from ..errors import ShapeError
+from ..errors import ArgumentError, ShapeError
 from ..pattern import PatternLike
 from ._common import check_family, check_pattern, check_sparsity, select_layers
 from .doped import apply_doped
@@ -92,7 +92,7 @@ def transform(
     True
     """
     if not isinstance(model, nn.Module):
-        raise ShapeError(f"transform: model must be a torch.nn.Module, got {type(model).__name__}; pass the dense model.")
+        raise ArgumentError(f"transform: model must be a torch.nn.Module, got {type(model).__name__}; pass the dense model.")
     family = check_family(family)
     s = check_sparsity(sparsity)
     p = check_pattern(pattern, s)
