@@ -27,6 +27,7 @@ from .masks import (
 )
 from .nn import sparsify_, squash_, summary, update_masks_
 from .pattern import NMPattern
+from .convert.oneshot import prune_
 from . import convert, regularizers, sift  # noqa: E402  (nms.convert.adaprune, nms.regularizers.WGSEFRegularizer, nms.sift.transform)
 
 from ._version import __version__
@@ -44,6 +45,7 @@ __all__ = [
     "update_masks_",
     "squash_",
     "summary",
+    "prune_",
     "count_masks",
     "count_transposable_tile",
     "log10_count_masks",

@@ -1,10 +1,12 @@
-"""Checkpoint conversion: read/write checkpoints, one-shot N:M pruning, pattern reports, AdaPrune.
+"""Checkpoint conversion: read/write checkpoints, one-shot N:M pruning, pattern reports, calibrated
+one-shot pruning of models (``prune_``: magnitude, Wanda, SparseGPT, AdaPrune and chains).
 
 See ``docs/convert.md``. ``n:m`` means n entries KEPT in every group of m; ``"n:mT"`` is transposable.
 """
 
 from .adaprune import AdaPruneReport, LayerFit, adaprune
 from .calibration import reestimate_batchnorm
+from .oneshot import LayerPrune, PruneReport, prune_
 from ..errors import CheckpointError, ConvertError
 from .formats import FORMATS, Checkpoint, detect_format, read_checkpoint, write_checkpoint
 from .prune import LayerResult, PruneResult, json_path_for, prune_checkpoint, prune_state_dict
@@ -16,6 +18,9 @@ __all__ = [
     "AdaPruneReport",
     "LayerFit",
     "reestimate_batchnorm",
+    "prune_",
+    "PruneReport",
+    "LayerPrune",
     "CheckpointError",
     "ConvertError",
     "FORMATS",

@@ -1,0 +1,15 @@
+"""Calibrated one-shot pruning: ``prune_`` with magnitude, Wanda, SparseGPT, AdaPrune and chains,
+for row-wise N:M, transposable N:M and unstructured densities. See :func:`prune_` and docs/convert.md."""
+
+from .attach import attach_mask_
+from .driver import ALGORITHMS, REFINEMENTS, parse_algorithm, prune_
+from .hessian import MatrixView, inverse_cholesky
+from .lsq import lsq_refit
+from .report import LayerPrune, PruneReport
+from .sparsegpt import sparsegpt
+from .wanda import wanda_scores
+
+__all__ = [
+    "prune_", "PruneReport", "LayerPrune", "ALGORITHMS", "REFINEMENTS", "parse_algorithm", "attach_mask_",
+    "sparsegpt", "wanda_scores", "lsq_refit", "inverse_cholesky", "MatrixView",
+]

@@ -1,0 +1,110 @@
+"""AdaPrune's layer fit (Hubara et al., NeurIPS 2021, Sec. 5): Adam on the kept weights and the
+bias, the mask fixed, to reproduce the dense layer's outputs on calibration samples. The one
+implementation behind ``prune_(algorithm="adaprune")`` and :func:`nmsparse.convert.adaprune`.
+
+Speed: ``nn.Linear`` layers call ``F.linear`` directly (no ``functional_call`` dispatch per step) and
+mini-batches are drawn with ``randint`` (with replacement) instead of a full ``randperm`` of every
+calibration row per step, which dominated for token-level calibration sets.
+"""
+
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from ...errors import ConvertError
+
+__all__ = ["check_adaprune_options", "fit_layer", "stack_samples"]
+
+
+def check_adaprune_options(iterations, lr, batch_size, where: str) -> None:
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+        raise ConvertError(f"{where}: iterations must be an int >= 0 (0 = mask only), got {iterations!r}.")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 or lr != lr or lr == float("inf"):
+        raise ConvertError(f"{where}: lr must be a positive finite number, got {lr!r}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConvertError(f"{where}: batch_size must be an int >= 1, got {batch_size!r}.")
+
+
+def stack_samples(xs: List[torch.Tensor], ys: List[torch.Tensor]) -> Tuple[object, object]:
+    """One fp32 tensor of samples along dim 0, or lists of batches when the shapes differ
+    (e.g. conv inputs of several resolutions)."""
+    xs = [x.float() for x in xs]
+    ys = [y.float() for y in ys]
+    if len({tuple(x.shape[1:]) for x in xs}) == 1 and len({tuple(y.shape[1:]) for y in ys}) == 1:
+        return torch.cat(xs), torch.cat(ys)
+    return xs, ys
+
+
+def fit_layer(module: nn.Module, mask: torch.Tensor, x, y, *, iterations: int, lr: float, batch_size: int,
+              gen: torch.Generator) -> Tuple[float, float, bool]:
+    """Fit ``module``'s kept weights (``mask``, the stored weight's shape) and bias to ``y`` in place.
+
+    Starts from the module's current weights (masked). Returns ``(error_before, error_after,
+    improved)`` as relative errors ``||Y' - Y||² / ||Y||²`` on the samples; if fitting does not
+    lower the error the starting weights are kept.
+    """
+    zero = torch.zeros((), dtype=torch.float32, device=mask.device)
+    with torch.no_grad():
+        w = torch.where(mask, module.weight.detach().float(), zero)
+    w.requires_grad_(True)
+    b = module.bias.detach().float().clone().requires_grad_(True) if getattr(module, "bias", None) is not None else None
+    params = {"weight": w} if b is None else {"weight": w, "bias": b}
+    w0, b0 = w.detach().clone(), None if b is None else b.detach().clone()
+    if isinstance(module, nn.Linear):
+        run = lambda xb: F.linear(xb, w, b)
+    else:
+        run = lambda xb: functional_call(module, params, (xb,))
+    before = _relative_error(run, x, y)
+    if iterations:
+        opt = torch.optim.Adam(list(params.values()), lr=lr)
+        with torch.enable_grad():
+            for _ in range(iterations):
+                xb, yb = _batch(x, y, batch_size, gen)
+                loss = F.mse_loss(run(xb), yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                # The mask is fixed: pruned entries get no gradient, so Adam's moments for them stay 0
+                # and the re-masking below only guards against rounding.
+                w.grad.masked_fill_(~mask, 0.0)
+                opt.step()
+                with torch.no_grad():
+                    w.copy_(torch.where(mask, w, zero))
+    after = _relative_error(run, x, y)
+    improved = after < before
+    if not improved:  # keep the better of the two: fitting never makes a layer worse
+        with torch.no_grad():
+            w.copy_(w0)
+            if b is not None:
+                b.copy_(b0)
+        after = before
+    with torch.no_grad():
+        new = w.detach().to(module.weight.dtype)
+        # +0.0 wherever the stored value is zero (a tiny kept value may round to -0.0 in fp16).
+        module.weight.copy_(torch.where(mask & (new != 0), new, torch.zeros((), dtype=new.dtype, device=new.device)))
+        if b is not None:
+            module.bias.copy_(b.detach().to(module.bias.dtype))
+    return before, after, improved
+
+
+def _batch(x, y, batch_size, gen):
+    if isinstance(x, list):
+        i = int(torch.randint(len(x), (1,), generator=gen))
+        return x[i], y[i]
+    idx = torch.randint(x.shape[0], (min(batch_size, x.shape[0]),), generator=gen).to(x.device)
+    return x[idx], y[idx]
+
+
+@torch.no_grad()
+def _relative_error(run, x, y, chunk: int = 4096) -> float:
+    pairs = list(zip(x, y)) if isinstance(x, list) else [(x[i : i + chunk], y[i : i + chunk]) for i in range(0, x.shape[0], chunk)]
+    err = ref = 0.0
+    for xb, yb in pairs:
+        out = run(xb)
+        err += float((out.double() - yb.double()).pow(2).sum())
+        ref += float(yb.double().pow(2).sum())
+    return err / ref if ref > 0 else err

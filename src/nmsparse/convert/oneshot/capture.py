@@ -1,0 +1,97 @@
+"""Run calibration batches through the model and accumulate each target layer's input statistics
+with forward hooks (no activations of the whole model are kept).
+
+``sequential=True`` (SparseGPT's protocol): a pass hooks every layer not yet pruned, takes the first
+one the model calls and the layers called right after it *on the very same input tensor*
+(``q``/``k``/``v`` of one attention block, ``gate``/``up`` of one MLP), and stops the forward pass
+at the next layer. That group is pruned before the next pass, so every later layer sees the
+outputs of the already-pruned layers before it. A model whose layers do not share inputs takes
+one (truncated) pass per layer. ``sequential=False``: one pass over the calibration data with the
+dense model collects every layer's statistics.
+
+Padding tokens: for a dict batch with a 2-D ``attention_mask``, rows of a ``(B, T, ...)`` layer
+input at masked positions are left out.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..calibration import call_model
+from .hessian import InputStats, MatrixView, token_mask_of
+
+__all__ = ["iterate_layers"]
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the wanted layers have run."""
+
+
+def iterate_layers(
+    model: nn.Module, views: Dict[str, MatrixView], batches: Sequence, *, sequential: bool, keep_samples: bool
+) -> Iterator[Tuple[str, InputStats]]:
+    """Yield ``(name, stats)`` per layer, in the order the model first calls them; a layer is
+    pruned by the caller before the generator resumes. Layers never called are not yielded."""
+    if not sequential:
+        stats, order = _pass(model, views, batches, keep_samples, group=False)
+        for name in order:
+            yield name, stats.pop(name)
+        return
+    remaining = dict(views)
+    while remaining:
+        stats, order = _pass(model, remaining, batches, keep_samples, group=True)
+        if not order:
+            return
+        for name in order:
+            del remaining[name]
+            yield name, stats.pop(name)
+
+
+@torch.no_grad()
+def _pass(model, views, batches, keep_samples, group: bool) -> Tuple[Dict[str, InputStats], List[str]]:
+    stats = {name: InputStats(view, keep_samples) for name, view in views.items()}
+    order: List[str] = []
+    state = {"x0": None, "members": None, "token_mask": None}
+
+    def hook_for(name):
+        def hook(module, args, output):
+            if not args or not isinstance(args[0], torch.Tensor):
+                return
+            x = args[0]
+            if group:
+                members = state["members"]
+                if members is None:  # first batch: the group is the leader and its same-input siblings
+                    if not order:
+                        state["x0"] = x
+                    elif x is not state["x0"] or name in order:
+                        raise _Stop
+                elif name not in members:
+                    raise _Stop
+            if name not in order:
+                order.append(name)
+            stats[name].add(x, state["token_mask"])
+
+        return hook
+
+    handles = [view.module.register_forward_hook(hook_for(name)) for name, view in views.items()]
+    try:
+        for batch in batches:
+            state["token_mask"] = token_mask_of(batch)
+            try:
+                call_model(model, batch)
+            except _Stop:
+                pass
+            if group and state["members"] is None:
+                state["members"] = set(order)
+                state["x0"] = None
+                if not order:
+                    break  # none of the layers runs on the calibration data
+    finally:
+        for h in handles:
+            h.remove()
+    if group:
+        order = [n for n in order if stats[n].calls]
+    return stats, order

@@ -1,0 +1,378 @@
+"""``prune_``: calibrated one-shot pruning of a model to N:M, transposable N:M or a density.
+
+See :func:`prune_`. Algorithms: ``"magnitude"`` (|W|), ``"wanda"`` (|W|·‖x‖), ``"sparsegpt"``
+(saliency masks + OBS updates), ``"adaprune"`` (magnitude mask + Adam fit of kept weights and
+bias) and ``+``-chains: the first names the mask (and its weight update), each next step refines
+the weights with that mask fixed: ``"adaprune"`` (Adam, from the current weights), ``"sparsegpt"``
+(OBS updates from the dense weights) or ``"lsq"`` (the exact least-squares optimum of the kept
+weights and bias, from the dense weights).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Dict, List, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from ..._progress import Progress
+from ...errors import ConvertError, MethodError, NMSparseError, ScoreError
+from ...masks import find_mask, unstructured_mask
+from ...masks.methods import resolve_method
+from ...pattern import NMPattern, PatternLike
+from ..calibration import as_batches, reestimate_batchnorm
+from ..rules import check_ragged_choice
+from .adafit import check_adaprune_options, fit_layer, stack_samples
+from .attach import attach_mask_, register_on_model
+from .capture import iterate_layers
+from .hessian import InputStats, MatrixView
+from .lsq import lsq_refit
+from .report import LayerPrune, PruneReport
+from .select import Target, select_targets
+from .sparsegpt import sparsegpt, zero_dead_inputs
+from .wanda import wanda_scores
+
+__all__ = ["prune_", "ALGORITHMS", "REFINEMENTS"]
+
+ALGORITHMS = ("magnitude", "wanda", "sparsegpt", "adaprune")
+REFINEMENTS = ("adaprune", "sparsegpt", "lsq")
+Spec = Union[NMPattern, float]
+ScoresArg = Union[None, str, Dict[str, torch.Tensor], Callable[[str, nn.Module], torch.Tensor]]
+
+
+def prune_(
+    model: nn.Module,
+    pattern: Union[PatternLike, float],
+    *,
+    calibration=None,
+    algorithm: str = "magnitude",
+    method: Optional[str] = "exact",
+    include=None,
+    exclude=None,
+    sequential: bool = True,
+    damp: float = 0.01,
+    blocksize: int = 128,
+    iterations: int = 1000,
+    lr: float = 1e-3,
+    batch_size: int = 50,
+    seed: int = 0,
+    scores: ScoresArg = None,
+    ragged: str = "error",
+    attach_masks: bool = True,
+    batchnorm: bool = False,
+    report: Optional[PruneReport] = None,
+    progress: bool = False,
+    where: str = "prune_",
+) -> nn.Module:
+    """Prune ``model``'s ``nn.Linear`` / ``nn.Conv`` / HF ``Conv1D`` weights in one shot, in place.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Held in memory whole; changed in place and returned.
+    pattern : str, NMPattern or float
+        ``"2:4"`` (row-wise), ``"2:4T"`` (transposable), any n:m the solvers take (n entries KEPT per
+        group of m, groups along the input dimension), or a density in [0, 1] (unstructured).
+    calibration : iterable, optional
+        Batches of model inputs: tensors (``model(x)``), tuples (``model(*batch)``) or dicts
+        (``model(**batch)``, e.g. a tokenizer's output; rows at padding positions of a 2-D
+        ``attention_mask`` are ignored). Required by every algorithm but ``"magnitude"``.
+    algorithm : str
+        ``"magnitude"``, ``"wanda"``, ``"sparsegpt"``, ``"adaprune"`` or a chain such as
+        ``"sparsegpt+adaprune"``, ``"wanda+lsq"`` (see the module docstring).
+    method : str
+        Transposable mask solver (``"exact"``, optimal, by default); see :func:`nmsparse.available_methods`.
+    include, exclude : str or list of str, optional
+        Full-match regexes on module names / full parameter names (:mod:`nmsparse.selection`).
+    sequential : bool
+        Prune layers in forward order, each fed by the already-pruned layers before it (one
+        truncated pass per layer group); ``False``: every layer sees the dense model's activations.
+    damp : float
+        Dampening λ as a fraction of mean(diag H) (SparseGPT, ``lsq``); grows tenfold on a failed
+        Cholesky factorisation.
+    blocksize : int
+        SparseGPT's lazy-update block (columns).
+    iterations, lr, batch_size, seed : AdaPrune's Adam steps per layer, learning rate, rows per
+        step and sampling seed.
+    scores : None, "magnitude", "support", dict or callable
+        The scores of the magnitude-type mask (``"magnitude"`` and ``"adaprune"`` first steps);
+        see :func:`nmsparse.convert.adaprune`.
+    ragged : {"error", "skip", "pad"}
+        A weight whose shape does not fit the pattern: raise naming it, leave it dense, or pad
+        (partial groups keep at most n).
+    attach_masks : bool
+        Attach each mask as a static :class:`~nmsparse.nn.NMMask` with a masked gradient, so
+        fine-tuning keeps it (``squash_`` bakes it in). ``False``: plain weights, +0.0 where pruned.
+    batchnorm : bool
+        Re-estimate BatchNorm statistics on the calibration data afterwards.
+    report : PruneReport, optional
+        Filled in place with one :class:`LayerPrune` per pruned weight and the skipped layers.
+    progress : bool
+        A progress bar on stderr.
+
+    Returns
+    -------
+    nn.Module
+        ``model``. On an error the layers already pruned are restored (their dense weights are
+        kept until ``prune_`` returns), so the model is unchanged.
+
+    Notes
+    -----
+    Memory: the model, plus per layer the fp64 Gram matrix ``(in+1)²`` of its inputs (all layers at
+    once with ``sequential=False``) and, for AdaPrune, that layer's calibration inputs and outputs.
+
+    Examples
+    --------
+    >>> model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+    >>> batches = [torch.randn(64, 16) for _ in range(4)]
+    >>> rep = PruneReport()
+    >>> _ = prune_(model, "2:4T", calibration=batches, algorithm="sparsegpt", report=rep)
+    >>> [r.name for r in rep.layers], rep.layers[0].error_after <= rep.layers[0].error_magnitude
+    (['0.weight', '2.weight'], True)
+    """
+    start = time.perf_counter()
+    if not isinstance(model, nn.Module):
+        raise ConvertError(f"{where}: model must be a torch.nn.Module, got {type(model).__name__}.")
+    spec = _parse_spec(pattern, where)
+    method_name = resolve_method(spec, method, where) if isinstance(spec, NMPattern) else _check_topk(method, where)
+    steps = parse_algorithm(algorithm, where)
+    _check_options(damp, blocksize, sequential, where)
+    check_adaprune_options(iterations, lr, batch_size, where)
+    check_ragged_choice(ragged, where)
+    calibrated = steps != ["magnitude"]
+    batches = as_batches(calibration, where) if calibration is not None else None
+    if calibrated and batches is None:
+        raise ConvertError(
+            f"{where}: algorithm {algorithm!r} needs calibration data; pass calibration=[batch, ...] (tensors, "
+            "tuples or dicts of model inputs), or use algorithm='magnitude'."
+        )
+    targets, skipped = select_targets(model, spec, include, exclude, ragged, calibrated, where)
+    rep = report if report is not None else PruneReport()
+    rep.pattern = str(spec) if isinstance(spec, NMPattern) else f"{spec:g}"
+    rep.algorithm, rep.method, rep.sequential = "+".join(steps), method_name, bool(sequential)
+    rep.layers, rep.skipped, rep.batchnorm = [], list(skipped), 0
+    opts = dict(method=method_name, damp=float(damp), blocksize=blocksize, iterations=iterations, lr=lr,
+                batch_size=batch_size, scores=scores, where=where, gen=torch.Generator().manual_seed(seed))
+    m, tiles = (spec.m, spec.transposable) if isinstance(spec, NMPattern) else (1, False)
+    by_name = {t.name: t for t in targets}
+    views = {t.name: MatrixView(t.module, m, tiles) for t in targets}
+    originals: Dict[str, Tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
+    masks: List[Tuple[Target, torch.Tensor]] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with Progress(len(targets), f"{where} {rep.algorithm} {rep.pattern}", enabled=progress) as bar:
+            if batches is None:
+                layer_stats = ((t.name, None) for t in targets)
+            else:
+                layer_stats = iterate_layers(model, views, batches, sequential=sequential, keep_samples="adaprune" in steps)
+            seen = set()
+            for name, stats in layer_stats:
+                t = by_name[name]
+                seen.add(name)
+                originals[name] = _snapshot(t.module)
+                row, mask = _prune_layer(t, views[name], stats, steps, spec, opts)
+                rep.layers.append(row)
+                masks.append((t, mask))
+                bar.advance()
+        for t in targets:
+            if t.name not in seen:
+                rep.skipped.append((t.name, "not called by the model on the calibration data"))
+        if batchnorm and batches is not None:
+            rep.batchnorm = reestimate_batchnorm(model, batches)
+    except BaseException:
+        for name, snap in originals.items():
+            _restore(by_name[name].module, snap)
+        raise
+    finally:
+        model.train(was_training)
+    if attach_masks:
+        for t, mask in masks:
+            attach_mask_(t.module, "weight", mask, spec, gradient="masked", update="static", name=t.name)
+            register_on_model(model, t.name, t.module, "weight")
+    rep.seconds = time.perf_counter() - start
+    return model
+
+
+def parse_algorithm(algorithm, where: str = "prune_") -> List[str]:
+    """``"sparsegpt+adaprune"`` -> ``["sparsegpt", "adaprune"]``; unknown names are a MethodError."""
+    if not isinstance(algorithm, str) or not algorithm.strip():
+        raise MethodError(f"{where}: algorithm must be a string such as 'sparsegpt' or 'sparsegpt+adaprune', got {algorithm!r}.")
+    steps = [s.strip().lower() for s in algorithm.split("+")]
+    if steps[0] not in ALGORITHMS:
+        raise MethodError(f"{where}: unknown algorithm {steps[0]!r} in {algorithm!r}; known: {', '.join(ALGORITHMS)}.")
+    for s in steps[1:]:
+        if s not in REFINEMENTS:
+            raise MethodError(
+                f"{where}: {s!r} cannot refine a fixed mask in {algorithm!r}; refinements after '+': {', '.join(REFINEMENTS)}."
+            )
+    return steps
+
+
+def _parse_spec(pattern, where: str) -> Spec:
+    if isinstance(pattern, float) and not isinstance(pattern, bool):
+        if not (0.0 <= pattern <= 1.0) or math.isnan(pattern):
+            raise ConvertError(f"{where}: an unstructured density must be in [0, 1] (fraction kept), got {pattern!r}.")
+        return pattern
+    return NMPattern.parse(pattern)
+
+
+def _check_topk(method, where: str) -> Optional[str]:
+    if method not in (None, "exact", "topk"):
+        raise MethodError(f"{where}: unstructured densities keep the top-k per tensor (method None, 'exact' or 'topk'), got {method!r}.")
+    return "topk"
+
+
+def _check_options(damp, blocksize, sequential, where: str) -> None:
+    if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not math.isfinite(damp) or damp < 0:
+        raise ConvertError(f"{where}: damp must be a finite number >= 0 (a fraction of mean(diag H), e.g. 0.01), got {damp!r}.")
+    if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize < 1:
+        raise ConvertError(f"{where}: blocksize must be an int >= 1, got {blocksize!r}.")
+    if not isinstance(sequential, bool):
+        raise ConvertError(f"{where}: sequential must be True or False, got {sequential!r}.")
+
+
+def _snapshot(module: nn.Module):
+    bias = getattr(module, "bias", None)
+    return module.weight.detach().clone(), None if bias is None else bias.detach().clone()
+
+
+@torch.no_grad()
+def _restore(module: nn.Module, snap) -> None:
+    module.weight.copy_(snap[0])
+    if snap[1] is not None:
+        module.bias.copy_(snap[1])
+
+
+@torch.no_grad()
+def _prune_layer(t: Target, view: MatrixView, stats: Optional[InputStats], steps, spec, o) -> Tuple[LayerPrune, torch.Tensor]:
+    start = time.perf_counter()
+    module, name = t.module, t.name
+    stored = module.weight.detach()
+    if not bool(torch.isfinite(stored).all()):
+        raise ScoreError(f"{o['where']}: layer {name}: the weight has NaN/Inf; fix or exclude the layer.")
+    w0 = view.weight_matrix()
+    bias = getattr(module, "bias", None)
+    b0 = None if bias is None else bias.detach().double().clone()
+    real = view.real(w0.device)
+    gram = None if stats is None else stats.gram
+    samples = _adaprune_samples(module, stats) if "adaprune" in steps else None
+    first, refine = steps[0], steps[1:]
+    if first == "adaprune":
+        first, refine = "magnitude", ["adaprune"] + refine
+    mag_mask = _pattern_mask(view, t, spec, o, None, magnitude_scores=True)
+    if first == "sparsegpt":
+        w, mask = sparsegpt(w0, gram[:-1, :-1], spec, method=o["method"], damp=o["damp"], blocksize=o["blocksize"],
+                            real=real, name=name)
+    else:
+        scores = None if first == "magnitude" else view.from_matrix(wanda_scores(w0, gram[:-1, :-1]))
+        mask = mag_mask if first == "magnitude" and o["scores"] in (None, "magnitude") else _pattern_mask(view, t, spec, o, scores)
+        w = _masked(w0, mask)
+    b = b0
+    for step in refine:
+        if step == "sparsegpt":
+            w, _ = sparsegpt(w0, gram[:-1, :-1], spec, damp=o["damp"], blocksize=o["blocksize"], mask=mask, name=name)
+            b = b0
+        elif step == "lsq":
+            w0_live, h = zero_dead_inputs(w0, gram[:-1, :-1])
+            g = gram.clone()
+            g[:-1, :-1] = h
+            w, b = lsq_refit(w0_live, b0, g, mask, o["damp"])
+            w = _masked(w, mask)
+        else:  # adaprune: Adam from the current weights
+            _write(module, view, w, b, mask)
+            fit_layer(module, view.stored_from_matrix(mask), samples[0], samples[1], iterations=o["iterations"],
+                      lr=o["lr"], batch_size=o["batch_size"], gen=o["gen"])
+            w = view.weight_matrix()
+            b = None if bias is None else bias.detach().double().clone()
+    _write(module, view, w, b, mask)
+    w_final = view.weight_matrix()
+    b_final = None if bias is None else bias.detach().double()
+    err = (lambda ww, bb: _relative_error(w0, b0, ww, bb, gram)) if gram is not None else (lambda ww, bb: None)
+    after = err(w_final, b_final)
+    before = err(_masked(w0, mask), b0)
+    abs0 = w0.abs()
+    total = float(abs0.sum())
+    row = LayerPrune(
+        name=name, module_name=t.module_name, shape=tuple(stored.shape), dtype=str(stored.dtype).replace("torch.", ""),
+        pattern=(str(spec) if isinstance(spec, NMPattern) else f"{spec:g}") + (" (padded)" if t.pad else ""),
+        algorithm="+".join(steps), kept_fraction=float(abs0[mask].sum()) / total if total else 1.0,
+        density=int(torch.count_nonzero(module.weight)) / max(module.weight.numel(), 1),
+        error_magnitude=err(_masked(w0, mag_mask), b0), error_before=before, error_after=after,
+        improved=(after is not None and before is not None and after < before), seconds=time.perf_counter() - start,
+        damp=o["damp"] if gram is not None else None,
+    )
+    return row, view.stored_from_matrix(mask)
+
+
+def _masked(w: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask, w, torch.zeros((), dtype=w.dtype, device=w.device))
+
+
+def _pattern_mask(view: MatrixView, t: Target, spec, o, scores, magnitude_scores: bool = False) -> torch.Tensor:
+    """The pattern's optimal mask for ``scores`` (oriented weight shape; None: |W| or o['scores']),
+    as a padded matrix."""
+    w = view.oriented(t.module.weight.detach())
+    w = w.float() if w.dtype in (torch.float16, torch.bfloat16) else w
+    if scores is None and not magnitude_scores:
+        scores = _user_scores(t, view, w, spec, o)
+    try:
+        if isinstance(spec, NMPattern):
+            mask = find_mask(w, spec, method=o["method"], scores=scores, pad=t.pad)
+        else:
+            mask = unstructured_mask(w, spec, scores=scores)
+    except NMSparseError as err:
+        raise type(err)(f"{o['where']}: layer {t.name}: {err}") from None
+    return view.to_matrix(mask, fill=False)
+
+
+def _user_scores(t: Target, view: MatrixView, w: torch.Tensor, spec, o):
+    s = o["scores"]
+    if s is None or s == "magnitude":
+        return None
+    if s == "support":
+        # Lexicographic: first the number of current non-zeros kept, then their magnitude. A group or
+        # tile keeps at most m*m entries, each adding < 1/(m*m+1), so magnitudes never outweigh one more
+        # non-zero (the objective is a sum over independent groups/tiles).
+        m = spec.m if isinstance(spec, NMPattern) else 1
+        top = float(w.abs().max())
+        bonus = w.double().abs() / (top * (m * m + 1)) if top > 0 else 0.0
+        return (w != 0).double() + bonus
+    if isinstance(s, dict):
+        if t.name not in s:
+            raise ConvertError(f"{o['where']}: scores has no entry for {t.name}; give one per pruned weight, or scores=None.")
+        return view.oriented(s[t.name])
+    if callable(s):
+        return view.oriented(s(t.module_name, t.module))
+    raise ConvertError(f"{o['where']}: scores must be None, 'magnitude', 'support', a dict or a callable, got {s!r}.")
+
+
+def _adaprune_samples(module: nn.Module, stats: InputStats):
+    """(inputs, dense outputs) for AdaPrune's fit, computed before the layer changes."""
+    xs = stats.samples
+    ys = [module(x.to(module.weight.dtype)) for x in xs]
+    return stack_samples(xs, ys)
+
+
+@torch.no_grad()
+def _write(module: nn.Module, view: MatrixView, w: torch.Tensor, b: Optional[torch.Tensor], mask: torch.Tensor) -> None:
+    dtype = module.weight.dtype
+    new = view.stored_from_matrix(w).to(dtype)
+    keep = view.stored_from_matrix(mask) & (new != 0)
+    module.weight.copy_(torch.where(keep, new, torch.zeros((), dtype=dtype, device=new.device)))
+    if b is not None:
+        module.bias.copy_(b.to(module.bias.dtype))
+
+
+def _relative_error(w0, b0, w, b, gram) -> float:
+    """``tr(ΔΘ G ΔΘᵀ) / tr(Θ₀ G Θ₀ᵀ)`` with ``Θ = [W b]``: the output error on the calibration rows."""
+    cols = w0.shape[1]
+    if b0 is None:
+        g, d, t0 = gram[:cols, :cols], w - w0, w0
+    else:
+        g, d, t0 = gram, torch.cat([w - w0, (b - b0)[:, None]], 1), torch.cat([w0, b0[:, None]], 1)
+    err = float(((d @ g) * d).sum())
+    ref = float(((t0 @ g) * t0).sum())
+    return max(err, 0.0) / ref if ref > 0 else max(err, 0.0)

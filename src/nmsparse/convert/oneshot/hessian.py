@@ -1,0 +1,214 @@
+"""A prunable layer as the matrix of its forward product, its calibration inputs as rows, and
+the Gram matrix ``H = XᵀX`` those rows give, with a damped, retried Cholesky factorisation.
+
+The matrix view follows DESIGN's layout (:mod:`nmsparse.layout`): ``nn.Linear`` ``(out, in)``;
+a conv kernel ``(out, in, k...)`` as its implicit GEMM ``(out, k...·in)`` with the input channel
+innermost, padded per kernel position to a multiple of m; Hugging Face's GPT-2 ``Conv1D`` (stored
+``(in, out)``) through its transpose. Input rows are laid out the same way, so ``Y = X Wᵀ`` holds
+for the padded matrices (padding columns of X are zero, hence "dead" inputs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...errors import ConvertError
+from ...layout import matrix_layout
+
+__all__ = ["MatrixView", "InputStats", "inverse_cholesky", "view_problem", "token_mask_of", "is_hf_conv1d"]
+
+
+def is_hf_conv1d(module: nn.Module) -> bool:
+    """Hugging Face's ``Conv1D`` (GPT-2): a linear layer whose weight is stored ``(in, out)``."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None
+
+
+def view_problem(module: nn.Module, calibrated: bool) -> Optional[str]:
+    """Why the calibrated algorithms cannot treat ``module`` as a matrix (None if they can)."""
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        if module.groups != 1:
+            return f"grouped convolution (groups={module.groups}); N:M groups need the dense implicit GEMM"
+        if calibrated and isinstance(module, nn.Conv3d):
+            return "Conv3d: calibrated algorithms unfold inputs of Conv1d/Conv2d only (magnitude pruning works)"
+    return None
+
+
+def token_mask_of(batch) -> Optional[torch.Tensor]:
+    """A dict batch's 2-D ``attention_mask`` (True = a real token), else None."""
+    if isinstance(batch, Mapping):
+        mask = batch.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+            return mask != 0
+    return None
+
+
+class MatrixView:
+    """Map a layer's weight and inputs onto the padded ``(rows, cols)`` matrix the solvers use.
+
+    Parameters
+    ----------
+    module : nn.Module
+        ``nn.Linear``, ``nn.Conv1d/2d/3d`` or Hugging Face ``Conv1D``.
+    m : int
+        Group size (1 for unstructured densities); the grouped axis is padded to a multiple of m.
+    tiles : bool
+        Also pad the rows to a multiple of m (transposable patterns).
+    """
+
+    def __init__(self, module: nn.Module, m: int, tiles: bool):
+        self.module = module
+        self.hf = is_hf_conv1d(module)
+        w = module.weight
+        self.shape = (w.shape[1], w.shape[0]) if self.hf else tuple(w.shape)  # (out, in, k...) convention
+        self.layout = matrix_layout(self.shape)
+        self.m, self.tiles = m, tiles
+        self.rows, self.cols = self.layout.padded_shape(m, tiles)
+        self.in_pad = -(-self.layout.group_len // m) * m  # input channels per kernel position, padded
+
+    # --- weights -------------------------------------------------------------------------------
+
+    def oriented(self, t: torch.Tensor) -> torch.Tensor:
+        """A tensor of the stored weight's shape in the ``(out, in, k...)`` convention."""
+        return t.t() if self.hf else t
+
+    def stored(self, t: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`oriented`."""
+        return t.t().contiguous() if self.hf else t
+
+    def to_matrix(self, t_oriented: torch.Tensor, fill=0.0) -> torch.Tensor:
+        return self.layout.to_matrix(t_oriented, self.m, self.tiles, fill=fill)
+
+    def from_matrix(self, mat: torch.Tensor) -> torch.Tensor:
+        return self.layout.from_matrix(mat, self.m)
+
+    def weight_matrix(self) -> torch.Tensor:
+        """The current weight as a padded fp64 matrix (a copy)."""
+        return self.to_matrix(self.oriented(self.module.weight.detach()).double()).clone()
+
+    def real(self, device=None) -> torch.Tensor:
+        """Bool matrix: True at entries that exist in the weight, False at padding."""
+        return self.to_matrix(torch.ones(self.shape, dtype=torch.bool, device=device), fill=False)
+
+    def stored_from_matrix(self, mat: torch.Tensor) -> torch.Tensor:
+        """A padded matrix back to the stored weight's shape."""
+        return self.stored(self.from_matrix(mat))
+
+    # --- inputs --------------------------------------------------------------------------------
+
+    def rows_of(self, x: torch.Tensor, token_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """Calibration input ``x`` of the layer as fp64 rows ``(N, cols)`` of the matrix product."""
+        module = self.module
+        if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+            return self._conv_rows(x.detach())
+        rows = select_tokens(x.detach(), token_mask)
+        rows = rows.reshape(-1, rows.shape[-1]).double()
+        extra = self.cols - rows.shape[1]
+        return F.pad(rows, (0, extra)) if extra else rows
+
+    def _conv_rows(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.module
+        one_d = isinstance(c, nn.Conv1d)
+        x = x.double()
+        if x.dim() == (2 if one_d else 3):  # unbatched input
+            x = x.unsqueeze(0)
+        kernel, stride, dilation = c.kernel_size, c.stride, c.dilation
+        padding = c.padding
+        if isinstance(padding, str) or c.padding_mode != "zeros":
+            mode = "constant" if c.padding_mode == "zeros" else c.padding_mode
+            x = F.pad(x, c._reversed_padding_repeated_twice, mode=mode)
+            padding = (0,) * len(kernel)
+        if one_d:
+            x = x.unsqueeze(-2)
+            kernel, stride, dilation, padding = (1, *kernel), (1, *stride), (1, *dilation), (0, *padding)
+        cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # (B, C*K, L), C outermost
+        b, _, length = cols.shape
+        cin, k = c.in_channels, cols.shape[1] // c.in_channels
+        cols = cols.reshape(b, cin, k, length).permute(0, 3, 2, 1)  # (B, L, K, C): input channel innermost
+        if self.in_pad > cin:
+            cols = F.pad(cols, (0, self.in_pad - cin))
+        return cols.reshape(b * length, k * self.in_pad)
+
+    def sample_of(self, x: torch.Tensor, token_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """What AdaPrune fits on: a Linear's input rows (padding tokens dropped) or the raw conv input."""
+        if isinstance(self.module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            return x.detach().clone()
+        rows = select_tokens(x.detach(), token_mask)
+        return rows.reshape(-1, rows.shape[-1]).clone()
+
+
+def select_tokens(x: torch.Tensor, token_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Drop padding tokens: ``x`` ``(B, T, ...)`` whose leading dims match the attention mask."""
+    if token_mask is not None and x.dim() >= 3 and tuple(x.shape[:2]) == tuple(token_mask.shape):
+        return x[token_mask.to(x.device)]
+    return x
+
+
+class InputStats:
+    """Accumulate the augmented Gram ``G = [X 1]ᵀ[X 1]`` (fp64) of one layer's calibration inputs,
+    and, if asked, the input samples themselves (for AdaPrune).
+
+    ``H = G[:-1, :-1]`` is SparseGPT's Hessian (up to a factor 2), ``G[-1, -1]`` the row count and
+    ``G[:-1, -1]`` the column sums; with ``Θ = [W b]`` the layer's squared output norm over the
+    calibration rows is ``tr(Θ G Θᵀ)``, so reconstruction errors need no stored activations.
+    """
+
+    def __init__(self, view: MatrixView, keep_samples: bool):
+        self.view = view
+        self.keep_samples = keep_samples
+        self.gram: Optional[torch.Tensor] = None
+        self.samples: List[torch.Tensor] = []
+        self.calls = 0
+
+    def add(self, x: torch.Tensor, token_mask: Optional[torch.Tensor]) -> None:
+        rows = self.view.rows_of(x, token_mask)
+        a = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
+        g = a.T @ a
+        self.gram = g if self.gram is None else self.gram.add_(g)
+        self.calls += 1
+        if self.keep_samples:
+            self.samples.append(self.view.sample_of(x, token_mask))
+
+    @property
+    def hessian(self) -> torch.Tensor:
+        return self.gram[:-1, :-1]
+
+
+def inverse_cholesky(
+    h: torch.Tensor, damp: float, name: str, *, retries: int = 6
+) -> Tuple[torch.Tensor, float]:
+    """Upper Cholesky factor ``U`` of ``(H + λI)⁻¹`` (``UᵀU = (H + λI)⁻¹``), ``λ = damp · mean(diag H)``.
+
+    SparseGPT (Frantar & Alistarh 2023, Sec. 3.2) reads every OBS update from the rows of this
+    factor. If a factorisation fails (``H`` numerically indefinite), the damping grows tenfold, up
+    to ``retries`` times. Returns ``(U, damp used)``.
+
+    Raises
+    ------
+    ConvertError
+        Naming the layer, if ``H`` has NaN/Inf or stays indefinite.
+    """
+    if not bool(torch.isfinite(h).all()):
+        raise ConvertError(
+            f"layer {name}: the Gram matrix XᵀX of its calibration inputs has NaN/Inf; the calibration data "
+            "(or an earlier layer's output on it) is not finite. Check the inputs, or exclude the layer."
+        )
+    mean = float(torch.diagonal(h).mean())
+    scale = mean if mean > 0 else 1.0
+    d = float(damp)
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    for _ in range(retries + 1):
+        chol, info = torch.linalg.cholesky_ex(h + (d * scale) * eye)
+        if int(info) == 0:
+            upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(chol), upper=True)
+            if int(info) == 0 and bool(torch.isfinite(upper).all()):
+                return upper, d
+        d = max(d, 1e-6) * 10.0
+    raise ConvertError(
+        f"layer {name}: H = XᵀX of its calibration inputs stays indefinite after damping up to "
+        f"{d / 10.0:g} × mean(diag H) (mean diag {mean:.3g}); pass a larger damp=, more calibration data, or exclude the layer."
+    )

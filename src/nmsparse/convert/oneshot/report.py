@@ -1,0 +1,97 @@
+"""What :func:`nmsparse.prune_` did, per layer: pass a :class:`PruneReport` as ``report=`` to get it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import List, Optional, Tuple
+
+__all__ = ["LayerPrune", "PruneReport"]
+
+
+@dataclass
+class LayerPrune:
+    """One pruned weight.
+
+    Errors are relative reconstruction errors of the layer's output on the calibration rows it
+    saw, ``||Y' - Y||² / ||Y||²`` with ``Y`` the dense layer's output on the same inputs (with
+    ``sequential=True`` those inputs come from the already-pruned earlier layers). ``None``
+    without calibration data.
+
+    Attributes
+    ----------
+    name, module_name : str
+        ``"blocks.0.attn.q.weight"`` and ``"blocks.0.attn.q"``.
+    error_magnitude : float or None
+        The magnitude mask applied to the dense weights (the baseline every algorithm should beat).
+    error_before : float or None
+        The algorithm's mask applied to the dense weights, before any weight update.
+    error_after : float or None
+        The final weights (after SparseGPT's / AdaPrune's / the least-squares updates), as stored.
+    kept_fraction : float
+        Share of ``sum |W|`` of the dense weights at the kept positions.
+    density : float
+        Share of entries that are non-zero afterwards.
+    seconds : float
+        Time spent on this layer (solving and updating; the forward passes are not included).
+    """
+
+    name: str
+    module_name: str
+    shape: tuple
+    dtype: str
+    pattern: str
+    algorithm: str
+    kept_fraction: float
+    density: float
+    error_magnitude: Optional[float]
+    error_before: Optional[float]
+    error_after: Optional[float]
+    improved: bool
+    seconds: float
+    damp: Optional[float] = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+
+@dataclass
+class PruneReport:
+    """Filled in place by ``prune_(..., report=PruneReport())``.
+
+    Examples
+    --------
+    >>> rep = PruneReport()                                               # doctest: +SKIP
+    >>> nms.prune_(model, "2:4T", calibration=batches, algorithm="sparsegpt", report=rep)  # doctest: +SKIP
+    >>> print("\\n".join(rep.format_table()))                             # doctest: +SKIP
+    """
+
+    pattern: str = ""
+    algorithm: str = ""
+    method: Optional[str] = None
+    sequential: bool = True
+    layers: List[LayerPrune] = field(default_factory=list)
+    skipped: List[Tuple[str, str]] = field(default_factory=list)
+    batchnorm: int = 0
+    seconds: float = 0.0
+
+    def format_table(self) -> List[str]:
+        """Aligned text lines: one per pruned layer, then the layers left dense with the reason."""
+        fmt = lambda v: "-" if v is None else f"{v:.4g}"
+        lines = [f"{'layer':<32} {'shape':>12} {'kept |W|':>8} {'err magn.':>10} {'err before':>10} {'err after':>10} {'s':>7}"]
+        for r in self.layers:
+            shape = "x".join(map(str, r.shape))
+            lines.append(
+                f"{r.name:<32} {shape:>12} {r.kept_fraction:8.4f} {fmt(r.error_magnitude):>10} "
+                f"{fmt(r.error_before):>10} {fmt(r.error_after):>10} {r.seconds:7.2f}"
+            )
+        lines += [f"{name:<32} dense: {reason}" for name, reason in self.skipped]
+        return lines
+
+    def to_dict(self) -> dict:
+        return {
+            "pattern": self.pattern, "algorithm": self.algorithm, "method": self.method, "sequential": self.sequential,
+            "seconds": self.seconds, "batchnorm": self.batchnorm,
+            "layers": [r.to_dict() for r in self.layers], "skipped": [list(s) for s in self.skipped],
+        }

@@ -1,0 +1,97 @@
+"""Which layers :func:`nmsparse.prune_` prunes, and why it leaves the others dense.
+
+Candidates: the ``weight`` of every ``nn.Linear``, ``nn.Conv1d/2d/3d`` and Hugging Face ``Conv1D``.
+``include`` / ``exclude`` follow the library's one rule (:mod:`nmsparse.selection`: full-match
+regexes on the module name and the full parameter name). Left dense, with the reason in the
+report: excluded or not included layers, non-float weights, grouped convolutions, ``Conv3d`` for
+the calibrated algorithms, weights already carrying a parametrization, **tied weights** (a
+parameter shared by several modules, e.g. an ``lm_head`` tied to the token embeddings: pruning
+it would prune the embeddings too, which stay dense by default) and, with ``ragged="skip"``,
+weights whose shape does not fit the pattern.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Tuple, Union
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ...errors import ConvertError
+from ...pattern import NMPattern
+from ...selection import NameFilter
+from ..rules import ragged_error, ragged_problem
+from .hessian import is_hf_conv1d, view_problem
+
+__all__ = ["Target", "select_targets"]
+
+_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@dataclass
+class Target:
+    name: str  # full weight name, "blocks.0.attn.q.weight"
+    module_name: str
+    module: nn.Module
+    pad: bool
+
+
+def select_targets(
+    model: nn.Module, spec: Union[NMPattern, float], include, exclude, ragged: str, calibrated: bool, where: str
+) -> Tuple[List[Target], List[Tuple[str, str]]]:
+    chooser = NameFilter(include, exclude, where=where)
+    owners: Dict[int, List[str]] = {}
+    for pname, p in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(p), []).append(pname)
+    targets: List[Target] = []
+    skipped: List[Tuple[str, str]] = []
+    for mname, module in model.named_modules():
+        if not (isinstance(module, _TYPES) or is_hf_conv1d(module)):
+            continue
+        full = f"{mname}.weight" if mname else "weight"
+        if parametrize.is_parametrized(module, "weight"):
+            skipped.append((full, "already has a parametrization (a mask from sparsify_? squash_ it first)"))
+            continue
+        w = module._parameters.get("weight")
+        if w is None:
+            continue
+        if not chooser(mname, full):
+            skipped.append((full, "excluded by include=/exclude="))
+            continue
+        reason = _reason(module, w, spec, calibrated, owners, full)
+        pad = False
+        if reason is None and isinstance(spec, NMPattern):
+            shape = (w.shape[1], w.shape[0]) if is_hf_conv1d(module) else tuple(w.shape)
+            problem = ragged_problem(full, shape, spec)
+            if problem is not None and ragged == "error":
+                raise ragged_error(where, full, shape, problem, spec)
+            if problem is not None and ragged == "skip":
+                reason = f"shape does not fit {spec}: {problem}"
+            pad = problem is not None
+        if reason is not None:
+            skipped.append((full, reason))
+            continue
+        targets.append(Target(full, mname, module, pad))
+    if not targets:
+        why = "; ".join(f"{n}: {r}" for n, r in skipped[:4]) or "the model has no nn.Linear / nn.Conv / Conv1D layer"
+        raise ConvertError(f"{where}: no layer to prune ({why}). Check include=/exclude= and the pattern.")
+    return targets, skipped
+
+
+def _reason(module, w, spec, calibrated, owners, full):
+    if w.dtype not in _FLOATS:
+        return f"dtype {w.dtype} is not a floating-point type"
+    if w.numel() == 0:
+        return "empty tensor"
+    problem = view_problem(module, calibrated)
+    if problem is not None:
+        return problem
+    others = [n for n in owners.get(id(w), []) if n != full]
+    if others:
+        return f"tied weights: shared with {others[0]} (pruning it would prune that too; untie it to prune)"
+    if isinstance(spec, NMPattern) and spec.is_dense:
+        return f"pattern {spec} keeps every entry (n = m is dense)"
+    return None
