@@ -3,8 +3,8 @@ bias, the mask fixed, to reproduce the dense layer's outputs on calibration samp
 implementation behind ``prune_(algorithm="adaprune")`` and :func:`nmsparse.convert.adaprune`.
 
 Speed: ``nn.Linear`` layers call ``F.linear`` directly (no ``functional_call`` dispatch per step) and
-mini-batches are drawn with ``randint`` (with replacement) instead of a full ``randperm`` of every
-calibration row per step, which dominated for token-level calibration sets.
+mini-batches walk one ``randperm`` per epoch instead of drawing a full ``randperm`` of every
+calibration row at every step, which dominated for token-level calibration sets.
 """
 
 from __future__ import annotations
@@ -53,18 +53,16 @@ def fit_layer(module: nn.Module, mask: torch.Tensor, x, y, *, iterations: int, l
         w = torch.where(mask, module.weight.detach().float(), zero)
     w.requires_grad_(True)
     b = module.bias.detach().float().clone().requires_grad_(True) if getattr(module, "bias", None) is not None else None
-    params = {"weight": w} if b is None else {"weight": w, "bias": b}
+    params = [w] if b is None else [w, b]
     w0, b0 = w.detach().clone(), None if b is None else b.detach().clone()
-    if isinstance(module, nn.Linear):
-        run = lambda xb: F.linear(xb, w, b)
-    else:
-        run = lambda xb: functional_call(module, params, (xb,))
+    run = _forward(module, w, b)
     before = _relative_error(run, x, y)
     if iterations:
-        opt = torch.optim.Adam(list(params.values()), lr=lr)
+        opt = torch.optim.Adam(params, lr=lr)
         with torch.enable_grad():
+            batches = _Batches(x, y, batch_size, gen)
             for _ in range(iterations):
-                xb, yb = _batch(x, y, batch_size, gen)
+                xb, yb = batches.next()
                 loss = F.mse_loss(run(xb), yb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -91,12 +89,35 @@ def fit_layer(module: nn.Module, mask: torch.Tensor, x, y, *, iterations: int, l
     return before, after, improved
 
 
-def _batch(x, y, batch_size, gen):
-    if isinstance(x, list):
-        i = int(torch.randint(len(x), (1,), generator=gen))
-        return x[i], y[i]
-    idx = torch.randint(x.shape[0], (min(batch_size, x.shape[0]),), generator=gen).to(x.device)
-    return x[idx], y[idx]
+def _forward(module: nn.Module, w: torch.Tensor, b):
+    """The layer's forward with weight ``w`` and bias ``b`` (no ``torch.func``, whose first use
+    imports torch._dynamo: seconds)."""
+    if isinstance(module, nn.Linear):
+        return lambda xb: F.linear(xb, w, b)
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return lambda xb: module._conv_forward(xb, w, b)
+    if type(module).__name__ == "Conv1D":  # Hugging Face GPT-2: weight stored (in, out)
+        return lambda xb: (xb.reshape(-1, w.shape[0]) @ w + (0 if b is None else b)).reshape(*xb.shape[:-1], w.shape[1])
+    return lambda xb: functional_call(module, {"weight": w} if b is None else {"weight": w, "bias": b}, (xb,))
+
+
+class _Batches:
+    """Mini-batches without replacement: one random permutation per epoch, walked in order."""
+
+    def __init__(self, x, y, batch_size: int, gen: torch.Generator):
+        self.x, self.y, self.batch_size, self.gen = x, y, batch_size, gen
+        self.order, self.pos = None, 0
+
+    def next(self):
+        if isinstance(self.x, list):
+            i = int(torch.randint(len(self.x), (1,), generator=self.gen))
+            return self.x[i], self.y[i]
+        n = self.x.shape[0]
+        if self.order is None or self.pos >= n:
+            self.order, self.pos = torch.randperm(n, generator=self.gen).to(self.x.device), 0
+        idx = self.order[self.pos : self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return self.x[idx], self.y[idx]
 
 
 @torch.no_grad()

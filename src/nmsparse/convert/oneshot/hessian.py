@@ -178,14 +178,13 @@ class InputStats:
         return self.gram[:-1, :-1]
 
 
-def inverse_cholesky(
-    h: torch.Tensor, damp: float, name: str, *, retries: int = 6
-) -> Tuple[torch.Tensor, float]:
+def inverse_cholesky(h: torch.Tensor, damp: float, name: str) -> Tuple[torch.Tensor, float]:
     """Upper Cholesky factor ``U`` of ``(H + λI)⁻¹`` (``UᵀU = (H + λI)⁻¹``), ``λ = damp · mean(diag H)``.
 
     SparseGPT (Frantar & Alistarh 2023, Sec. 3.2) reads every OBS update from the rows of this
-    factor. If a factorisation fails (``H`` numerically indefinite), the damping grows tenfold, up
-    to ``retries`` times. Returns ``(U, damp used)``.
+    factor. If a factorisation fails (``H`` numerically indefinite), the damping grows tenfold,
+    up to ``λ = mean(diag H)`` (beyond that the updates would say little about ``H``). Returns
+    ``(U, damp used)``.
 
     Raises
     ------
@@ -198,17 +197,17 @@ def inverse_cholesky(
             "(or an earlier layer's output on it) is not finite. Check the inputs, or exclude the layer."
         )
     mean = float(torch.diagonal(h).mean())
-    scale = mean if mean > 0 else 1.0
-    d = float(damp)
     eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
-    for _ in range(retries + 1):
-        chol, info = torch.linalg.cholesky_ex(h + (d * scale) * eye)
-        if int(info) == 0:
-            upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(chol), upper=True)
-            if int(info) == 0 and bool(torch.isfinite(upper).all()):
-                return upper, d
-        d = max(d, 1e-6) * 10.0
+    tries = [float(damp)] + [x for x in (1e-4, 1e-3, 1e-2, 1e-1, 1.0) if x > damp]
+    if mean > 0:
+        for d in tries:
+            chol, info = torch.linalg.cholesky_ex(h + (d * mean) * eye)
+            if int(info) == 0:
+                upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(chol), upper=True)
+                if int(info) == 0 and bool(torch.isfinite(upper).all()):
+                    return upper, d
     raise ConvertError(
-        f"layer {name}: H = XᵀX of its calibration inputs stays indefinite after damping up to "
-        f"{d / 10.0:g} × mean(diag H) (mean diag {mean:.3g}); pass a larger damp=, more calibration data, or exclude the layer."
+        f"layer {name}: H = XᵀX of its calibration inputs stays indefinite even with damping "
+        f"{max(tries):g} × mean(diag H) (mean diag {mean:.3g}); check the calibration data (more samples), "
+        "or exclude the layer."
     )
