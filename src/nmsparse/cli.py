@@ -130,6 +130,12 @@ def _cmd_diversity(args: argparse.Namespace) -> int:
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
+    if args.calibration is not None:
+        return _cmd_prune_calibrated(args)
+    if args.algorithm != "magnitude":
+        print(f"nmsparse prune: error: --algorithm {args.algorithm} needs --calibration FILE (a text file to tokenize); "
+              "without it prune does magnitude pruning.", file=sys.stderr)
+        return 2
     from .convert import prune_checkpoint
 
     res = prune_checkpoint(
@@ -152,6 +158,24 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     for note in res.notes:
         print(f"note: {note}")
     print(f"wrote {res.output} and {res.json_path}")
+    return 0
+
+
+def _cmd_prune_calibrated(args: argparse.Namespace) -> int:
+    from .convert.oneshot.hf import prune_hf_folder
+
+    rep, notes, json_path = prune_hf_folder(
+        args.input, args.output, args.pattern, calibration_file=args.calibration, algorithm=args.algorithm,
+        method=args.method, include=args.include, exclude=args.exclude, samples=args.samples, seq_len=args.seq_len,
+        ragged=args.ragged, force=args.force, progress=not args.quiet,
+    )
+    for line in rep.format_table():
+        print(line)
+    print(f"\npruned {len(rep.layers)} weights to {rep.pattern} with {rep.algorithm} in {rep.seconds:.1f} s "
+          f"(errors: relative output error on the calibration tokens; {len(rep.skipped)} left dense).")
+    for note in notes:
+        print(f"note: {note}")
+    print(f"wrote {args.output} and {json_path}")
     return 0
 
 
@@ -288,6 +312,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--ragged", choices=("error", "skip", "pad"), default="error",
         help="a weight whose shape does not fit the pattern: error (default), skip (leave dense) or pad",
     )
+    prune.add_argument(
+        "--algorithm", default="magnitude",
+        help="magnitude (default), wanda, sparsegpt, adaprune, or a chain such as sparsegpt+adaprune or sparsegpt+lsq; "
+        "all but magnitude need --calibration",
+    )
+    prune.add_argument(
+        "--calibration", metavar="FILE", default=None,
+        help="a UTF-8 text file: load the Hugging Face folder IN with transformers (pip install 'nmsparse[hf]'), "
+        "tokenize FILE with its tokenizer and prune with calibration",
+    )
+    prune.add_argument("--samples", type=_positive_int, default=128, help="calibration windows (default 128)")
+    prune.add_argument("--seq-len", type=_positive_int, default=512, help="tokens per calibration window (default 512)")
     prune.add_argument("--force", action="store_true", help="replace an existing OUT (even IN itself)")
     prune.add_argument("--quiet", action="store_true", help="no progress bar")
     prune.set_defaults(func=_cmd_prune)

@@ -161,6 +161,7 @@ def prune_(
     originals: Dict[str, Tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
     masks: List[Tuple[Target, torch.Tensor]] = []
     was_training = model.training
+    threads = torch.get_num_threads()  # the transposable solvers' numba/OpenMP start-up can change it
     model.eval()
     try:
         with Progress(len(targets), f"{where} {rep.algorithm} {rep.pattern}", enabled=progress) as bar:
@@ -188,6 +189,8 @@ def prune_(
         raise
     finally:
         model.train(was_training)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
     if attach_masks:
         for t, mask in masks:
             attach_mask_(t.module, "weight", mask, spec, gradient="masked", update="static", name=t.name)
