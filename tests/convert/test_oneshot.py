@@ -52,6 +52,21 @@ def test_sparsegpt_fixed_mask_equals_obvious_reference(seed):
     np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-8, atol=1e-10)
 
 
+def test_sparsegpt_bias_tail_is_an_always_kept_constant_input():
+    x = correlated(200, 8, 7)
+    xa = torch.cat([x, torch.ones(200, 1, dtype=torch.float64)], 1)
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(4, 9, generator=g, dtype=torch.float64)
+    mask = torch.cat([torch.rand(4, 8, generator=g) < 0.5, torch.ones(4, 1, dtype=torch.bool)], 1)
+    ours, keep = sparsegpt(w, xa.T @ xa, 0.5, mask=mask, damp=0.01, tail=1)
+    ref = sparsegpt_fixed_mask(w.numpy(), damped((xa.T @ xa).numpy(), 0.01), mask.numpy())
+    np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-8, atol=1e-10)
+    # Choosing the mask: the tail column is never pruned, the rest keeps exactly n of m.
+    ours, keep = sparsegpt(torch.cat([w[:, :8], w[:, 8:]], 1), xa.T @ xa, nms.NMPattern(2, 4), tail=1)
+    assert keep[:, 8].all()
+    nms.check_mask(keep[:, :8], "2:4", exact=True)
+
+
 def test_sparsegpt_pruned_first_is_the_least_squares_optimum():
     # With every pruned column left of every kept one, the column-by-column OBS updates add up to
     # the least-squares optimum of the kept weights (no damping, H well conditioned).
@@ -178,6 +193,16 @@ def test_magnitude_needs_no_calibration_and_others_do():
         nms.prune_(mlp(), "2:4", calibration=batches(), algorithm="obs")
     with pytest.raises(MethodError, match="cannot refine"):
         nms.prune_(mlp(), "2:4", calibration=batches(), algorithm="sparsegpt+wanda")
+
+
+def test_update_bias_moves_the_bias():
+    calib = batches()
+    plain, moved = mlp(), mlp()
+    rp, rm = PruneReport(), PruneReport()
+    nms.prune_(plain, "2:4", calibration=calib, algorithm="sparsegpt", report=rp, sequential=False)
+    nms.prune_(moved, "2:4", calibration=calib, algorithm="sparsegpt", report=rm, sequential=False, update_bias=True)
+    assert torch.equal(plain[0].bias, mlp()[0].bias) and not torch.equal(moved[0].bias, mlp()[0].bias)
+    nms.check_mask(_mask_of(moved[2]), "2:4", exact=True)
 
 
 def test_sequential_feeds_pruned_outputs_forward():

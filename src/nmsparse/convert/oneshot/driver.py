@@ -59,6 +59,7 @@ def prune_(
     batch_size: int = 50,
     seed: int = 0,
     scores: ScoresArg = None,
+    update_bias: bool = False,
     ragged: str = "error",
     attach_masks: bool = True,
     batchnorm: bool = False,
@@ -99,6 +100,10 @@ def prune_(
     scores : None, "magnitude", "support", dict or callable
         The scores of the magnitude-type mask (``"magnitude"`` and ``"adaprune"`` first steps);
         see :func:`nmsparse.convert.adaprune`.
+    update_bias : bool
+        SparseGPT: treat the bias as the weight of a constant-1 input, processed last and never
+        pruned, so the OBS updates also correct the output's mean. Default ``False``: the
+        reference algorithm, bias unchanged (on the benchmark LM neither was better throughout).
     ragged : {"error", "skip", "pad"}
         A weight whose shape does not fit the pattern: raise naming it, leave it dense, or pad
         (partial groups keep at most n).
@@ -153,7 +158,7 @@ def prune_(
     rep.pattern = str(spec) if isinstance(spec, NMPattern) else f"{spec:g}"
     rep.algorithm, rep.method, rep.sequential = "+".join(steps), method_name, bool(sequential)
     rep.layers, rep.skipped, rep.batchnorm = [], list(skipped), 0
-    opts = dict(method=method_name, damp=float(damp), blocksize=blocksize, iterations=iterations, lr=lr,
+    opts = dict(method=method_name, damp=float(damp), blocksize=blocksize, update_bias=bool(update_bias), iterations=iterations, lr=lr,
                 batch_size=batch_size, scores=scores, where=where, gen=torch.Generator().manual_seed(seed))
     m, tiles = (spec.m, spec.transposable) if isinstance(spec, NMPattern) else (1, False)
     by_name = {t.name: t for t in targets}
@@ -267,17 +272,15 @@ def _prune_layer(t: Target, view: MatrixView, stats: Optional[InputStats], steps
         first, refine = "magnitude", ["adaprune"] + refine
     mag_mask = _pattern_mask(view, t, spec, o, None, magnitude_scores=True)
     if first == "sparsegpt":
-        w, mask = sparsegpt(w0, gram[:-1, :-1], spec, method=o["method"], damp=o["damp"], blocksize=o["blocksize"],
-                            real=real, name=name)
+        w, b_sg, mask = _sparsegpt(w0, b0, gram, spec, o, real, None, name)
     else:
         scores = None if first == "magnitude" else view.from_matrix(wanda_scores(w0, gram[:-1, :-1]))
         mask = mag_mask if first == "magnitude" and o["scores"] in (None, "magnitude") else _pattern_mask(view, t, spec, o, scores)
         w = _masked(w0, mask)
-    b = b0
+    b = b_sg if first == "sparsegpt" else b0
     for step in refine:
         if step == "sparsegpt":
-            w, _ = sparsegpt(w0, gram[:-1, :-1], spec, damp=o["damp"], blocksize=o["blocksize"], mask=mask, name=name)
-            b = b0
+            w, b, _ = _sparsegpt(w0, b0, gram, spec, o, real, mask, name)
         elif step == "lsq":
             w0_live, h = zero_dead_inputs(w0, gram[:-1, :-1])
             g = gram.clone()
@@ -308,6 +311,22 @@ def _prune_layer(t: Target, view: MatrixView, stats: Optional[InputStats], steps
         damp=o["damp"] if gram is not None else None,
     )
     return row, view.stored_from_matrix(mask)
+
+
+def _sparsegpt(w0, b0, gram, spec, o, real, mask, name):
+    """SparseGPT on the layer; with ``update_bias`` the bias is the weight of a constant-1 input,
+    processed last and never pruned, so the OBS updates also shift it (the output's mean error)."""
+    if b0 is None or not o["update_bias"]:
+        w, keep = sparsegpt(w0, gram[:-1, :-1], spec, method=o["method"], damp=o["damp"], blocksize=o["blocksize"],
+                            mask=mask, real=real, name=name)
+        return w, b0, keep
+    cols = w0.shape[1]
+    ones = torch.ones(w0.shape[0], 1, dtype=torch.bool, device=w0.device)
+    w, keep = sparsegpt(
+        torch.cat([w0, b0[:, None]], 1), gram, spec, method=o["method"], damp=o["damp"], blocksize=o["blocksize"],
+        mask=None if mask is None else torch.cat([mask, ones], 1), real=torch.cat([real, ones], 1), tail=1, name=name,
+    )
+    return w[:, :cols], w[:, cols], keep[:, :cols]
 
 
 def _masked(w: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

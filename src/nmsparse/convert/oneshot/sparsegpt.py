@@ -60,6 +60,7 @@ def sparsegpt(
     blocksize: int = 128,
     mask: Optional[torch.Tensor] = None,
     real: Optional[torch.Tensor] = None,
+    tail: int = 0,
     name: str = "layer",
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Prune the matrix ``w`` ``(rows, cols)`` given ``h`` ``(cols, cols)``; return ``(w_new, mask)``.
@@ -81,12 +82,18 @@ def sparsegpt(
         A fixed bool mask: only the OBS updates are computed (a refinement step).
     real : torch.Tensor, optional
         Bool matrix, False at padding entries: never kept.
+    tail : int
+        The last ``tail`` columns are always kept and never masked: a bias passed as the weight of
+        a constant-1 input, so the OBS updates can also move the bias.
     """
     rows, cols = w.shape
     w, h = zero_dead_inputs(w, h)
     u, _ = inverse_cholesky(h, damp, name)
     fixed = mask is not None
     keep = mask.clone() if fixed else torch.zeros_like(w, dtype=torch.bool)
+    if tail:
+        keep[:, cols - tail :] = True
+    masked_cols = cols - tail
     m = spec.m if isinstance(spec, NMPattern) else 1
     step = max(m, (blocksize // m) * m)
     for i1 in range(0, cols, step):
@@ -95,11 +102,12 @@ def sparsegpt(
         err1 = torch.zeros_like(w1)
         u1 = u[i1:i2, i1:i2]
         d1 = torch.diagonal(u1)
-        if not fixed and not isinstance(spec, NMPattern):
-            keep[:, i1:i2] = _block_topk(w1.pow(2) / d1.pow(2), spec, rows, i1, i2)
+        if not fixed and not isinstance(spec, NMPattern) and i1 < masked_cols:
+            j2 = min(i2, masked_cols)
+            keep[:, i1:j2] = _block_topk(w1[:, : j2 - i1].pow(2) / d1[: j2 - i1].pow(2), spec, rows, i1, j2)
         for i in range(i2 - i1):
             c = i1 + i
-            if not fixed and isinstance(spec, NMPattern) and i % m == 0:
+            if not fixed and isinstance(spec, NMPattern) and i % m == 0 and c < masked_cols:
                 saliency = w1[:, i : i + m].pow(2) / d1[i : i + m].pow(2)
                 strip = find_mask(saliency, spec, method=method, scores=saliency)
                 keep[:, c : c + m] = strip if real is None else strip & real[:, c : c + m]
