@@ -29,12 +29,10 @@ def is_hf_conv1d(module: nn.Module) -> bool:
 
 
 def view_problem(module: nn.Module, calibrated: bool) -> Optional[str]:
-    """Why the calibrated algorithms cannot treat ``module`` as a matrix (None if they can)."""
+    """Why ``module`` cannot be pruned as a matrix (None if it can)."""
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         if module.groups != 1:
             return f"grouped convolution (groups={module.groups}); N:M groups need the dense implicit GEMM"
-        if calibrated and isinstance(module, nn.Conv3d):
-            return "Conv3d: calibrated algorithms unfold inputs of Conv1d/Conv2d only (magnitude pruning works)"
     return None
 
 
@@ -103,7 +101,7 @@ class MatrixView:
     def rows_of(self, x: torch.Tensor, token_mask: Optional[torch.Tensor]) -> torch.Tensor:
         """Calibration input ``x`` of the layer as fp64 rows ``(N, cols)`` of the matrix product."""
         module = self.module
-        if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             return self._conv_rows(x.detach())
         rows = select_tokens(x.detach(), token_mask)
         rows = rows.reshape(-1, rows.shape[-1]).double()
@@ -111,27 +109,31 @@ class MatrixView:
         return F.pad(rows, (0, extra)) if extra else rows
 
     def _conv_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """Implicit-GEMM rows of a conv input: one row per output position, columns ordered
+        (kernel position, input channel) with the channel innermost, as the weight's matrix view."""
         c = self.module
-        one_d = isinstance(c, nn.Conv1d)
+        dims = len(c.kernel_size)
         x = x.double()
-        if x.dim() == (2 if one_d else 3):  # unbatched input
+        if x.dim() == dims + 1:  # unbatched input
             x = x.unsqueeze(0)
-        kernel, stride, dilation = c.kernel_size, c.stride, c.dilation
-        padding = c.padding
-        if isinstance(padding, str) or c.padding_mode != "zeros":
+        if isinstance(c.padding, str) or c.padding_mode != "zeros":
             mode = "constant" if c.padding_mode == "zeros" else c.padding_mode
             x = F.pad(x, c._reversed_padding_repeated_twice, mode=mode)
-            padding = (0,) * len(kernel)
-        if one_d:
-            x = x.unsqueeze(-2)
-            kernel, stride, dilation, padding = (1, *kernel), (1, *stride), (1, *dilation), (0, *padding)
-        cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # (B, C*K, L), C outermost
-        b, _, length = cols.shape
-        cin, k = c.in_channels, cols.shape[1] // c.in_channels
-        cols = cols.reshape(b, cin, k, length).permute(0, 3, 2, 1)  # (B, L, K, C): input channel innermost
+        else:
+            x = F.pad(x, [p for q in reversed(c.padding) for p in (q, q)])
+        for i, (k, s, d) in enumerate(zip(c.kernel_size, c.stride, c.dilation)):
+            # Windows of the dilated kernel's span along spatial dim i, then every d-th tap.
+            x = x.unfold(2 + i, (k - 1) * d + 1, s)[..., ::d]
+        b, cin = x.shape[0], x.shape[1]
+        # (B, C, L1..Ld, k1..kd) -> (B, L1..Ld, k1..kd, C)
+        x = x.permute(0, *range(2, 2 + 2 * dims), 1)
+        k = 1
+        for size in c.kernel_size:
+            k *= size
+        x = x.reshape(-1, k, cin)
         if self.in_pad > cin:
-            cols = F.pad(cols, (0, self.in_pad - cin))
-        return cols.reshape(b * length, k * self.in_pad)
+            x = F.pad(x, (0, self.in_pad - cin))
+        return x.reshape(-1, k * self.in_pad)
 
     def sample_of(self, x: torch.Tensor, token_mask: Optional[torch.Tensor]) -> torch.Tensor:
         """What AdaPrune fits on: a Linear's input rows (padding tokens dropped) or the raw conv input."""

@@ -3,8 +3,8 @@
 Candidates: the ``weight`` of every ``nn.Linear``, ``nn.Conv1d/2d/3d`` and Hugging Face ``Conv1D``.
 ``include`` / ``exclude`` follow the library's one rule (:mod:`nmsparse.selection`: full-match
 regexes on the module name and the full parameter name). Left dense, with the reason in the
-report: excluded or not included layers, non-float weights, grouped convolutions, ``Conv3d`` for
-the calibrated algorithms, weights already carrying a parametrization, **tied weights** (a
+report: excluded or not included layers, non-float weights, grouped convolutions, weights
+already carrying a parametrization, **tied weights** (a
 parameter shared by several modules, e.g. an ``lm_head`` tied to the token embeddings: pruning
 it would prune the embeddings too, which stay dense by default) and, with ``ragged="skip"``,
 weights whose shape does not fit the pattern.
