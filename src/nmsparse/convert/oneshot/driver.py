@@ -166,7 +166,7 @@ def prune_(
     originals: Dict[str, Tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
     masks: List[Tuple[Target, torch.Tensor]] = []
     was_training = model.training
-    threads = torch.get_num_threads()  # the transposable solvers' numba/OpenMP start-up can change it
+    threads = opts["threads"] = torch.get_num_threads()  # the transposable solvers' numba start-up can change it
     model.eval()
     try:
         with Progress(len(targets), f"{where} {rep.algorithm} {rep.pattern}", enabled=progress) as bar:
@@ -277,6 +277,8 @@ def _prune_layer(t: Target, view: MatrixView, stats: Optional[InputStats], steps
         scores = None if first == "magnitude" else view.from_matrix(wanda_scores(w0, gram[:-1, :-1]))
         mask = mag_mask if first == "magnitude" and o["scores"] in (None, "magnitude") else _pattern_mask(view, t, spec, o, scores)
         w = _masked(w0, mask)
+    if torch.get_num_threads() != o["threads"]:  # a first transposable solve may bump it (numba/OpenMP start-up)
+        torch.set_num_threads(o["threads"])
     b = b_sg if first == "sparsegpt" else b0
     for step in refine:
         if step == "sparsegpt":
