@@ -343,3 +343,20 @@ def test_conv_layers_unfold_like_the_layout(case):
     err = float((y - y0).pow(2).sum() / y0.pow(2).sum())
     assert err == pytest.approx(rep.layers[0].error_after, rel=1e-5)
     assert rep.layers[0].error_after <= rep.layers[0].error_magnitude
+
+
+def test_bfloat16_model_and_bad_options():
+    model = mlp().to(torch.bfloat16)
+    calib = [b.to(torch.bfloat16) for b in batches()]
+    rep = PruneReport()
+    nms.prune_(model, "4:8T", calibration=calib, algorithm="sparsegpt", report=rep, attach_masks=False)
+    assert model[0].weight.dtype == torch.bfloat16
+    nms.check_mask(model[0].weight != 0, "4:8T")
+    assert not torch.any(torch.signbit(model[0].weight[model[0].weight == 0]))
+    assert all(r.error_after <= r.error_magnitude for r in rep.layers)
+    with pytest.raises(ConvertError, match="scores= chooses the mask"):
+        nms.prune_(mlp(), "2:4", calibration=batches(), algorithm="sparsegpt", scores="support")
+    with pytest.raises(ConvertError, match="report must be"):
+        nms.prune_(mlp(), "2:4", report=[])
+    with pytest.raises(ConvertError, match="damp"):
+        nms.prune_(mlp(), "2:4", calibration=batches(), algorithm="sparsegpt", damp=-1)

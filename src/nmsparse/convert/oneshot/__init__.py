@@ -2,7 +2,8 @@
 for row-wise N:M, transposable N:M and unstructured densities. See :func:`prune_` and docs/convert.md."""
 
 from .attach import attach_mask_
-from .driver import ALGORITHMS, REFINEMENTS, parse_algorithm, prune_
+from .driver import prune_
+from .options import ALGORITHMS, REFINEMENTS, parse_algorithm
 from .hessian import MatrixView, inverse_cholesky
 from .lsq import lsq_refit
 from .report import LayerPrune, PruneReport

@@ -10,7 +10,6 @@ weights and bias, from the dense weights).
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
@@ -18,7 +17,7 @@ import torch
 from torch import nn
 
 from ..._progress import Progress
-from ...errors import ConvertError, MethodError, NMSparseError, ScoreError
+from ...errors import ConvertError, NMSparseError, ScoreError
 from ...masks import find_mask, unstructured_mask
 from ...masks.methods import resolve_method
 from ...pattern import NMPattern, PatternLike
@@ -29,6 +28,7 @@ from .attach import attach_mask_, register_on_model
 from .capture import iterate_layers
 from .hessian import InputStats, MatrixView
 from .lsq import lsq_refit
+from .options import ALGORITHMS, REFINEMENTS, check_options, check_topk, parse_algorithm, parse_spec
 from .report import LayerPrune, PruneReport
 from .select import Target, select_targets
 from .sparsegpt import sparsegpt, zero_dead_inputs
@@ -36,8 +36,6 @@ from .wanda import wanda_scores
 
 __all__ = ["prune_", "ALGORITHMS", "REFINEMENTS"]
 
-ALGORITHMS = ("magnitude", "wanda", "sparsegpt", "adaprune")
-REFINEMENTS = ("adaprune", "sparsegpt", "lsq")
 Spec = Union[NMPattern, float]
 ScoresArg = Union[None, str, Dict[str, torch.Tensor], Callable[[str, nn.Module], torch.Tensor]]
 
@@ -140,20 +138,27 @@ def prune_(
     start = time.perf_counter()
     if not isinstance(model, nn.Module):
         raise ConvertError(f"{where}: model must be a torch.nn.Module, got {type(model).__name__}.")
-    spec = _parse_spec(pattern, where)
-    method_name = resolve_method(spec, method, where) if isinstance(spec, NMPattern) else _check_topk(method, where)
+    spec = parse_spec(pattern, where)
+    method_name = resolve_method(spec, method, where) if isinstance(spec, NMPattern) else check_topk(method, where)
     steps = parse_algorithm(algorithm, where)
-    _check_options(damp, blocksize, sequential, where)
+    check_options(damp, blocksize, sequential, where)
     check_adaprune_options(iterations, lr, batch_size, where)
     check_ragged_choice(ragged, where)
     calibrated = steps != ["magnitude"]
+    if scores is not None and steps[0] not in ("magnitude", "adaprune"):
+        raise ConvertError(
+            f"{where}: scores= chooses the mask of 'magnitude' and 'adaprune'; {steps[0]!r} computes its own "
+            "scores. Drop scores=, or use algorithm='magnitude+lsq' (or '+sparsegpt') to refine a mask from your scores."
+        )
+    if report is not None and not isinstance(report, PruneReport):
+        raise ConvertError(f"{where}: report must be a nmsparse.convert.PruneReport to fill in, got {type(report).__name__}.")
     batches = as_batches(calibration, where) if calibration is not None else None
     if calibrated and batches is None:
         raise ConvertError(
             f"{where}: algorithm {algorithm!r} needs calibration data; pass calibration=[batch, ...] (tensors, "
             "tuples or dicts of model inputs), or use algorithm='magnitude'."
         )
-    targets, skipped = select_targets(model, spec, include, exclude, ragged, calibrated, where)
+    targets, skipped = select_targets(model, spec, include, exclude, ragged, where)
     rep = report if report is not None else PruneReport()
     rep.pattern = str(spec) if isinstance(spec, NMPattern) else f"{spec:g}"
     rep.algorithm, rep.method, rep.sequential = "+".join(steps), method_name, bool(sequential)
@@ -202,44 +207,6 @@ def prune_(
             register_on_model(model, t.name, t.module, "weight")
     rep.seconds = time.perf_counter() - start
     return model
-
-
-def parse_algorithm(algorithm, where: str = "prune_") -> List[str]:
-    """``"sparsegpt+adaprune"`` -> ``["sparsegpt", "adaprune"]``; unknown names are a MethodError."""
-    if not isinstance(algorithm, str) or not algorithm.strip():
-        raise MethodError(f"{where}: algorithm must be a string such as 'sparsegpt' or 'sparsegpt+adaprune', got {algorithm!r}.")
-    steps = [s.strip().lower() for s in algorithm.split("+")]
-    if steps[0] not in ALGORITHMS:
-        raise MethodError(f"{where}: unknown algorithm {steps[0]!r} in {algorithm!r}; known: {', '.join(ALGORITHMS)}.")
-    for s in steps[1:]:
-        if s not in REFINEMENTS:
-            raise MethodError(
-                f"{where}: {s!r} cannot refine a fixed mask in {algorithm!r}; refinements after '+': {', '.join(REFINEMENTS)}."
-            )
-    return steps
-
-
-def _parse_spec(pattern, where: str) -> Spec:
-    if isinstance(pattern, float) and not isinstance(pattern, bool):
-        if not (0.0 <= pattern <= 1.0) or math.isnan(pattern):
-            raise ConvertError(f"{where}: an unstructured density must be in [0, 1] (fraction kept), got {pattern!r}.")
-        return pattern
-    return NMPattern.parse(pattern)
-
-
-def _check_topk(method, where: str) -> Optional[str]:
-    if method not in (None, "exact", "topk"):
-        raise MethodError(f"{where}: unstructured densities keep the top-k per tensor (method None, 'exact' or 'topk'), got {method!r}.")
-    return "topk"
-
-
-def _check_options(damp, blocksize, sequential, where: str) -> None:
-    if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not math.isfinite(damp) or damp < 0:
-        raise ConvertError(f"{where}: damp must be a finite number >= 0 (a fraction of mean(diag H), e.g. 0.01), got {damp!r}.")
-    if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize < 1:
-        raise ConvertError(f"{where}: blocksize must be an int >= 1, got {blocksize!r}.")
-    if not isinstance(sequential, bool):
-        raise ConvertError(f"{where}: sequential must be True or False, got {sequential!r}.")
 
 
 def _snapshot(module: nn.Module):

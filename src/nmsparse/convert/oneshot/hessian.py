@@ -28,7 +28,7 @@ def is_hf_conv1d(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None
 
 
-def view_problem(module: nn.Module, calibrated: bool) -> Optional[str]:
+def view_problem(module: nn.Module) -> Optional[str]:
     """Why ``module`` cannot be pruned as a matrix (None if it can)."""
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         if module.groups != 1:

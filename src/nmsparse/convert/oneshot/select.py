@@ -40,7 +40,7 @@ class Target:
 
 
 def select_targets(
-    model: nn.Module, spec: Union[NMPattern, float], include, exclude, ragged: str, calibrated: bool, where: str
+    model: nn.Module, spec: Union[NMPattern, float], include, exclude, ragged: str, where: str
 ) -> Tuple[List[Target], List[Tuple[str, str]]]:
     chooser = NameFilter(include, exclude, where=where)
     owners: Dict[int, List[str]] = {}
@@ -61,7 +61,7 @@ def select_targets(
         if not chooser(mname, full):
             skipped.append((full, "excluded by include=/exclude="))
             continue
-        reason = _reason(module, w, spec, calibrated, owners, full)
+        reason = _reason(module, w, spec, owners, full)
         pad = False
         if reason is None and isinstance(spec, NMPattern):
             shape = (w.shape[1], w.shape[0]) if is_hf_conv1d(module) else tuple(w.shape)
@@ -81,12 +81,12 @@ def select_targets(
     return targets, skipped
 
 
-def _reason(module, w, spec, calibrated, owners, full):
+def _reason(module, w, spec, owners, full):
     if w.dtype not in _FLOATS:
         return f"dtype {w.dtype} is not a floating-point type"
     if w.numel() == 0:
         return "empty tensor"
-    problem = view_problem(module, calibrated)
+    problem = view_problem(module)
     if problem is not None:
         return problem
     others = [n for n in owners.get(id(w), []) if n != full]
