@@ -360,3 +360,21 @@ def test_bfloat16_model_and_bad_options():
         nms.prune_(mlp(), "2:4", report=[])
     with pytest.raises(ConvertError, match="damp"):
         nms.prune_(mlp(), "2:4", calibration=batches(), algorithm="sparsegpt", damp=-1)
+
+
+def test_adaprune_model_targets_are_the_dense_models_activations():
+    from nmsparse.convert.oneshot.capture import dense_outputs
+
+    model = TupleNet()
+    g = torch.Generator().manual_seed(2)
+    calib = [{"x": torch.randn(2, 5, 16, generator=g), "attention_mask": torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])}]
+    ys = dense_outputs(model, "body.2", calib, flatten=True)
+    with torch.no_grad():
+        full = model.body(calib[0]["x"])
+    assert torch.equal(ys[0], full[calib[0]["attention_mask"].bool()])
+    seq_model, seq_layer = PruneReport(), PruneReport()
+    nms.prune_(mlp(), "2:4", calibration=batches(), algorithm="adaprune", iterations=30, report=seq_model,
+               adaprune_target="model")
+    nms.prune_(mlp(), "2:4", calibration=batches(), algorithm="adaprune", iterations=30, report=seq_layer)
+    assert seq_model.layers[0].error_after == pytest.approx(seq_layer.layers[0].error_after)  # first layer: same targets
+    assert seq_model.layers[1].error_after != pytest.approx(seq_layer.layers[1].error_after)

@@ -7,8 +7,9 @@ calibration inputs X, fix an N:M mask M and solve
 
 with Adam over the kept weights only; the layer then reproduces the dense layer's outputs as well
 as the mask allows. ``sequential=True`` feeds layer l the outputs of the already-pruned layers
-before it, the target being the dense layer's output on those same inputs (SparseGPT's protocol,
-so no activations of the whole model are stored). BatchNorm statistics are re-estimated afterwards.
+before it, the target still the dense model's output at that layer (a dense copy of the model is
+kept for it), so later layers also compensate the errors of earlier ones. BatchNorm statistics
+are re-estimated afterwards.
 
 This is ``nmsparse.prune_(..., algorithm="adaprune", attach_masks=False)`` with AdaPrune's
 defaults (non-sequential, BatchNorm re-estimation) and its report kept as ``model.adaprune_report``:
@@ -114,8 +115,8 @@ def adaprune(
         Samples per Adam step: rows of the flattened input for ``nn.Linear`` (tokens, for a
         sequence model), images/sequences for convolutions.
     sequential : bool
-        Feed each layer the outputs of the already-pruned layers before it (the target is the dense
-        layer's output on those inputs).
+        Feed each layer the outputs of the already-pruned layers before it (targets stay the dense
+        model's outputs; costs a dense copy of the model in memory).
     scores : None, "magnitude", "support", dict or callable
         How the mask is chosen: ``|W|`` (default, ``"magnitude"``); ``"support"`` keeps as many of
         the weight's current non-zeros as the pattern allows, largest first (converting an
@@ -154,7 +155,7 @@ def adaprune(
         model, pattern, calibration=calibration, algorithm="adaprune", method=method, include=include,
         exclude=exclude, sequential=sequential, iterations=iterations, lr=lr, batch_size=batch_size, seed=seed,
         scores=scores, ragged=ragged, attach_masks=False, batchnorm=batchnorm, report=rep, progress=progress,
-        where="adaprune",
+        adaprune_target="model", where="adaprune",
     )
     out = AdaPruneReport(rep.pattern, rep.method or "", batchnorm=rep.batchnorm, seconds=rep.seconds)
     for r in rep.layers:

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from ..calibration import call_model
-from .hessian import InputStats, MatrixView, token_mask_of
+from .hessian import InputStats, MatrixView, select_tokens, token_mask_of
 
-__all__ = ["iterate_layers"]
+__all__ = ["iterate_layers", "dense_outputs"]
 
 
 class _Stop(Exception):
@@ -95,3 +95,33 @@ def _pass(model, views, batches, keep_samples, group: bool) -> Tuple[Dict[str, I
     if group:
         order = [n for n in order if stats[n].calls]
     return stats, order
+
+
+@torch.no_grad()
+def dense_outputs(dense: nn.Module, module_name: str, batches: Sequence, flatten: bool) -> List[torch.Tensor]:
+    """Outputs of ``module_name`` in the dense copy ``dense`` of the model, one per call, aligned
+    with the samples :class:`InputStats` keeps (padding tokens dropped and rows flattened when
+    ``flatten``); each pass stops right after the module has run."""
+    module = dense.get_submodule(module_name)
+    outs: List[torch.Tensor] = []
+    state = {"token_mask": None}
+
+    def hook(mod, args, output):
+        y = output.detach()
+        if flatten:
+            y = select_tokens(y, state["token_mask"])
+            y = y.reshape(-1, y.shape[-1])
+        outs.append(y.clone())
+        raise _Stop
+
+    handle = module.register_forward_hook(hook)
+    try:
+        for batch in batches:
+            state["token_mask"] = token_mask_of(batch)
+            try:
+                call_model(dense, batch)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    return outs

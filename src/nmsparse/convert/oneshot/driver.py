@@ -10,6 +10,7 @@ weights and bias, from the dense weights).
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
@@ -25,7 +26,7 @@ from ..calibration import as_batches, reestimate_batchnorm
 from ..rules import check_ragged_choice
 from .adafit import check_adaprune_options, fit_layer, stack_samples
 from .attach import attach_mask_, register_on_model
-from .capture import iterate_layers
+from .capture import dense_outputs, iterate_layers
 from .hessian import InputStats, MatrixView
 from .lsq import lsq_refit
 from .options import ALGORITHMS, REFINEMENTS, check_options, check_topk, parse_algorithm, parse_spec
@@ -58,6 +59,7 @@ def prune_(
     seed: int = 0,
     scores: ScoresArg = None,
     update_bias: bool = False,
+    adaprune_target: str = "layer",
     ragged: str = "error",
     attach_masks: bool = True,
     batchnorm: bool = False,
@@ -95,6 +97,11 @@ def prune_(
         SparseGPT's lazy-update block (columns).
     iterations, lr, batch_size, seed : AdaPrune's Adam steps per layer, learning rate, rows per
         step and sampling seed.
+    adaprune_target : {"layer", "model"}
+        What AdaPrune fits a layer to when ``sequential``: ``"layer"``, the dense layer's output on
+        the (pruned-model) inputs, as SparseGPT; ``"model"``, the dense *model's* output at that
+        layer (Hubara et al.'s sequential AdaPrune: later layers also absorb earlier layers'
+        errors; costs a dense copy of the model in memory and one more truncated pass per layer).
     scores : None, "magnitude", "support", dict or callable
         The scores of the magnitude-type mask (``"magnitude"`` and ``"adaprune"`` first steps);
         see :func:`nmsparse.convert.adaprune`.
@@ -163,6 +170,8 @@ def prune_(
     rep.pattern = str(spec) if isinstance(spec, NMPattern) else f"{spec:g}"
     rep.algorithm, rep.method, rep.sequential = "+".join(steps), method_name, bool(sequential)
     rep.layers, rep.skipped, rep.batchnorm = [], list(skipped), 0
+    if adaprune_target not in ("layer", "model"):
+        raise ConvertError(f"{where}: adaprune_target must be 'layer' or 'model', got {adaprune_target!r}.")
     opts = dict(method=method_name, damp=float(damp), blocksize=blocksize, update_bias=bool(update_bias), iterations=iterations, lr=lr,
                 batch_size=batch_size, scores=scores, where=where, gen=torch.Generator().manual_seed(seed))
     m, tiles = (spec.m, spec.transposable) if isinstance(spec, NMPattern) else (1, False)
@@ -170,6 +179,10 @@ def prune_(
     views = {t.name: MatrixView(t.module, m, tiles) for t in targets}
     originals: Dict[str, Tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
     masks: List[Tuple[Target, torch.Tensor]] = []
+    dense = None
+    if "adaprune" in steps and sequential and adaprune_target == "model" and batches is not None:
+        dense = copy.deepcopy(model).eval()  # the targets: the dense model's activations
+    opts["dense"], opts["batches"] = dense, batches
     was_training = model.training
     threads = opts["threads"] = torch.get_num_threads()  # the transposable solvers' numba start-up can change it
     model.eval()
@@ -233,7 +246,7 @@ def _prune_layer(t: Target, view: MatrixView, stats: Optional[InputStats], steps
     b0 = None if bias is None else bias.detach().double().clone()
     real = view.real(w0.device)
     gram = None if stats is None else stats.gram
-    samples = _adaprune_samples(module, stats) if "adaprune" in steps else None
+    samples = _adaprune_samples(t, module, stats, o) if "adaprune" in steps else None
     first, refine = steps[0], steps[1:]
     if first == "adaprune":
         first, refine = "magnitude", ["adaprune"] + refine
@@ -340,10 +353,20 @@ def _user_scores(t: Target, view: MatrixView, w: torch.Tensor, spec, o):
     raise ConvertError(f"{o['where']}: scores must be None, 'magnitude', 'support', a dict or a callable, got {s!r}.")
 
 
-def _adaprune_samples(module: nn.Module, stats: InputStats):
-    """(inputs, dense outputs) for AdaPrune's fit, computed before the layer changes."""
+def _adaprune_samples(t: Target, module: nn.Module, stats: InputStats, o):
+    """(inputs, targets) for AdaPrune's fit: the dense layer's outputs on the inputs (computed
+    before the layer changes), or the dense model's outputs at this layer."""
     xs = stats.samples
-    ys = [module(x.to(module.weight.dtype)) for x in xs]
+    if o["dense"] is not None:
+        flatten = not isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
+        ys = dense_outputs(o["dense"], t.module_name, o["batches"], flatten)
+        if [tuple(y.shape[:1]) for y in ys] != [tuple(x.shape[:1]) for x in xs]:
+            raise ConvertError(
+                f"{o['where']}: layer {t.name}: its inputs and the dense model's outputs do not pair up (is it called "
+                "more than once per forward pass?); use adaprune_target='layer' or sequential=False."
+            )
+    else:
+        ys = [module(x.to(module.weight.dtype)) for x in xs]
     return stack_samples(xs, ys)
 
 
