@@ -378,3 +378,23 @@ def test_adaprune_model_targets_are_the_dense_models_activations():
     nms.prune_(mlp(), "2:4", calibration=batches(), algorithm="adaprune", iterations=30, report=seq_layer)
     assert seq_model.layers[0].error_after == pytest.approx(seq_layer.layers[0].error_after)  # first layer: same targets
     assert seq_model.layers[1].error_after != pytest.approx(seq_layer.layers[1].error_after)
+
+
+class _WithUnused(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = mlp()
+        self.unused = nn.Linear(16, 16)
+
+    def forward(self, x):
+        return self.body(x)
+
+
+@pytest.mark.parametrize("sequential", [True, False])
+def test_layers_the_model_never_calls_stay_dense_with_a_reason(sequential):
+    model, rep = _WithUnused(), PruneReport()
+    before = model.unused.weight.detach().clone()
+    nms.prune_(model, "2:4", calibration=batches(), algorithm="wanda", sequential=sequential, report=rep)
+    assert [r.name for r in rep.layers] == ["body.0.weight", "body.2.weight"]
+    assert ("unused.weight", "not called by the model on the calibration data") in rep.skipped
+    assert torch.equal(model.unused.weight, before)
