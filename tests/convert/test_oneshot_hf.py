@@ -104,3 +104,11 @@ def test_gpt2_conv1d_layers_and_dict_batches_with_padding():
         nms.check_mask(layout_w != 0, "2:4", exact=True)  # groups run along the input dimension
         assert r.error_after <= r.error_magnitude * (1 + 1e-9)
     assert any("tied" in reason for _, reason in rep.skipped)  # lm_head shares wte
+
+
+def test_cli_calibration_needs_a_hugging_face_folder(llama_folder, capsys):
+    single = llama_folder / "model.safetensors"
+    rc = main(["prune", str(single), "-o", str(llama_folder.parent / "y.safetensors"), "--pattern", "2:4",
+               "--algorithm", "wanda", "--calibration", str(llama_folder.parent / "calib.txt")])
+    assert rc == 1 and "needs a Hugging Face model folder" in capsys.readouterr().err
+    assert not (llama_folder.parent / "y.safetensors").exists()
