@@ -24,6 +24,7 @@ from typing import Callable, Dict, Iterable, List, Tuple, Union
 import torch
 from torch import nn
 
+from ..errors import ConvertError
 from ..pattern import PatternLike
 from ..selection import Patterns
 
@@ -150,6 +151,8 @@ def adaprune(
     from .oneshot.driver import prune_  # lazily: oneshot imports this package's calibration helpers
     from .oneshot.report import PruneReport
 
+    if calibration is None:
+        raise ConvertError("adaprune: calibration must be an iterable of batches of model inputs, got None; pass [x, ...].")
     rep = PruneReport()
     prune_(
         model, pattern, calibration=calibration, algorithm="adaprune", method=method, include=include,

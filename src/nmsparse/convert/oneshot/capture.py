@@ -20,6 +20,7 @@ from typing import Dict, Iterator, List, Sequence, Tuple
 import torch
 from torch import nn
 
+from ...errors import ConvertError, NMSparseError
 from ..calibration import call_model
 from .hessian import InputStats, MatrixView, select_tokens, token_mask_of
 
@@ -31,18 +32,19 @@ class _Stop(Exception):
 
 
 def iterate_layers(
-    model: nn.Module, views: Dict[str, MatrixView], batches: Sequence, *, sequential: bool, keep_samples: bool
+    model: nn.Module, views: Dict[str, MatrixView], batches: Sequence, *, sequential: bool, keep_samples: bool,
+    where: str = "prune_",
 ) -> Iterator[Tuple[str, InputStats]]:
     """Yield ``(name, stats)`` per layer, in the order the model first calls them; a layer is
     pruned by the caller before the generator resumes. Layers never called are not yielded."""
     if not sequential:
-        stats, order = _pass(model, views, batches, keep_samples, group=False)
+        stats, order = _pass(model, views, batches, keep_samples, False, where)
         for name in order:
             yield name, stats.pop(name)
         return
     remaining = dict(views)
     while remaining:
-        stats, order = _pass(model, remaining, batches, keep_samples, group=True)
+        stats, order = _pass(model, remaining, batches, keep_samples, True, where)
         if not order:
             return
         for name in order:
@@ -50,8 +52,23 @@ def iterate_layers(
             yield name, stats.pop(name)
 
 
+def _run(model, batch, i: int, where: str) -> None:
+    """Call the model on batch i; a model that rejects it (shape, dtype, arguments) is a
+    ConvertError naming the batch."""
+    try:
+        call_model(model, batch)
+    except (_Stop, NMSparseError):
+        raise
+    except (RuntimeError, TypeError, ValueError, IndexError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ConvertError(
+            f"{where}: the model failed on calibration batch {i} ({type(err).__name__}: {first[:200]}); "
+            "pass batches the model accepts, as model(x), model(*batch) or model(**batch)."
+        ) from err
+
+
 @torch.no_grad()
-def _pass(model, views, batches, keep_samples, group: bool) -> Tuple[Dict[str, InputStats], List[str]]:
+def _pass(model, views, batches, keep_samples, group: bool, where: str) -> Tuple[Dict[str, InputStats], List[str]]:
     stats = {name: InputStats(view, keep_samples) for name, view in views.items()}
     order: List[str] = []
     state = {"x0": None, "members": None, "token_mask": None}
@@ -78,10 +95,10 @@ def _pass(model, views, batches, keep_samples, group: bool) -> Tuple[Dict[str, I
 
     handles = [view.module.register_forward_hook(hook_for(name)) for name, view in views.items()]
     try:
-        for batch in batches:
+        for i, batch in enumerate(batches):
             state["token_mask"] = token_mask_of(batch)
             try:
-                call_model(model, batch)
+                _run(model, batch, i, where)
             except _Stop:
                 pass
             if group and state["members"] is None:
@@ -116,10 +133,10 @@ def dense_outputs(dense: nn.Module, module_name: str, batches: Sequence, flatten
 
     handle = module.register_forward_hook(hook)
     try:
-        for batch in batches:
+        for i, batch in enumerate(batches):
             state["token_mask"] = token_mask_of(batch)
             try:
-                call_model(dense, batch)
+                _run(dense, batch, i, "adaprune")
             except _Stop:
                 pass
     finally:

@@ -162,8 +162,8 @@ def prune_(
     batches = as_batches(calibration, where) if calibration is not None else None
     if calibrated and batches is None:
         raise ConvertError(
-            f"{where}: algorithm {algorithm!r} needs calibration data; pass calibration=[batch, ...] (tensors, "
-            "tuples or dicts of model inputs), or use algorithm='magnitude'."
+            f"{where}: algorithm {algorithm!r} needs calibration data; pass calibration= an iterable of batches "
+            "([x, ...]: tensors, tuples or dicts of model inputs), or use algorithm='magnitude'."
         )
     targets, skipped = select_targets(model, spec, include, exclude, ragged, where)
     rep = report if report is not None else PruneReport()
@@ -191,7 +191,9 @@ def prune_(
             if batches is None:
                 layer_stats = ((t.name, None) for t in targets)
             else:
-                layer_stats = iterate_layers(model, views, batches, sequential=sequential, keep_samples="adaprune" in steps)
+                layer_stats = iterate_layers(
+                    model, views, batches, sequential=sequential, keep_samples="adaprune" in steps, where=where
+                )
             seen = set()
             for name, stats in layer_stats:
                 t = by_name[name]

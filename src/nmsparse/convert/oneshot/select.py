@@ -7,7 +7,9 @@ report: excluded or not included layers, non-float weights, grouped convolutions
 already carrying a parametrization, **tied weights** (a
 parameter shared by several modules, e.g. an ``lm_head`` tied to the token embeddings: pruning
 it would prune the embeddings too, which stay dense by default) and, with ``ragged="skip"``,
-weights whose shape does not fit the pattern.
+weights whose shape does not fit the pattern. As for checkpoints
+(:func:`nmsparse.convert.rules.is_embedding_name`), layers named as embeddings or patch-embedding
+stems (``patch_embed.proj``) stay dense unless ``include`` names them.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch.nn.utils import parametrize
 from ...errors import ConvertError
 from ...pattern import NMPattern
 from ...selection import NameFilter
-from ..rules import ragged_error, ragged_problem
+from ..rules import is_embedding_name, ragged_error, ragged_problem
 from .hessian import is_hf_conv1d, view_problem
 
 __all__ = ["Target", "select_targets"]
@@ -60,6 +62,9 @@ def select_targets(
             continue
         if not chooser(mname, full):
             skipped.append((full, "excluded by include=/exclude="))
+            continue
+        if not chooser.include and is_embedding_name(full):
+            skipped.append((full, "embedding or patch-embedding stem, left dense by default (name it in include= to prune it)"))
             continue
         reason = _reason(module, w, spec, owners, full)
         pad = False
