@@ -398,3 +398,22 @@ def test_layers_the_model_never_calls_stay_dense_with_a_reason(sequential):
     assert [r.name for r in rep.layers] == ["body.0.weight", "body.2.weight"]
     assert ("unused.weight", "not called by the model on the calibration data") in rep.skipped
     assert torch.equal(model.unused.weight, before)
+
+
+class _Stem(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.patch_embed = nn.Sequential(nn.Conv2d(4, 16, 2, stride=2))
+        self.fc = nn.Linear(16, 16)
+
+    def forward(self, x):
+        return self.fc(self.patch_embed(x).mean((2, 3)))
+
+
+def test_patch_embedding_stems_stay_dense_unless_included():
+    rep = PruneReport()
+    nms.prune_(_Stem(), "2:4", calibration=[torch.randn(2, 4, 4, 4)], algorithm="sparsegpt", report=rep)
+    assert [r.name for r in rep.layers] == ["fc.weight"] and "patch_embed.0.weight" in dict(rep.skipped)
+    rep = PruneReport()
+    nms.prune_(_Stem(), "2:4", calibration=[torch.randn(2, 4, 4, 4)], algorithm="sparsegpt", include=["patch_embed.0", "fc"], report=rep)
+    assert [r.name for r in rep.layers] == ["patch_embed.0.weight", "fc.weight"]
