@@ -8,8 +8,9 @@ from .adaprune import AdaPruneReport, LayerFit, adaprune
 from .calibration import reestimate_batchnorm
 from .oneshot import LayerPrune, PruneReport, prune_
 from ..errors import CheckpointError, ConvertError
-from .formats import FORMATS, Checkpoint, detect_format, read_checkpoint, write_checkpoint
-from .prune import LayerResult, PruneResult, json_path_for, prune_checkpoint, prune_state_dict
+from .formats import FORMATS, Checkpoint, detect_format, iter_tensors, read_checkpoint, write_checkpoint
+from .prune import LayerResult, PruneResult, json_path_for, prune_state_dict
+from .stream import prune_checkpoint
 from .report import CheckpointReport, WeightReport, densest_patterns, report_checkpoint, report_state_dict
 from .rules import RAGGED_CHOICES, Selector
 
@@ -27,6 +28,7 @@ __all__ = [
     "Checkpoint",
     "detect_format",
     "read_checkpoint",
+    "iter_tensors",
     "write_checkpoint",
     "LayerResult",
     "PruneResult",

@@ -1,91 +1,227 @@
-"""Atomic installation of a file or a folder: write beside the target, fsync, then rename.
+"""Safe outputs: check OUT, build it under a temporary name we own, fsync, then claim OUT atomically.
 
-A reader never sees a half-written OUT: the data goes to a temporary name in OUT's own folder
-(same file system, so the final rename is atomic), is flushed to disk, and only then takes OUT's
-name. If anything fails before that rename, the temporary is removed and OUT does not exist (or,
-with ``force``, still holds its previous content).
+Rules (``docs/security.md`` names the test behind each):
+
+* A reader never sees a half-written OUT: data goes to ``.OUTNAME.nmsparse-tmp-<pid>-<random>`` in
+  OUT's own folder (same file system, so the final rename is atomic), is fsynced, then renamed.
+* Without ``force`` OUT is claimed with a rename that cannot replace (``renameat2`` with
+  ``RENAME_NOREPLACE``; else ``link`` for a file, an exclusive ``mkdir`` for a folder), so of two
+  runs writing the same OUT exactly one wins and the other gets a :class:`CheckpointError`.
+* With ``force`` a file replaces a file and a folder a folder; never a folder by a file or the
+  reverse, never through a symbolic link, never a folder that holds IN.
+* A run killed with SIGKILL leaves only its temporary; the next run for the same OUT removes
+  temporaries whose process is gone (``clean_stale``).
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
+import re
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, List, Optional, Union
 
 from ..errors import CheckpointError
 
-__all__ = ["atomic_write_file", "atomic_write_dir", "check_parent"]
+__all__ = ["atomic_write_file", "atomic_write_dir", "check_output", "clean_stale", "temp_path", "TMP_TAG"]
+
+TMP_TAG = ".nmsparse-tmp-"
+OLD_TAG = ".nmsparse-old-"
+PathLike = Union[str, os.PathLike]
 
 
-def check_parent(out: Path) -> None:
-    """Raise unless OUT's folder exists (we never create folders the user did not ask for)."""
-    parent = out.parent
-    if not parent.is_dir():
-        raise CheckpointError(f"{out}: its folder {parent} does not exist; create it first or choose another -o.")
+def temp_path(out: Path, tag: str = TMP_TAG) -> Path:
+    """Our temporary's name for ``out``: hidden, recognisable, and carrying our pid."""
+    return out.parent / f".{out.name}{tag}{os.getpid()}-{secrets.token_hex(4)}"
 
 
-def atomic_write_file(out: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)``, fsync the file, then rename it onto ``out`` (replacing a previous OUT)."""
+def clean_stale(out: Path) -> List[Path]:
+    """Remove temporaries for ``out`` left by runs that are no longer alive; return what went."""
     out = Path(out)
-    check_parent(out)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=str(out.parent))
+    pattern = re.compile(re.escape(f".{out.name}") + f"({re.escape(TMP_TAG)}|{re.escape(OLD_TAG)})" + r"(\d+)-[0-9a-f]+")
+    removed = []
+    try:
+        names = os.listdir(out.parent)
+    except OSError:
+        return removed
+    for name in names:
+        found = pattern.fullmatch(name)
+        if found and not _alive(int(found.group(2))):
+            _remove(out.parent / name)
+            removed.append(out.parent / name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def check_output(src: Optional[PathLike], out: PathLike, kind: str, force: bool) -> Path:
+    """Refuse an OUT that would lose data or is of the wrong kind; return it as a Path.
+
+    ``kind`` is ``"file"`` or ``"dir"``: what will be written. ``src`` is the input (file or folder).
+    """
+    text = os.fspath(out)
+    out = Path(text)
+    if kind == "file" and text.endswith((os.sep, "/")):
+        raise CheckpointError(f"{text}: ends with '/', which names a folder, but a file is being written; drop the slash.")
+    if out.is_symlink():
+        raise CheckpointError(
+            f"{out} is a symbolic link (to {os.readlink(out)}); nmsparse never writes through or replaces a link. "
+            "Remove the link or choose another -o."
+        )
+    real_out = os.path.realpath(out)
+    if src is not None:
+        real_src = os.path.realpath(src)
+        if real_out == real_src:
+            if not force:
+                raise CheckpointError(f"{out} is the input checkpoint; choose another -o, or pass --force (force=True) to replace it.")
+        elif os.path.isdir(real_src) and _inside(real_out, real_src):
+            raise CheckpointError(f"{out} is inside the input folder {src}; writing there would change the input. Choose -o outside it.")
+        elif _inside(real_src, real_out):
+            raise CheckpointError(f"{out} holds the input {src}; replacing it would delete the input. Choose another -o.")
+    if not out.parent.is_dir():
+        raise CheckpointError(f"{out}: its folder {out.parent} does not exist; create it first or choose another -o.")
+    if os.path.lexists(out):
+        have = "dir" if out.is_dir() else "file" if out.is_file() else "other"
+        if not force:
+            raise CheckpointError(f"{out} already exists; choose another -o, or pass --force (force=True) to replace it.")
+        if have != kind:
+            names = {"dir": "a folder", "file": "a file", "other": "neither a file nor a folder"}
+            raise CheckpointError(
+                f"{out} is {names[have]} but {names[kind]} is being written; --force replaces a file by a file and a "
+                "folder by a folder, never one kind by another. Remove it or choose another -o."
+            )
+    return out
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path != folder and path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def atomic_write_file(out: PathLike, write: Callable[[Path], None], *, force: bool = False) -> List[Path]:
+    """Call ``write(tmp_path)``, fsync, then install the file as ``out``; return stale temporaries removed."""
+    out = Path(out)
+    stale = clean_stale(out)
+    tmp = temp_path(out)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
+    except OSError as err:
+        raise _write_error(out, err) from None
     os.close(fd)
-    tmp = Path(tmp_name)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give OUT the permissions a plain open() would
-        _fsync_file(tmp)
-        _install(tmp, out)
-    except BaseException:
+        _fsync(tmp)
+        _install(tmp, out, force, is_dir=False)
+    except BaseException as err:
         _remove(tmp)
+        if isinstance(err, OSError) and not isinstance(err, CheckpointError):
+            raise _write_error(out, err) from None
         raise
-    _fsync_dir(out.parent)
+    _fsync(out.parent)
+    return stale
 
 
-def atomic_write_dir(out: Path, fill: Callable[[Path], None]) -> None:
-    """Call ``fill(tmp_dir)`` on a fresh temporary folder, fsync its files, then rename it onto ``out``."""
+def atomic_write_dir(out: PathLike, fill: Callable[[Path], None], *, force: bool = False) -> List[Path]:
+    """Call ``fill(tmp_dir)`` on a fresh folder, fsync its files, then install it as ``out``."""
     out = Path(out)
-    check_parent(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=str(out.parent)))
+    stale = clean_stale(out)
+    tmp = temp_path(out)
+    try:
+        os.mkdir(tmp)  # 0o777 less the umask, as for mkdir
+    except OSError as err:
+        raise _write_error(out, err) from None
     try:
         fill(tmp)
-        os.chmod(tmp, 0o777 & ~_umask())
         for path in sorted(tmp.rglob("*")):
             if path.is_file() and not path.is_symlink():
-                _fsync_file(path)
-        _fsync_dir(tmp)
-        _install(tmp, out)
-    except BaseException:
+                _fsync(path)
+        _fsync(tmp)
+        _install(tmp, out, force, is_dir=True)
+    except BaseException as err:
         _remove(tmp)
+        if isinstance(err, OSError) and not isinstance(err, CheckpointError):
+            raise _write_error(out, err) from None
         raise
-    _fsync_dir(out.parent)
+    _fsync(out.parent)
+    return stale
 
 
-def _install(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` onto ``out``. A file replacing a file is one atomic ``os.replace``; otherwise
-    (a folder, or a kind change) the old OUT is first renamed aside and removed after the swap, and
-    put back if the swap fails."""
-    if not os.path.lexists(out) or (tmp.is_file() and out.is_file() and not out.is_symlink()):
-        os.replace(tmp, out)
-        return
-    fd_dir = tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=str(out.parent))
-    backup = Path(fd_dir) / "previous"
-    os.replace(out, backup)
+def _write_error(out: Path, err: OSError) -> CheckpointError:
+    if err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        why = "the disk is full or the file is too large"
+    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        why = f"no permission to write in {out.parent}"
+    else:
+        why = err.strerror or str(err)
+    return CheckpointError(f"{out}: could not write it ({why}); nothing was written. Free space or fix the permissions, then rerun.")
+
+
+def _install(tmp: Path, out: Path, force: bool, is_dir: bool) -> None:
+    """Rename ``tmp`` onto ``out``: never replacing without ``force``, never changing OUT's kind."""
     try:
-        os.replace(tmp, out)
+        _rename_noreplace(tmp, out, is_dir)
+        return
+    except FileExistsError:
+        if not force:
+            raise CheckpointError(
+                f"{out} appeared while this run was writing it (another run?); it was left as it is and nothing "
+                "was written. Choose another -o, or pass --force to replace it."
+            ) from None
+    if out.is_symlink() or out.is_dir() != is_dir:
+        raise CheckpointError(f"{out} changed kind while this run was writing it; nothing was written. Rerun.")
+    if not is_dir:
+        os.replace(tmp, out)  # a file onto a file: one atomic step
+        return
+    old = temp_path(out, OLD_TAG)
+    os.rename(out, old)
+    try:
+        _rename_noreplace(tmp, out, True)
     except BaseException:
-        os.replace(backup, out)
-        _remove(Path(fd_dir))
+        os.rename(old, out)
         raise
-    _remove(Path(fd_dir))
+    _remove(old)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+_libc = None
+
+
+def _rename_noreplace(src: Path, dst: Path, is_dir: bool) -> None:
+    """Rename that raises FileExistsError instead of replacing ``dst``."""
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(None, use_errno=True)
+            _libc.renameat2  # noqa: B018 - probe: glibc >= 2.28
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        at_fdcwd, rename_noreplace = -100, 1
+        if _libc.renameat2(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), rename_noreplace) == 0:
+            return
+        code = ctypes.get_errno()
+        if code == errno.EEXIST:
+            raise FileExistsError(code, os.strerror(code), str(dst))
+        if code not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+            raise OSError(code, os.strerror(code), str(dst))
+    # No renameat2 (another OS or file system): a hard link cannot replace; a folder claims OUT by mkdir.
+    if not is_dir:
+        os.link(src, dst)
+        os.unlink(src)
+        return
+    os.mkdir(dst)
+    os.rename(src, dst)  # onto the empty folder this process just created
 
 
 def _remove(path: Path) -> None:
@@ -98,15 +234,10 @@ def _remove(path: Path) -> None:
         pass
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename itself durable; not every platform can open a folder (Windows), so best effort.
+def _fsync(path: Path) -> None:
+    # Folders cannot be opened on every platform (Windows): best effort there.
     try:
-        fd = os.open(str(path), os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:

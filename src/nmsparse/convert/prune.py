@@ -8,7 +8,6 @@ every other entry becomes +0.0 (a kept ``-0.0`` also becomes +0.0).
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,11 +22,9 @@ from ..errors import NMSparseError
 from ..masks import solve_mask
 from ..masks.methods import resolve_method
 from ..pattern import NMPattern, PatternLike
-from ._atomic import atomic_write_file
-from .formats import check_output, read_checkpoint, write_checkpoint
 from .rules import Selector, check_ragged_choice, check_state_dict, plan_weight, ragged_error
 
-__all__ = ["LayerResult", "PruneResult", "prune_state_dict", "prune_checkpoint", "json_path_for"]
+__all__ = ["LayerResult", "PruneResult", "PrunePlan", "plan_pruning", "prune_state_dict", "json_path_for"]
 
 
 @dataclass
@@ -56,7 +53,8 @@ class LayerResult:
 
 @dataclass
 class PruneResult:
-    """What :func:`prune_state_dict` / :func:`prune_checkpoint` return."""
+    """What :func:`prune_state_dict` / :func:`nmsparse.convert.prune_checkpoint` return (the latter with
+    empty ``tensors``: the pruned weights are in OUT)."""
 
     tensors: Dict[str, torch.Tensor]
     layers: List[LayerResult]
@@ -150,6 +148,53 @@ def prune_state_dict(
     [('fc.weight', True), ('fc.bias', False)]
     """
     start = time.perf_counter()
+    check_state_dict(tensors, where)
+    plan = plan_pruning(
+        {name: (tuple(t.shape), t.dtype) for name, t in tensors.items()}, pattern, method=method, include=include,
+        exclude=exclude, ragged=ragged, tied=tied, where=where,
+    )
+    out = dict(tensors)
+    with Progress(len(plan.todo), f"pruning to {plan.pattern}", enabled=progress) as bar:
+        for name in plan.todo:
+            out[name] = plan.prune(name, tensors[name])
+            bar.advance()
+    return PruneResult(out, plan.layers(), str(plan.pattern), plan.method, time.perf_counter() - start)
+
+
+@dataclass
+class PrunePlan:
+    """Which tensors get pruned and how, decided from names, shapes and dtypes alone (before any
+    weight is read, so a checkpoint can be pruned one tensor at a time). ``todo`` maps each
+    tensor to prune to whether it is padded; ``rows`` holds every tensor's table row."""
+
+    pattern: NMPattern
+    method: str
+    rows: Dict[str, LayerResult]
+    todo: Dict[str, bool]
+    where: str = "prune"
+
+    def prune(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        """The pruned copy of tensor ``name``; fills in its row."""
+        return _prune_one(name, t, self.pattern, self.method, self.todo[name], self.rows[name], self.where)
+
+    def layers(self) -> List[LayerResult]:
+        return list(self.rows.values())
+
+
+def plan_pruning(
+    specs: Dict[str, tuple],
+    pattern: PatternLike,
+    *,
+    method: Optional[str] = None,
+    include: Union[str, Sequence[str], None] = None,
+    exclude: Union[str, Sequence[str], None] = None,
+    ragged: str = "error",
+    tied: Optional[Dict[str, List[str]]] = None,
+    where: str = "prune",
+) -> PrunePlan:
+    """Decide what :func:`prune_state_dict` does from ``{name: (shape, dtype)}`` (one
+    :func:`~nmsparse.convert.rules.plan_weight` per tensor); raises on a ragged weight
+    (``ragged="error"``), a bad method, pattern or regex, before any solving."""
     p = NMPattern.parse(pattern)
     method_name = resolve_method(p, method, where)
     check_ragged_choice(ragged, where)
@@ -157,23 +202,18 @@ def prune_state_dict(
     tied = tied or {}
     rows: Dict[str, LayerResult] = {}
     todo: Dict[str, bool] = {}  # name -> pad
-    for name, t in check_state_dict(tensors, where).items():
-        shape = tuple(t.shape)
-        row = LayerResult(name, shape, str(t.dtype).replace("torch.", ""), False)
+    for name, (shape, dtype) in specs.items():
+        shape = tuple(shape)
+        row = LayerResult(name, shape, str(dtype).replace("torch.", ""), False)
         rows[name] = row
-        plan = plan_weight(selector, name, shape, t.dtype, p, ragged, tied)
+        plan = plan_weight(selector, name, shape, dtype, p, ragged, tied)
         if plan.reason is None and plan.problem is not None and ragged == "error":
             raise ragged_error(where, name, shape, plan.problem, p)
         if plan.reason is not None:
             row.reason = plan.reason
             continue
         todo[name] = plan.pad
-    out = dict(tensors)
-    with Progress(len(todo), f"pruning to {p}", enabled=progress) as bar:
-        for name, pad in todo.items():
-            out[name] = _prune_one(name, tensors[name], p, method_name, pad, rows[name], where)
-            bar.advance()
-    return PruneResult(out, list(rows.values()), str(p), method_name, time.perf_counter() - start)
+    return PrunePlan(p, method_name, rows, todo, where)
 
 
 def _prune_one(name: str, t: torch.Tensor, p: NMPattern, method: str, pad: bool, row: LayerResult, where: str) -> torch.Tensor:
@@ -198,46 +238,6 @@ def json_path_for(out: Union[str, Path]) -> Path:
     """Where the per-layer JSON goes: beside OUT, named ``OUT.prune.json``."""
     out = Path(out)
     return out.parent / (out.name + ".prune.json")
-
-
-def prune_checkpoint(
-    src: Union[str, Path],
-    out: Union[str, Path],
-    pattern: PatternLike,
-    *,
-    method: Optional[str] = None,
-    include: Union[str, Sequence[str], None] = None,
-    exclude: Union[str, Sequence[str], None] = None,
-    ragged: str = "error",
-    force: bool = False,
-    progress: bool = False,
-) -> PruneResult:
-    """Read ``src``, prune it (:func:`prune_state_dict`), write ``out`` in the same format, atomically.
-
-    Also writes the per-layer table as JSON to ``OUT.prune.json`` beside OUT. On any error nothing
-    is written. ``force`` allows replacing an existing OUT (including the input itself).
-
-    Examples
-    --------
-    >>> res = prune_checkpoint("model.safetensors", "model-2to4T.safetensors", "2:4T")   # doctest: +SKIP
-    >>> print(res.summary())                                                              # doctest: +SKIP
-    """
-    src, out = Path(src), Path(out)
-    check_output(src, out, force)
-    ckpt = read_checkpoint(src)
-    result = prune_state_dict(
-        ckpt.tensors, pattern, method=method, include=include, exclude=exclude, ragged=ragged,
-        tied=ckpt.tied, progress=progress,
-    )
-    ckpt.tensors = result.tensors
-    write_checkpoint(ckpt, out, force=force, extra_metadata={"nmsparse_pattern": result.pattern})
-    result.notes = list(ckpt.notes)
-    result.output = str(out)
-    json_path = json_path_for(out)
-    text = json.dumps(result.to_json(), indent=1) + "\n"
-    atomic_write_file(json_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    result.json_path = str(json_path)
-    return result
 
 
 def _numel(shape) -> int:

@@ -24,7 +24,7 @@ from ..errors import MaskError, ShapeError
 from ..layout import matrix_layout, to_groups, to_tiles
 from ..masks import check_mask
 from ..pattern import NMPattern, PatternLike
-from .formats import read_checkpoint
+from .formats import iter_tensors
 from .rules import Selector, WeightPlan, check_ragged_choice, check_state_dict, plan_weight, ragged_problem
 
 __all__ = ["WeightReport", "CheckpointReport", "densest_patterns", "obey_problem", "report_state_dict", "report_checkpoint"]
@@ -158,7 +158,7 @@ def report_state_dict(
     rows = []
     for name, t in check_state_dict(tensors, "report").items():
         shape = tuple(t.shape)
-        sparsity = 1.0 - int(torch.count_nonzero(t)) / t.numel() if t.numel() else 0.0
+        sparsity = 1.0 - _count_nonzero(t) / t.numel() if t.numel() else 0.0
         row = WeightReport(name, shape, str(t.dtype).replace("torch.", ""), sparsity, False)
         rows.append(row)
         if p is None:
@@ -179,6 +179,17 @@ def report_state_dict(
     return CheckpointReport(str(p) if p is not None else None, rows)
 
 
+def _count_nonzero(t: torch.Tensor) -> int:
+    """``count_nonzero`` for every dtype a checkpoint may hold (torch lacks it for uint16/32/64, float8)."""
+    try:
+        return int(torch.count_nonzero(t))
+    except (NotImplementedError, RuntimeError):
+        if t.dtype.is_floating_point:
+            return int(torch.count_nonzero(t.float()))
+        same_size = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
+        return int(torch.count_nonzero(t.view(same_size)))  # zero exactly when all bits are zero
+
+
 def report_checkpoint(
     path: Union[str, Path],
     pattern: Optional[PatternLike] = None,
@@ -188,7 +199,8 @@ def report_checkpoint(
     ms: Sequence[int] = DEFAULT_MS,
     ragged: str = "error",
 ) -> CheckpointReport:
-    """Read a checkpoint (any format of :mod:`nmsparse.convert.formats`) and :func:`report_state_dict` it.
+    """Read a checkpoint (any format of :mod:`nmsparse.convert.formats`) one tensor at a time and
+    :func:`report_state_dict` each, so memory does not grow with the checkpoint.
 
     Examples
     --------
@@ -196,7 +208,12 @@ def report_checkpoint(
     >>> [w.name for w in rep.broken]                             # doctest: +SKIP
     []
     """
-    ckpt = read_checkpoint(path)
-    rep = report_state_dict(ckpt.tensors, pattern, include=include, exclude=exclude, ms=ms, ragged=ragged, tied=ckpt.tied)
-    rep.source, rep.format = str(path), ckpt.format
+    stream = iter_tensors(path)
+    p = NMPattern.parse(pattern) if pattern is not None else None
+    check_ragged_choice(ragged, "report")
+    rep = CheckpointReport(str(p) if p is not None else None, [], str(path), stream.format)
+    for name, t in stream.tensors:
+        one = report_state_dict({name: t}, p, include=include, exclude=exclude, ms=ms, ragged=ragged, tied=stream.tied)
+        rep.weights += one.weights
+        del t, one  # let it go before the next one is read
     return rep
