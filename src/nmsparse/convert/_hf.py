@@ -44,22 +44,22 @@ class HFLayout:
 
 def inside_folder(folder: Path, name: object, what: str) -> Path:
     """``folder / name`` if ``name`` is a plain file name that resolves inside ``folder``; else raise."""
-    where = f"{folder}: {what} {name!r}"
+    where = f"{folder}: {what} {name!r}"  # e.g. "...: model.safetensors.index.json names shard '../x'"
     if not isinstance(name, str) or not name or "\x00" in name:
-        raise CheckpointError(f"{where} is not a file name; the folder is damaged or hostile. Re-download it.")
+        raise CheckpointError(f"{where}, which is not a file name; the folder is damaged or hostile. Re-download it.")
     if os.path.isabs(name) or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        raise CheckpointError(f"{where} is an absolute path; shard names must be plain file names inside the folder. Refused; nothing was read.")
+        raise CheckpointError(f"{where}, which is an absolute path; shard names must be plain file names inside the folder. Refused; nothing was read.")
     parts = name.replace("\\", "/").split("/")
     if ".." in parts:
-        raise CheckpointError(f"{where} contains '..'; shard names must stay inside the folder. Refused; nothing was read.")
+        raise CheckpointError(f"{where}, which contains '..'; shard names must stay inside the folder. Refused; nothing was read.")
     if len(parts) > 1 or name in (".",):
-        raise CheckpointError(f"{where} names a sub-folder; shard names must be plain file names in the folder. Refused; nothing was read.")
+        raise CheckpointError(f"{where}, which is in a sub-folder; shard names must be plain file names in the folder. Refused; nothing was read.")
     path = folder / name
     real_folder = os.path.realpath(folder)
     real = os.path.realpath(path)
     if not real.startswith(real_folder.rstrip(os.sep) + os.sep):
         raise CheckpointError(
-            f"{where} is a symbolic link leading out of the folder (to {real}); refused, nothing was read. "
+            f"{where}, which is a symbolic link leading out of the folder (to {real}); refused, nothing was read. "
             "Copy the real files into the folder (cp -rL) and retry."
         )
     return path
@@ -70,7 +70,7 @@ def read_layout(folder: Path) -> HFLayout:
     folder = Path(folder)
     index = None
     if os.path.lexists(folder / INDEX_NAME):
-        index_path = inside_folder(folder, INDEX_NAME, "index")
+        index_path = inside_folder(folder, INDEX_NAME, "the index is")
         try:
             index = json.loads(index_path.read_text(encoding="utf-8"))
             weight_map = index["weight_map"]
@@ -86,11 +86,11 @@ def read_layout(folder: Path) -> HFLayout:
         shard_paths = {}
         for tensor_name, shard in weight_map.items():  # every name is checked before any shard is read
             if shard not in shard_paths:
-                shard_paths[shard] = inside_folder(folder, shard, f"{INDEX_NAME} lists shard")
+                shard_paths[shard] = inside_folder(folder, shard, f"{INDEX_NAME} names shard")
         files = sorted(shard_paths)
     else:
         weight_map = None
-        shard_paths = {SINGLE_NAME: inside_folder(folder, SINGLE_NAME, "weight file")}
+        shard_paths = {SINGLE_NAME: inside_folder(folder, SINGLE_NAME, "the weight file is")}
         files = [SINGLE_NAME]
     for name in files:
         if not shard_paths[name].is_file():
@@ -134,7 +134,7 @@ def copy_other_files(folder: Path, dest: Path, weight_files: set) -> List[str]:
         if entry.name in weight_files or entry.name == INDEX_NAME or is_weight_file(entry.name):
             continue
         if entry.is_symlink():
-            inside_folder(folder, entry.name, "file")
+            inside_folder(folder, entry.name, "the file is")
         if entry.is_dir():
             shutil.copytree(entry, dest / entry.name, symlinks=True)
         elif entry.is_file():

@@ -8,6 +8,7 @@ file is written). Legacy (pre-1.6 pickle) files cannot be mapped and are read wh
 from __future__ import annotations
 
 import copy
+import errno
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -116,4 +117,7 @@ def save_torch(obj, path: Path) -> None:
     try:
         torch.save(obj, str(path))
     except RuntimeError as err:
-        raise OSError(f"torch.save failed: {str(err).splitlines()[0][:160]}") from None
+        text = str(err)
+        if "unexpected pos" in text:  # torch's zip writer on a short write
+            raise OSError(errno.ENOSPC, "the write stopped short: the disk is full or the file is too large") from None
+        raise OSError(errno.EIO, f"torch.save failed: {text.strip().splitlines()[0][:160]}") from None
