@@ -164,3 +164,18 @@ def test_torch_files_are_mapped_not_read(tmp_path):
         pytest.skip("needs /proc to see the mapping")
     with open(maps) as fh:
         assert str((tmp_path / "m.pt").resolve()) in fh.read()  # the file is mapped, not read into memory
+
+
+def test_a_header_length_starting_with_0x80_is_still_safetensors(tmp_path):
+    """0x80 is also the first byte of a pickle; a 384-byte header must not be taken for one."""
+    from nmsparse.convert import detect_format
+
+    for pad in range(0, 400, 8):
+        sd = {"w" * (1 + pad): torch.ones(2)}
+        p = tmp_path / "x.safetensors"
+        formats._save_safetensors(sd, p, {})
+        if p.read_bytes()[0] == 0x80:
+            break
+    else:
+        pytest.fail("no header of length 0x80 mod 256 was produced")
+    assert detect_format(p) == "safetensors" and torch.equal(read_checkpoint(p).tensors["w" * (1 + pad)], torch.ones(2))

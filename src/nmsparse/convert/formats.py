@@ -113,10 +113,11 @@ def detect_format(path: PathLike) -> str:
         raise CheckpointError(f"{p}: cannot read it ({err.strerror}); check the path and permissions.") from None
     if len(head) == 0:
         raise CheckpointError(f"{p}: the file is empty; it is not a checkpoint. Re-save or re-download it.")
+    # safetensors first: its 8-byte little-endian header length may well start with 0x80 (e.g. 384)
+    if len(head) == 9 and head[8:9] == b"{":
+        return "safetensors"  # 8-byte header length, then the JSON header
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
         return "torch"  # torch.save's zip container, or the legacy pickle format
-    if len(head) == 9 and head[8:9] == b"{":
-        return "safetensors"  # 8-byte little-endian header length, then the JSON header
     raise CheckpointError(f"{p}: unknown checkpoint format (not safetensors, not a torch.save file). Supported: {_SUPPORTED}.")
 
 
