@@ -94,12 +94,47 @@ def test_stale_cleanup_spares_live_runs_and_other_names(tmp_path):
     live = tmp_path / f".o.safetensors{_atomic.TMP_TAG}{os.getppid()}-abcd1236"
     other = tmp_path / f".p.safetensors{_atomic.TMP_TAG}{dead_pid}-abcd1237"
     user = tmp_path / ".o.safetensors.tmp"
-    for p in (stale, live, other, user):
+    for p in (stale, live, other, user, out):
         p.write_bytes(b"x")
     stale_dir.mkdir()
     removed = _atomic.clean_stale(out)
     assert sorted(removed) == sorted([stale, stale_dir])
-    assert live.exists() and other.exists() and user.exists()
+    assert live.exists() and other.exists() and user.exists() and out.read_bytes() == b"x"
+
+
+def test_a_run_killed_mid_swap_gets_its_previous_out_back(tmp_path):
+    """--force on a folder without an atomic exchange: OUT is renamed aside first; if the run dies
+    right then, the next run restores it rather than deleting it."""
+    out = tmp_path / "out"
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout)
+    aside = tmp_path / f".out{_atomic.OLD_TAG}{dead}-abcd1234"
+    aside.mkdir()
+    (aside / "weights").write_text("previous")
+    assert _atomic.clean_stale(out) == []
+    assert (out / "weights").read_text() == "previous" and not aside.exists()
+
+
+@pytest.fixture(params=["renameat2", "portable"])
+def rename_impl(request, monkeypatch):
+    """Both ways of claiming OUT: renameat2 (Linux) and the link/mkdir fallback (other systems)."""
+    if request.param == "portable":
+        monkeypatch.setattr(_atomic, "_renameat2", lambda: None)
+    elif _atomic._renameat2() is None:
+        pytest.skip("no renameat2 here")
+    return request.param
+
+
+@pytest.mark.parametrize("is_dir", [False, True])
+def test_force_replaces_same_kind_with_either_rename(tmp_path, rename_impl, is_dir):
+    out = tmp_path / "out"
+    fn = _atomic.atomic_write_dir if is_dir else _atomic.atomic_write_file
+    fill = (lambda tmp: (tmp / "f").write_text("one")) if is_dir else (lambda tmp: tmp.write_text("one"))
+    fn(out, fill)
+    fill2 = (lambda tmp: (tmp / "g").write_text("two")) if is_dir else (lambda tmp: tmp.write_text("two"))
+    fn(out, fill2, force=True)
+    assert ((out / "g") if is_dir else out).read_text() == "two"
+    assert not is_dir or not (out / "f").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 @pytest.mark.parametrize("kind", ["file", "folder"])
@@ -117,7 +152,7 @@ def test_two_writers_at_once_exactly_one_wins(tmp_path, kind):
 
 
 @pytest.mark.parametrize("is_dir", [False, True])
-def test_claim_never_replaces_an_out_that_appears_mid_write(tmp_path, is_dir):
+def test_claim_never_replaces_an_out_that_appears_mid_write(tmp_path, rename_impl, is_dir):
     """Deterministic version of the race: OUT is created by someone else while we write."""
     out = tmp_path / "out"
 

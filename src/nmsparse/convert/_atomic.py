@@ -50,6 +50,9 @@ def clean_stale(out: Path) -> List[Path]:
     for name in names:
         found = pattern.fullmatch(name)
         if found and not _alive(int(found.group(2))):
+            if found.group(1) == OLD_TAG and not os.path.lexists(out):
+                os.rename(out.parent / name, out)  # killed mid-swap: the previous OUT goes back
+                continue
             _remove(out.parent / name)
             removed.append(out.parent / name)
     return removed
@@ -184,8 +187,11 @@ def _install(tmp: Path, out: Path, force: bool, is_dir: bool) -> None:
     if not is_dir:
         os.replace(tmp, out)  # a file onto a file: one atomic step
         return
+    if _exchange(tmp, out):  # one atomic swap; ``tmp`` now holds the previous OUT
+        _remove(tmp)
+        return
     old = temp_path(out, OLD_TAG)
-    os.rename(out, old)
+    os.rename(out, old)  # if killed before the next line, clean_stale puts ``old`` back
     try:
         _rename_noreplace(tmp, out, True)
     except BaseException:
@@ -195,20 +201,32 @@ def _install(tmp: Path, out: Path, force: bool, is_dir: bool) -> None:
 
 
 _libc = None
+_AT_FDCWD, _RENAME_NOREPLACE, _RENAME_EXCHANGE = -100, 1, 2
 
 
-def _rename_noreplace(src: Path, dst: Path, is_dir: bool) -> None:
-    """Rename that raises FileExistsError instead of replacing ``dst``."""
+def _renameat2():
+    """glibc's ``renameat2`` (Linux, glibc >= 2.28), or None."""
     global _libc
     if _libc is None:
         try:
             _libc = ctypes.CDLL(None, use_errno=True)
-            _libc.renameat2  # noqa: B018 - probe: glibc >= 2.28
+            _libc.renameat2  # noqa: B018 - probe
         except (OSError, AttributeError):
             _libc = False
-    if _libc:
-        at_fdcwd, rename_noreplace = -100, 1
-        if _libc.renameat2(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), rename_noreplace) == 0:
+    return _libc.renameat2 if _libc else None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (``RENAME_EXCHANGE``); False where the system cannot."""
+    fn = _renameat2()
+    return bool(fn) and fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
+def _rename_noreplace(src: Path, dst: Path, is_dir: bool) -> None:
+    """Rename that raises FileExistsError instead of replacing ``dst``."""
+    fn = _renameat2()
+    if fn:
+        if fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
             return
         code = ctypes.get_errno()
         if code == errno.EEXIST:
