@@ -138,6 +138,29 @@ def test_force_replaces_same_kind_with_either_rename(tmp_path, rename_impl, is_d
 
 
 @pytest.mark.parametrize("kind", ["file", "folder"])
+def test_full_disk_in_a_subprocess_is_one_line_and_leaves_nothing(tmp_path, kind):
+    """A real short write: the child may not grow a file past 256 KiB (RLIMIT_FSIZE, SIGXFSZ
+    ignored, so write() fails with EFBIG) - works without privileges, unlike a small mount."""
+    import resource
+
+    src = _write(kind, tmp_path, _big_state(n=4, size=256))  # 1 MiB
+    before = _digest(src)
+    out = tmp_path / ("out.safetensors" if kind == "file" else "out")
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, resource.RLIM_INFINITY))
+
+    env = dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "nmsparse", "prune", str(src), "-o", str(out), "--pattern", "2:4T", "--quiet"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, preexec_fn=limit, timeout=300)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 1 and len(lines) == 1, res.stderr
+    assert "disk is full or the file is too large" in lines[0] and "nothing was written" in lines[0]
+    assert _digest(src) == before and not os.path.lexists(out) and _temporaries(tmp_path, out) == []
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
 def test_two_writers_at_once_exactly_one_wins(tmp_path, kind):
     src = _write(kind, tmp_path, _big_state(n=4, size=128))
     out = tmp_path / ("out.safetensors" if kind == "file" else "out")

@@ -164,8 +164,10 @@ def atomic_write_dir(out: PathLike, fill: Callable[[Path], None], *, force: bool
 def _write_error(out: Path, err: OSError) -> CheckpointError:
     if err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
         why = "the disk is full or the file is too large"
-    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        why = f"no permission to write in {out.parent}"
+    elif err.errno == errno.EROFS:
+        why = f"{out.parent} is on a read-only file system"
+    elif err.errno in (errno.EACCES, errno.EPERM):
+        why = f"permission denied on {err.filename or out.parent}"
     else:
         why = err.strerror or str(err)
     return CheckpointError(f"{out}: could not write it ({why}); nothing was written. Free space or fix the permissions, then rerun.")
