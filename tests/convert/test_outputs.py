@@ -245,3 +245,19 @@ def test_weights_only_loading_runs_no_code(tmp_path):
         with pytest.raises(CheckpointError, match="weights_only=True"):
             call()
     assert not marker.exists() and not (tmp_path / "o.pt").exists()
+
+
+@pytest.mark.parametrize("command", ["prune", "report"])
+def test_cli_turns_an_unforeseen_oserror_into_one_line(tmp_path, monkeypatch, capsys, command):
+    import nmsparse.convert as convert
+    from nmsparse.cli import main
+
+    def fail(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "in" / "config.json"))
+
+    monkeypatch.setattr(convert, "prune_checkpoint", fail)
+    monkeypatch.setattr(convert, "report_checkpoint", fail)
+    argv = ["prune", "in", "-o", "out", "--pattern", "2:4"] if command == "prune" else ["report", "in"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "config.json: Permission denied" in err
