@@ -47,6 +47,10 @@ def _victim_index(kind):
             name = "..\\victim.safetensors"
         elif kind == "not-str":
             name = 7
+        elif kind == "dict":
+            name = {"a": 1}
+        elif kind == "too-long":
+            name = "a" * 300 + ".safetensors"
         elif kind == "empty":
             name = ""
         elif kind == "missing":
@@ -162,6 +166,14 @@ def _torch_truncated(world):
     return p
 
 
+def _torch_odd_protocol(world):
+    p = torch_file(world, _use_new_zipfile_serialization=False)
+    data = bytearray(p.read_bytes())
+    data[1] = 0xF3  # the pickle protocol byte: torch warns, and loads
+    p.write_bytes(bytes(data))
+    return p
+
+
 def _torch_pk_junk(world):
     p = world.root / "junk.pt"
     p.write_bytes(b"PK\x03\x04" + os.urandom(200))
@@ -232,6 +244,9 @@ READERS = {
     "hf-shard-relative-symlink-out": (lambda w: hf_folder(w, 2, index_edit=_victim_index("symlink-rel")), "symbolic link leading out"),
     "hf-shard-subfolder": (lambda w: hf_folder(w, 2, index_edit=_victim_index("subfolder")), "sub-folder"),
     "hf-shard-not-a-string": (lambda w: hf_folder(w, 2, index_edit=_victim_index("not-str")), "not a file name"),
+    "hf-shard-an-object": (lambda w: hf_folder(w, 2, index_edit=_victim_index("dict")), "not a file name"),
+    "hf-shard-name-too-long": (lambda w: hf_folder(w, 2, index_edit=_victim_index("too-long")), "cannot be opened"),
+    "torch-odd-pickle-protocol": (_torch_odd_protocol, None),  # loads; torch's warning must not reach stderr
     "hf-shard-empty-name": (lambda w: hf_folder(w, 2, index_edit=_victim_index("empty")), "not a file name"),
     "hf-shard-missing": (lambda w: hf_folder(w, 2, index_edit=_victim_index("missing")), "missing"),
     "hf-shard-is-a-folder": (lambda w: hf_folder(w, 2, index_edit=_victim_index("dir")), "not a file"),

@@ -85,7 +85,7 @@ def read_layout(folder: Path) -> HFLayout:
             ) from None
         shard_paths = {}
         for tensor_name, shard in weight_map.items():  # every name is checked before any shard is read
-            if shard not in shard_paths:
+            if not isinstance(shard, str) or shard not in shard_paths:
                 shard_paths[shard] = inside_folder(folder, shard, f"{INDEX_NAME} names shard")
         files = sorted(shard_paths)
     else:
@@ -93,7 +93,11 @@ def read_layout(folder: Path) -> HFLayout:
         shard_paths = {SINGLE_NAME: inside_folder(folder, SINGLE_NAME, "the weight file is")}
         files = [SINGLE_NAME]
     for name in files:
-        if not shard_paths[name].is_file():
+        try:
+            present = shard_paths[name].is_file()
+        except OSError as err:  # e.g. a name longer than the file system allows
+            raise CheckpointError(f"{folder}: shard {name[:80]!r} from {INDEX_NAME} cannot be opened ({err.strerror}); the index is damaged.") from None
+        if not present:
             raise CheckpointError(f"{shard_paths[name]}: listed in {INDEX_NAME} but missing (or not a file); re-download the model folder.")
     headers = {name: read_header(shard_paths[name]) for name in files}
     shard_of: Dict[str, str] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import errno
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -25,12 +26,15 @@ _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", 
 def load_torch(p: Path, mmap: bool = True):
     """``torch.load(p, weights_only=True)``; any failure is a one-line :class:`CheckpointError`."""
     try:
-        try:
-            return torch.load(str(p), map_location="cpu", weights_only=True, mmap=mmap)
-        except RuntimeError as err:
-            if mmap and "mmap" in str(err):  # legacy format: cannot be mapped, read it whole
-                return torch.load(str(p), map_location="cpu", weights_only=True)
-            raise
+        # torch warns about odd pickle protocols of damaged files; the error below says it in one line
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            try:
+                return torch.load(str(p), map_location="cpu", weights_only=True, mmap=mmap)
+            except RuntimeError as err:
+                if mmap and "mmap" in str(err):  # legacy format: cannot be mapped, read it whole
+                    return torch.load(str(p), map_location="cpu", weights_only=True)
+                raise
     except IsADirectoryError:
         raise CheckpointError(f"{p}: a folder where a torch.save file was expected; pass the file itself.") from None
     except Exception as err:  # unpickling errors come in many types (UnpicklingError, RuntimeError, EOFError)
