@@ -261,3 +261,18 @@ def test_cli_turns_an_unforeseen_oserror_into_one_line(tmp_path, monkeypatch, ca
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err and "config.json: Permission denied" in err
+
+
+def test_torch_warnings_about_damaged_files_stay_off_stderr(tmp_path):
+    """`nmsparse report` must print one line, not torch's UserWarning about an odd pickle protocol."""
+    import warnings
+
+    torch.save({"w": torch.ones(4, 4)}, tmp_path / "m.pt", _use_new_zipfile_serialization=False)
+    data = bytearray((tmp_path / "m.pt").read_bytes())
+    data[1] = 0xF3
+    (tmp_path / "m.pt").write_bytes(bytes(data))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        read_checkpoint(tmp_path / "m.pt")
+        report_checkpoint(tmp_path / "m.pt")
+    assert [str(w.message) for w in seen] == []
