@@ -156,9 +156,9 @@ def test_report_holds_one_tensor_at_a_time(tmp_path, monkeypatch):
 def test_torch_files_are_mapped_not_read(tmp_path):
     sd = {"fc.weight": torch.randn(64, 64), "fc.bias": torch.randn(64)}
     torch.save(sd, tmp_path / "m.pt")
-    fmt, _, tensors = iter_tensors(tmp_path / "m.pt")
-    got = dict(tensors)
-    assert fmt == "torch" and all(torch.equal(got[k], sd[k]) for k in sd)
+    stream = iter_tensors(tmp_path / "m.pt")
+    got = dict(stream.tensors)
+    assert stream.format == "torch" and stream.tied == {} and all(torch.equal(got[k], sd[k]) for k in sd)
     maps = "/proc/self/maps"
     if not os.path.exists(maps):
         pytest.skip("needs /proc to see the mapping")
