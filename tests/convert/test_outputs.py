@@ -277,3 +277,22 @@ def test_torch_warnings_about_damaged_files_stay_off_stderr(tmp_path):
         read_checkpoint(tmp_path / "m.pt")
         report_checkpoint(tmp_path / "m.pt")
     assert [str(w.message) for w in seen] == []
+
+
+def test_calibrated_prune_refuses_a_traversal_index_before_loading_anything(tmp_path, capsys):
+    """`prune --calibration` goes through the same checked reader before transformers sees the folder."""
+    from nmsparse.cli import main
+
+    victim = tmp_path / "victim.safetensors"
+    save_file({"v.weight": torch.ones(4, 4)}, str(victim))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"v.weight": "../victim.safetensors"}}))
+    (tmp_path / "calib.txt").write_text("some text " * 50)
+    before = victim.read_bytes()
+    argv = ["prune", str(model), "-o", str(tmp_path / "out"), "--pattern", "2:4", "--calibration", str(tmp_path / "calib.txt"), "--quiet"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "contains '..'" in err
+    assert victim.read_bytes() == before and not (tmp_path / "out").exists()

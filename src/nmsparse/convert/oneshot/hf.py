@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from ...errors import CheckpointError, ConvertError
-from .._atomic import atomic_write_file
-from ..formats import check_output, read_checkpoint, write_checkpoint
+from .._atomic import atomic_write_file, check_output
+from ..formats import read_checkpoint, write_checkpoint
 from ..prune import json_path_for
 from .driver import prune_
 from .report import PruneReport
@@ -100,8 +100,9 @@ def prune_hf_folder(
 ) -> Tuple[PruneReport, List[str], str]:
     """Prune the model in folder ``src`` with calibration text and write ``out``; returns the
     report, notes for the user and the path of the JSON report (``OUT.prune.json``)."""
-    src, out = Path(src), Path(out)
-    check_output(src, out, force)
+    src = Path(src)
+    out = check_output(src, out, "dir" if src.is_dir() else "file", force)
+    json_path = check_output(src, json_path_for(out), "file", force)
     ckpt = read_checkpoint(src)
     if ckpt.format != "hf-folder":
         raise ConvertError(
@@ -133,7 +134,6 @@ def prune_hf_folder(
             raise ConvertError(f"prune: layer {row.name} has shape {tuple(new.shape)} in the model but {tuple(stored.shape)} in {src}.")
         ckpt.tensors[key] = torch.where(new != 0, new, torch.zeros((), dtype=new.dtype)).contiguous()
     write_checkpoint(ckpt, out, force=force, extra_metadata={"nmsparse_pattern": rep.pattern, "nmsparse_algorithm": rep.algorithm})
-    json_path = json_path_for(out)
     text_out = json.dumps({"output": str(out), **rep.to_dict(), "notes": list(ckpt.notes)}, indent=1) + "\n"
-    atomic_write_file(json_path, lambda tmp: tmp.write_text(text_out, encoding="utf-8"))
+    atomic_write_file(json_path, lambda tmp: tmp.write_text(text_out, encoding="utf-8"), force=True)
     return rep, list(ckpt.notes), str(json_path)
