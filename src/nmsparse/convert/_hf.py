@@ -5,6 +5,11 @@ The index (``model.safetensors.index.json``) is untrusted input: a shard name li
 of the folder, would make conversion read (and, in place, rewrite) files the user never named.
 Every name is checked here, before any shard is opened: a plain file name, no ``..``, not
 absolute, and its real path (links resolved) inside the folder's real path.
+
+One layout is allowed to link out: the Hugging Face hub cache, where
+``models--ORG--NAME/snapshots/REV/FILE`` is a link into ``models--ORG--NAME/blobs/``. A link from
+such a snapshot folder may resolve into that same repository's ``blobs`` folder (and nowhere else),
+so ``nmsparse prune ~/.cache/huggingface/hub/models--x--y/snapshots/REV -o OUT`` works as is.
 """
 
 from __future__ import annotations
@@ -57,12 +62,30 @@ def inside_folder(folder: Path, name: object, what: str) -> Path:
     path = folder / name
     real_folder = os.path.realpath(folder)
     real = os.path.realpath(path)
-    if not real.startswith(real_folder.rstrip(os.sep) + os.sep):
+    blobs = hub_cache_blobs(real_folder)
+    if not _within(real, real_folder) and not (blobs is not None and _within(real, blobs)):
         raise CheckpointError(
             f"{where}, which is a symbolic link leading out of the folder (to {real}); refused, nothing was read. "
             "Copy the real files into the folder (cp -rL) and retry."
         )
     return path
+
+
+def _within(path: str, folder: str) -> bool:
+    return path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def hub_cache_blobs(real_folder: str) -> Optional[str]:
+    """The ``blobs`` folder of the Hugging Face hub cache repository that holds ``real_folder`` when
+    ``real_folder`` is a snapshot (``.../models--ORG--NAME/snapshots/REV``), else ``None``."""
+    snapshots = os.path.dirname(real_folder)
+    repo = os.path.dirname(snapshots)
+    if os.path.basename(snapshots) != "snapshots" or not os.path.basename(repo).startswith(("models--", "datasets--")):
+        return None
+    blobs = os.path.join(repo, "blobs")
+    if os.path.islink(blobs) or not os.path.isdir(blobs):
+        return None
+    return blobs
 
 
 def read_layout(folder: Path) -> HFLayout:
