@@ -16,8 +16,8 @@ def _model():
 @pytest.mark.parametrize(
     "kwargs, error, text",
     [
-        ({"pattern": "2:4T", "method": "fastest"}, nms.MethodError, "known: exact, greedy, refine"),
-        ({"pattern": "2:4", "method": "greedy"}, nms.MethodError, "known: topn"),
+        ({"pattern": "2:4T", "method": "fastest"}, nms.MethodError, "known methods: exact, greedy, refine"),
+        ({"pattern": "2:4", "method": "greedy"}, nms.MethodError, "known methods: topn"),
         ({"pattern": 0.5, "method": "exact"}, nms.MethodError, "top-k"),
         ({"pattern": "5:4"}, nms.PatternError, "1 <= n <= m"),
         ({"pattern": 1.5}, nms.NMSparseError, "(0, 1]"),
@@ -63,10 +63,11 @@ def test_nan_during_training_names_layer():
         model(torch.randn(2, 16))
 
 
-def test_already_sparsified_layer():
+def test_already_sparsified_layer_refuses_without_replace():
     model = sparsify_(_model(), "2:4")
-    with pytest.raises(nms.NMSparseError, match="already sparsified"):
-        sparsify_(model, "2:4", include="0")
+    with pytest.raises(nms.MaskError, match=r"'0.weight' already carries an nmsparse mask \(2:4.*masks never stack.*replace=True"):
+        sparsify_(model, "2:4T", include="0", replace=False)
+    assert str(model[0].parametrizations.weight[0].pattern) == "2:4"  # untouched
 
 
 def test_not_a_module_and_not_sparsified():

@@ -1,44 +1,95 @@
-"""The mask parametrization attached to a weight by :func:`nmsparse.nn.sparsify_`.
+"""``NMMask``: the one mask container of the library.
 
-``torch.nn.utils.parametrize`` keeps the dense weight as ``<module>.parametrizations.weight.original``
-and computes ``<module>.weight`` through :class:`NMMask`, which applies the mask with a
-straight-through gradient. The mask is a persistent bool buffer
-(``<module>.parametrizations.weight.0.mask``), so a ``state_dict`` carries it; the step of the
-last refresh is a persistent buffer too, so ``summary`` survives a save/load.
+Every mask nmsparse attaches - from :func:`nmsparse.sparsify_`, the Sparse-IFT transforms, the
+one-shot pruners or :func:`nmsparse.nn.attach_mask_` - is an ``NMMask`` parametrization
+(``torch.nn.utils.parametrize``). The dense weight lives at
+``<layer>.parametrizations.<name>.original`` and ``<layer>.<name>`` is computed through the mask.
+
+State-dict keys under ``<layer>.parametrizations.<name>.0.`` (one layout for every entry point):
+
+* ``mask`` - bool, the weight's shape;
+* ``last_refresh`` - the training pass (step) of the last mask change;
+* ``step_count`` - the training-pass counter that drives the update schedule, so a resumed run
+  continues its schedule instead of restarting at 0;
+* ``pattern_code`` - the pattern, int64 ``(n, m, transposable)`` (unstructured: the density as a fraction).
+
+All are tensors (no ``_extra_state``), so state dicts stay tensor-only.
+
+Loading checks the checkpoint against the model: a mask made for another pattern (a 4:8T
+checkpoint into a 2:4T model) raises :class:`~nmsparse.errors.CheckpointError` naming both
+patterns, and a loaded mask must obey the model's pattern.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from fractions import Fraction
+from typing import List, Optional, Union
 
 import torch
 from torch import nn
 
-from ..errors import NMSparseError
-from ..masks import find_mask, unstructured_mask
+from ..diversity import kept_count
+from ..errors import CheckpointError, NMSparseError
+from ..masks import find_mask, is_valid_mask
+from ..masks._inputs import prepare_scores
+from ..masks.methods import resolve_method
 from ..pattern import NMPattern
-from .ste import masked_weight_ste
+from .ste import masked, masked_weight_ste
 
-STE_MODES = ("ste", "srste")
+GRADIENTS = ("ste", "srste", "masked")
+UPDATES = ("refresh", "static", "set", "rigl")
+STE_MODES = GRADIENTS  # the old name, kept for callers that imported it
+
+
+def resolve_solver(pattern: Union[NMPattern, float], method: Optional[str], where: str) -> str:
+    """The solver that actually runs: ``resolve_method`` for N:M ("exact" on row-wise → "topn"),
+    ``"topk"`` for an unstructured density."""
+    if isinstance(pattern, NMPattern):
+        return resolve_method(pattern, method, where)
+    if method not in (None, "topk"):
+        from ..errors import MethodError
+
+        raise MethodError(f"{where}: unstructured densities use top-k per tensor (method=None or 'topk'), got {method!r}.")
+    return "topk"
+
+
+def describe(pattern: Union[NMPattern, float]) -> str:
+    """``"2:4T"`` or ``"unstructured 50%"`` (the unstructured form keeps full float precision)."""
+    return str(pattern) if isinstance(pattern, NMPattern) else f"unstructured {float(pattern)!r}"
 
 
 class NMMask(nn.Module):
-    """Apply an N:M, transposable N:M or unstructured mask to a weight, with STE gradients.
+    """Apply an N:M, transposable N:M or unstructured mask to a weight.
 
     Parameters
     ----------
     pattern : NMPattern or float
-        The N:M pattern, or a density in (0, 1] for an unstructured (top-k per tensor) mask.
+        The N:M pattern (n KEPT per group of m), or a density in (0, 1] for an unstructured mask.
     method : str or None
-        Mask solver for transposable patterns (``"exact"``, ``"greedy"``, ``"refine"``).
+        Solver for refreshes; stored resolved (``"exact"`` on a row-wise pattern is ``"topn"``).
     mask : torch.Tensor
         Initial bool mask, the weight's shape.
-    ste : {"ste", "srste"}
-        Gradient estimator; ``"srste"`` adds ``srste_decay · (1 − S) ⊙ W`` to the gradient.
-    static : bool
-        Freeze the mask: automatic refreshes skip it (``update_masks_(..., force=True)`` still refreshes).
+    gradient : {"ste", "srste", "masked"}
+        ``"ste"``: the gradient of ``W ⊙ S`` goes straight to the dense W (pruned weights keep
+        learning and can come back at a refresh). ``"srste"``: plus ``srste_decay · (1 − S) ⊙ W``
+        (Zhou et al. 2021). ``"masked"``: pruned weights get no gradient (static and RigL/SET
+        sparse training).
+    update : {"refresh", "static", "set", "rigl"}
+        How the mask changes during training; see :mod:`nmsparse.nn.policies`.
+    update_every : int
+        Training passes between updates (ΔT).
+    total_steps, drop_fraction, stop_fraction : SET/RigL schedule (cosine-annealed drop fraction).
     name : str
-        The parameter's name in the model (for error messages and ``summary``).
+        The parameter's name in the model (error messages, ``summary``).
+
+    Attributes
+    ----------
+    steps : int
+        Training forward passes counted (saved in the state dict).
+    capture_dense_grad : bool
+        Record ``∂L/∂(W ⊙ S)`` at every position into ``dense_grad`` during backward (RigL).
+    history : list of dict
+        SET/RigL updates of this mask: step, fraction, regrown.
     """
 
     def __init__(
@@ -47,42 +98,130 @@ class NMMask(nn.Module):
         method: Optional[str],
         mask: torch.Tensor,
         *,
-        ste: str = "ste",
+        gradient: str = "ste",
         srste_decay: float = 2e-4,
-        static: bool = False,
+        update: str = "refresh",
         update_every: int = 100,
+        total_steps: Optional[int] = None,
+        drop_fraction: float = 0.3,
+        stop_fraction: float = 0.75,
         name: str = "",
     ):
         super().__init__()
         self.pattern = pattern
-        self.method = method
-        self.ste = ste
-        self.srste_decay = float(srste_decay)
-        self.static = bool(static)
-        self.update_every = int(update_every)
         self.layer_name = name
+        self.method = resolve_solver(pattern, method, f"layer {name!r}")
+        self.gradient = gradient
+        self.srste_decay = float(srste_decay)
+        self.update = update
+        self.update_every = int(update_every)
+        self.total_steps = total_steps
+        self.drop_fraction = float(drop_fraction)
+        self.stop_fraction = float(stop_fraction)
         self.register_buffer("mask", mask.to(torch.bool).clone(), persistent=True)
-        self.register_buffer("last_refresh", torch.zeros((), dtype=torch.long), persistent=True)
+        self.register_buffer("last_refresh", torch.zeros((), dtype=torch.long, device=mask.device), persistent=True)
+        self.register_buffer("step_count", torch.zeros((), dtype=torch.long, device=mask.device), persistent=True)
+        self.register_buffer("pattern_code", encode_pattern(pattern), persistent=True)
+        self.steps = 0
         self.refreshes = 0
         self.last_changed = 0
+        self.capture_dense_grad = False
+        self.dense_grad: Optional[torch.Tensor] = None
+        self.history: List[dict] = []
+        self.driver_key: Optional[int] = None  # which MaskDriver counts this mask's passes
+
+    # -- options under their old names -------------------------------------------------------
+    @property
+    def ste(self) -> str:
+        return self.gradient
+
+    @property
+    def static(self) -> bool:
+        return self.update == "static"
+
+    @static.setter
+    def static(self, value: bool) -> None:
+        if value:
+            self.update = "static"
+        elif self.update == "static":
+            self.update = "refresh"
 
     @property
     def decay(self) -> float:
-        return self.srste_decay if self.ste == "srste" else 0.0
+        return self.srste_decay if self.gradient == "srste" else 0.0
 
+    # -- forward -------------------------------------------------------------------------------
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return masked_weight_ste(weight, self.mask, self.decay)
+        if self.gradient == "masked":
+            out = masked(weight, self.mask)
+        else:
+            out = masked_weight_ste(weight, self.mask, self.decay)
+        if self.capture_dense_grad and out.requires_grad:
+            out.register_hook(self._store_dense_grad)
+        return out
+
+    def _store_dense_grad(self, grad: torch.Tensor) -> None:
+        # A weight used twice in one pass (tied, or read twice by its layer) gets the sum: the
+        # gradient of the loss w.r.t. the one masked weight. The driver clears it before each pass.
+        g = grad.detach()
+        self.dense_grad = g.clone() if self.dense_grad is None else self.dense_grad + g
+
+    # -- the one refresh -----------------------------------------------------------------------
+    @torch.no_grad()
+    def solve(self, source: torch.Tensor, *, keep: Optional[int] = None, method: Optional[str] = None) -> torch.Tensor:
+        """The mask keeping the largest ``|source|`` under this mask's pattern (:func:`compute_mask`).
+
+        Unstructured masks keep ``keep`` entries (default: as many as now, so the count never drifts).
+        """
+        if keep is None and not isinstance(self.pattern, NMPattern):
+            keep = int(self.mask.sum())
+        return compute_mask(source.detach(), self.pattern, method or self.method, self.layer_name, keep=keep)
 
     @torch.no_grad()
-    def refresh(self, weight: torch.Tensor, step: int) -> int:
-        """Recompute the mask from the dense ``weight``; return how many entries changed."""
-        new = compute_mask(weight.detach(), self.pattern, self.method, self.layer_name)
+    def refresh_(self, source: torch.Tensor, step: Optional[int] = None, *, keep: Optional[int] = None,
+                 method: Optional[str] = None) -> int:
+        """Recompute the mask from ``source`` (the dense weight, or SET/RigL's regrow scores) and
+        install it in place; return how many entries changed.
+
+        Every mask change in the library goes through here (refresh from dense, SET, RigL,
+        ``update_masks_``), so a distributed or compiled variant needs to wrap this one method.
+        """
+        new = self.solve(source, keep=keep, method=method).to(self.mask.device)
         changed = int(torch.count_nonzero(new != self.mask))
         self.mask.copy_(new)  # in place: the buffer's identity (and torch.compile's view of it) stays
-        self.last_refresh.fill_(step)
+        self.last_refresh.fill_(self.steps if step is None else int(step))
         self.refreshes += 1
         self.last_changed = changed
         return changed
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        # The pass counter is a Python int during training (no device op per pass); it is written
+        # to its buffer only when a state dict is taken.
+        self.step_count.fill_(int(self.steps))
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        # Check before anything is copied, so a refused checkpoint leaves the model as it was.
+        code = state_dict.get(prefix + "pattern_code")
+        if torch.is_tensor(code) and code.numel() == 3 and not torch.equal(code.cpu().long(), self.pattern_code.cpu()):
+            theirs = describe(decode_pattern(code))
+            raise CheckpointError(
+                f"load_state_dict: layer {self.layer_name!r}: the checkpoint's mask was made for pattern "
+                f"{theirs}, but this model's mask is {describe(self.pattern)}; sparsify the model with that "
+                f"pattern before loading, or load the checkpoint's plain weights "
+                f"(nmsparse.nn.plain_state_dict + load_plain_state_dict_) and let the masks be recomputed."
+            )
+        mask = state_dict.get(prefix + "mask")
+        if torch.is_tensor(mask) and isinstance(self.pattern, NMPattern) and mask.shape == self.mask.shape:
+            if mask.dtype != torch.bool or not is_valid_mask(mask, self.pattern):
+                raise CheckpointError(
+                    f"load_state_dict: layer {self.layer_name!r}: the checkpoint's mask does not obey this model's "
+                    f"pattern {self.pattern} (dtype {mask.dtype}); it was made for another pattern or edited. Load it "
+                    f"into a model sparsified with the checkpoint's pattern, or load plain weights instead."
+                )
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        self.steps = int(self.step_count)
 
     def describe_pattern(self) -> str:
         if isinstance(self.pattern, NMPattern):
@@ -90,17 +229,49 @@ class NMMask(nn.Module):
         return f"unstructured {self.pattern:.0%}"
 
     def extra_repr(self) -> str:
-        solver = f", method={self.method}" if self.method else ""
-        return f"pattern={self.describe_pattern()}{solver}, ste={self.ste}, static={self.static}"
+        return (f"pattern={self.describe_pattern()}, method={self.method}, gradient={self.gradient}, "
+                f"update={self.update}")
+
+
+def encode_pattern(pattern: Union[NMPattern, float]) -> torch.Tensor:
+    """The pattern as an int64 (3,) tensor for the state dict: ``(n, m, transposable)`` for N:M,
+    ``(numerator, denominator, 2)`` of the density for unstructured masks.
+
+    A tensor rather than ``_extra_state``, so every state dict stays tensors only (safetensors,
+    ``torch.load(weights_only=True)``, tools that iterate tensors); integer, so ``model.half()``
+    leaves it exact.
+    """
+    if isinstance(pattern, NMPattern):
+        return torch.tensor([pattern.n, pattern.m, int(pattern.transposable)], dtype=torch.long)
+    frac = Fraction(float(pattern)).limit_denominator(2**40)
+    return torch.tensor([frac.numerator, frac.denominator, 2], dtype=torch.long)
+
+
+def decode_pattern(code: torch.Tensor) -> Union[NMPattern, float]:
+    a, b, kind = (int(v) for v in code.reshape(-1)[:3].tolist())
+    if kind == 2:
+        return a / b
+    return NMPattern(a, b, transposable=bool(kind))
 
 
 def compute_mask(
-    weight: torch.Tensor, pattern: Union[NMPattern, float], method: Optional[str], name: str
+    weight: torch.Tensor, pattern: Union[NMPattern, float], method: Optional[str], name: str, *,
+    keep: Optional[int] = None,
 ) -> torch.Tensor:
-    """The mask of a dense weight; errors name the layer."""
+    """The one mask solver call of ``nn``: keep the largest ``|weight|`` under ``pattern``.
+
+    N:M patterns run ``find_mask`` (ragged edges padded: a partial group keeps at most n).
+    Unstructured densities keep ``keep`` entries (default ``floor(density·numel + 1/2)``), ties to
+    the lower flat index as in :func:`nmsparse.unstructured_mask`. Errors name the layer.
+    """
     try:
         if isinstance(pattern, NMPattern):
-            return find_mask(weight, pattern, method=method)
-        return unstructured_mask(weight, pattern)
+            return find_mask(weight, pattern, method=method, pad=True)
+        k = kept_count(weight.numel(), float(pattern)) if keep is None else int(keep)
+        flat = prepare_scores(weight.detach(), None, "unstructured mask").reshape(-1)
+        new = torch.zeros(flat.shape, dtype=torch.bool, device=weight.device)
+        if k > 0:
+            new[torch.sort(flat, descending=True, stable=True).indices[:k]] = True
+        return new.reshape(weight.shape)
     except NMSparseError as err:
         raise type(err)(f"layer {name!r}: {err}") from None

@@ -11,7 +11,7 @@ A layer chosen only by default and unable to take the pattern is skipped with a 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -39,6 +39,8 @@ class Candidate:
     shape: tuple
     explicit: bool
     reason: Optional[str] = None
+    holders: list = field(default_factory=list)  # every (full name, module, param name) holding this weight
+    tied_names: list = field(default_factory=list)  # the other holders' names (tied weights)
 
 
 def compile_patterns(patterns: Patterns, argname: str) -> List[re.Pattern]:
@@ -89,10 +91,11 @@ def ineligibility(cand: Candidate, pattern: Union[NMPattern, float]) -> Optional
     if parametrize.is_parametrized(module, pname):
         from .parametrization import NMMask
 
-        if any(isinstance(p, NMMask) for p in module.parametrizations[pname]):
-            return "already sparsified (squash_ it first)"
-        return "already has another parametrization"
-    tensor = module._parameters[pname]
+        plist = module.parametrizations[pname]
+        if len(plist) != 1 or not isinstance(plist[0], NMMask):
+            return "already has another parametrization"
+        # An nmsparse mask alone: eligible; sparsify_ replaces it (or refuses with replace=False).
+    tensor = _dense_param(module, pname)
     if tensor.dtype not in _FLOATS:
         return f"dtype {tensor.dtype} is not a floating-point type"
     if tensor.numel() == 0:

@@ -1,25 +1,27 @@
-"""sparsify_, update_masks_ and squash_: attach N:M masks to a model, refresh them, bake them in.
+"""sparsify_, update_masks_, squash_ and set_update_: attach N:M masks, change them, bake them in.
 
-Masks are computed from the **dense** weights (``parametrizations.<name>.original``), so pruned
-weights keep receiving straight-through gradients and can regrow at the next refresh, as in
-Hubara et al.'s dynamic transposable training (2021, Sec. 5). A forward pre-hook on the model
-counts training forward passes and refreshes each mask every ``update_every`` of them.
+Masks are ``NMMask`` parametrizations (:mod:`nmsparse.nn.parametrization`) computed from the
+**dense** weights (``parametrizations.<name>.original``). A forward pre-hook on the model
+(:mod:`nmsparse.nn.driver`) counts training passes and runs each mask's update policy
+(:mod:`nmsparse.nn.policies`): refresh from the dense weights (default; Hubara et al. 2021,
+dynamic transposable training), static, SET or RigL. Masks never stack: one ``NMMask`` per weight.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Union
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
-from ..errors import ArgumentError, MethodError, PatternError, ShapeError
-from ..masks import available_methods
-from ..pattern import NMPattern, PatternLike
-from .parametrization import STE_MODES, NMMask, compute_mask
+from ..errors import MaskError, MethodError, ShapeError
+from ..pattern import PatternLike
+from ..selection import compile_patterns, matches_any
+from . import entries as _entries
+from .attach import attach, check_options, parse_pattern, replace_existing
+from .driver import install_driver, remove_drivers, watch_optimizer_
+from .parametrization import GRADIENTS, compute_mask, describe, resolve_solver
 from .select import Patterns, find_candidates, split
 from .sparse_linear import SemiStructuredForward, wants_semi_structured
 
@@ -29,11 +31,9 @@ KERNELS = ("auto", "dense")
 
 @dataclass
 class SparsityState:
-    """Book-keeping kept on a sparsified model (a plain attribute; not part of the state_dict)."""
+    """What ``summary`` reports beyond the masks themselves (a plain attribute, not in the state_dict)."""
 
-    entries: Dict[str, tuple] = field(default_factory=dict)  # full name -> (module, param name)
     skipped: Dict[str, tuple] = field(default_factory=dict)  # full name -> (shape, reason)
-    forward_count: int = 0
     order: List[str] = field(default_factory=list)  # every considered name, in module order
 
     def note(self, name: str) -> None:
@@ -41,50 +41,25 @@ class SparsityState:
             self.order.append(name)
 
 
-class _RefreshHook:
-    """Forward pre-hook on the sparsified model: count training passes, refresh masks when due."""
-
-    def __call__(self, model: nn.Module, args) -> None:
-        _count_and_refresh_eagerly(model)
-
-
-def _count_and_refresh_eagerly(model: nn.Module) -> None:
-    # Under torch.compile the counting and refreshing run eagerly (dynamo disabled for them): one
-    # graph break at the model's entry instead of a recompilation per counter value, and the
-    # mask buffers change in place, so compiled graphs are reused across refreshes. The disabled
-    # wrapper is built only when compiling, because importing torch._dynamo takes seconds.
-    if not torch.compiler.is_compiling():
-        _count_and_refresh(model)
-        return
-    disabled = getattr(_count_and_refresh, "_nmsparse_disabled", None)
-    if disabled is None:
-        disabled = torch.compiler.disable(_count_and_refresh)
-        _count_and_refresh._nmsparse_disabled = disabled
-    disabled(model)
-
-
-def _count_and_refresh(model: nn.Module) -> None:
-    state: Optional[SparsityState] = getattr(model, _STATE, None)
-    if state is None or not model.training or not torch.is_grad_enabled():
-        return
-    state.forward_count += 1
-    for name, (module, pname) in state.entries.items():
-        mask_param = _mask_of(module, pname)
-        if not mask_param.static and state.forward_count % mask_param.update_every == 0:
-            mask_param.refresh(module.parametrizations[pname].original, state.forward_count)
-
-
 def sparsify_(
     model: nn.Module,
     pattern: Union[PatternLike, float],
     *,
     method: Optional[str] = None,
+    update: Optional[str] = None,
     update_every: int = 100,
     include: Patterns = None,
     exclude: Patterns = None,
-    ste: str = "ste",
+    gradient: Optional[str] = None,
+    ste: Optional[str] = None,
     srste_decay: float = 2e-4,
     static: bool = False,
+    total_steps: Optional[int] = None,
+    drop_fraction: float = 0.3,
+    stop_fraction: float = 0.75,
+    seed: int = 0,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    replace: bool = True,
     kernels: str = "auto",
 ) -> nn.Module:
     """Make ``model``'s weights obey ``pattern`` during training, in place; returns ``model``.
@@ -95,43 +70,52 @@ def sparsify_(
     pattern : str, NMPattern or float
         ``"2:4"`` (row-wise), ``"2:4T"`` (transposable): n entries KEPT per group of m, groups
         along the input dimension (input channels per kernel position for convs). A float in
-        (0, 1) is an unstructured density: keep the top fraction of each tensor.
+        (0, 1] is an unstructured density: keep the top fraction of each tensor.
     method : str, optional
-        Transposable solver (``"exact"`` default, ``"greedy"``, ``"refine"``); see
-        :func:`nmsparse.available_methods`.
+        Solver (``"exact"`` default, ``"greedy"``, ``"refine"`` for transposable patterns); stored
+        resolved, so ``summary`` shows what runs (``"exact"`` on a row-wise pattern is ``"topn"``).
+    update : {"refresh", "static", "set", "rigl"}
+        How masks change during training (see :mod:`nmsparse.nn.policies`). ``"refresh"``
+        (default): recompute from the dense weights every ``update_every`` training passes.
+        ``"static"``: never (same as ``static=True``). ``"set"`` / ``"rigl"``: drop the smallest
+        and regrow at random / by gradient every ``update_every`` steps, keeping every mask valid
+        for ``pattern`` (row-wise, transposable or unstructured); they need ``total_steps``.
     update_every : int
-        Refresh masks from the dense weights every this many training forward passes (model in
-        train mode, gradients enabled). Evaluation passes never refresh.
+        ΔT in training forward passes (model in train mode, gradients enabled).
     include, exclude : str or sequence of str, optional
         Regular expressions matched in full against module names (``"fc1"``) or full parameter
-        names (``"blocks.0.attn.qkv"`` / ``"emb.weight"``). Default candidates: the weight of every
-        ``nn.Linear`` and ``nn.Conv1d/2d/3d``. Use ``exclude`` to keep e.g. the first and last
-        layers dense.
-    ste : {"ste", "srste"}
-        Straight-through gradient; ``"srste"`` adds SR-STE's ``srste_decay · (1 − S) ⊙ W``.
-    static : bool
-        Compute the masks once now and never refresh them automatically.
+        names (``"emb.weight"``). Default candidates: the weight of every ``nn.Linear`` and
+        ``nn.Conv1d/2d/3d``.
+    gradient : {"ste", "srste", "masked"}, optional
+        Straight-through (default for refresh/static), SR-STE (adds ``srste_decay · (1 − S) ⊙ W``)
+        or masked (pruned weights get no gradient; default for SET/RigL). ``ste=`` is the old
+        name of this argument and still works.
+    total_steps, drop_fraction, stop_fraction : SET/RigL schedule (cosine-annealed from
+        ``drop_fraction`` until ``stop_fraction · total_steps``).
+    seed : int
+        Seeds SET's random regrowth.
+    optimizer : torch.optim.Optimizer, optional
+        Its per-entry state is zeroed for weights SET/RigL regrow (also :func:`track_optimizers`).
+    replace : bool
+        A weight that already carries an nmsparse mask (from any entry point) gets the new one in
+        its place (the dense values are kept); ``replace=False`` raises :class:`MaskError` instead.
     kernels : {"auto", "dense"}
-        ``"auto"``: 2:4(T) ``nn.Linear`` layers use PyTorch's semi-structured sparse kernels when
-        they run on CUDA in fp16/bf16 at supported shapes (forward, and for 2:4T the
-        input-gradient product), otherwise the masked dense product. ``"dense"``: always the latter.
+        ``"auto"``: 2:4(T) ``nn.Linear`` layers with STE/SR-STE gradients use PyTorch's
+        semi-structured sparse kernels on CUDA fp16/bf16 at supported shapes; ``"dense"``: always
+        the masked dense product.
 
     Returns
     -------
     nn.Module
-        The same ``model``. ``nmsparse.nn.summary(model)`` lists every layer, including the skipped
-        ones and why.
+        The same ``model``; ``nmsparse.nn.summary(model)`` lists every layer, skipped ones with why.
+        A weight shared by several modules (tied) gets one mask seen by every holder; if ``exclude``
+        keeps one holder dense, the weight is skipped with that reason.
 
     Raises
     ------
-    MethodError
-        Unknown method.
-    ShapeError
-        A layer named in ``include`` that cannot take the pattern, or no layer at all to sparsify.
-    ScoreError
-        NaN/Inf weights (naming the layer).
-    PatternError, ArgumentError
-        A bad pattern or density; another option out of range (``update_every``, ``ste``, ...).
+    NMSparseError (a ValueError subclass)
+        Unknown method/gradient/update, a layer named in ``include`` that cannot take the pattern,
+        NaN/Inf weights (naming the layer), no layer to sparsify, or a masked weight with ``replace=False``.
 
     Examples
     --------
@@ -139,51 +123,115 @@ def sparsify_(
     >>> sparsify_(model, "2:4T", method="greedy", update_every=40, exclude="2")  # doctest: +ELLIPSIS
     Sequential(...)
     """
+    where = "sparsify_"
     if not isinstance(model, nn.Module):
-        raise ArgumentError(f"sparsify_: model must be a torch.nn.Module, got {type(model).__name__}; pass the model itself.")
-    pattern = _parse_pattern(pattern)
-    method = _check_method(pattern, method)
-    _check_options(update_every, ste, srste_decay, kernels)
+        raise ShapeError(f"{where}: model must be a torch.nn.Module, got {type(model).__name__}.")
+    pattern = parse_pattern(pattern, where)
+    method = resolve_solver(pattern, method, where)
+    update = _resolve_update(update, static)
+    gradient = _resolve_gradient(gradient, ste, update)
+    check_options(where, gradient=gradient, update=update, update_every=update_every, total_steps=total_steps,
+                  drop_fraction=drop_fraction, stop_fraction=stop_fraction, srste_decay=srste_decay)
+    if kernels not in KERNELS:
+        raise MethodError(f"{where}: kernels must be one of {KERNELS}, got {kernels!r}.")
 
-    chosen, skipped = split(find_candidates(model, include, exclude), pattern)
+    candidates = find_candidates(model, include, exclude)
+    chosen, skipped = split(candidates, pattern)
     for cand in skipped:
         if cand.explicit and not cand.reason.startswith("excluded"):
-            raise ShapeError(f"sparsify_: layer {cand.name!r} with shape {cand.shape} cannot take {_describe(pattern)}: {cand.reason}. Drop it from include=.")
+            raise ShapeError(f"{where}: layer {cand.name!r} with shape {cand.shape} cannot take {_describe(pattern)}: {cand.reason}.")
+    chosen, tied_skips = _fold_tied(model, chosen, exclude)
+    skipped += tied_skips
     if not chosen:
         why = "; ".join(f"{c.name}: {c.reason}" for c in skipped) or "the model has no nn.Linear/nn.Conv weights"
-        raise ShapeError(f"sparsify_: no layer can take {_describe(pattern)} ({why}). Check include=/exclude= or the pattern.")
+        raise ShapeError(f"{where}: no layer can take {_describe(pattern)} ({why}). Check include=/exclude= or the pattern.")
+    for cand in chosen:
+        old = _entries.nmmask_of(cand.module, cand.param_name)
+        if old is not None and not replace:
+            raise MaskError(f"{where}: {cand.name!r} already carries an nmsparse mask ({describe(old.pattern)}, update="
+                            f"{old.update}); masks never stack. Pass replace=True to replace it, or squash_ the model first.")
 
     # Every mask first, then attach: an error (e.g. NaN in a later layer) leaves the model untouched.
-    masks = [compute_mask(c.module._parameters[c.param_name].detach(), pattern, method, c.name) for c in chosen]
+    dense = {c.name: _entries_dense(c) for c in chosen}
+    masks = [compute_mask(dense[c.name].detach(), pattern, method, c.name) for c in chosen]
+    options = dict(gradient=gradient, srste_decay=srste_decay, update=update, update_every=update_every,
+                   total_steps=total_steps, drop_fraction=drop_fraction, stop_fraction=stop_fraction)
     state: SparsityState = getattr(model, _STATE, None) or SparsityState()
     for cand, mask in zip(chosen, masks):
-        param = NMMask(
-            pattern, method, mask, ste=ste, srste_decay=srste_decay, static=static,
-            update_every=update_every, name=cand.name,
-        )
-        parametrize.register_parametrization(cand.module, cand.param_name, param)
-        if kernels == "auto" and wants_semi_structured(cand.module, cand.param_name, pattern):
+        replace_existing(model, dense[cand.name])
+        attach(model, cand.holders, mask, pattern, method, cand.name, **options)
+        if kernels == "auto" and gradient != "masked" and not cand.tied_names and wants_semi_structured(cand.module, cand.param_name, pattern):
             cand.module.forward = SemiStructuredForward(cand.module, cand.name, pattern)
-        state.entries[cand.name] = (cand.module, cand.param_name)
         state.skipped.pop(cand.name, None)
     for cand in skipped:
-        if cand.name not in state.entries:
+        if _entries.nmmask_of(cand.module, cand.param_name) is None:
             state.skipped[cand.name] = (cand.shape, cand.reason)
-    for cand in find_candidates(model, include, exclude):
+    for cand in candidates:
         state.note(cand.name)
-    if getattr(model, _STATE, None) is None:
-        setattr(model, _STATE, state)
-        model.register_forward_pre_hook(_RefreshHook())
+    setattr(model, _STATE, state)
+    install_driver(model, seed)
+    if optimizer is not None:
+        watch_optimizer_(model, optimizer)
+    return model
+
+
+def set_update_(
+    model: nn.Module,
+    update: str,
+    *,
+    update_every: int = 100,
+    total_steps: Optional[int] = None,
+    drop_fraction: float = 0.3,
+    stop_fraction: float = 0.75,
+    gradient: Optional[str] = None,
+    seed: int = 0,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    include: Patterns = None,
+    exclude: Patterns = None,
+) -> nn.Module:
+    """Change the update policy of the masks already on ``model`` (e.g. a Sparse-IFT model's
+    random static masks to RigL), keeping the masks; returns ``model``.
+
+    Arguments as in :func:`sparsify_`; ``gradient=None`` keeps each mask's gradient mode.
+    ``include`` / ``exclude`` (full-match regexes on module or parameter names) pick masks.
+
+    Examples
+    --------
+    >>> model = sparsify_(nn.Sequential(nn.Linear(8, 8)), "2:4T", static=True)
+    >>> set_update_(model, "rigl", total_steps=1000, update_every=10)  # doctest: +ELLIPSIS
+    Sequential(...)
+    """
+    where = "set_update_"
+    check_options(where, gradient=gradient or "masked", update=update, update_every=update_every,
+                  total_steps=total_steps, drop_fraction=drop_fraction, stop_fraction=stop_fraction, srste_decay=0.0)
+    inc, exc = compile_patterns(include, "include", where), compile_patterns(exclude, "exclude", where)
+    picked = []
+    for entry in _entries.mask_entries(model):
+        module_name = entry.name.rpartition(".")[0]
+        if (inc and not matches_any(inc, module_name, entry.name)) or matches_any(exc, module_name, entry.name):
+            continue
+        picked.append(entry.mask)
+    if not picked:
+        raise ShapeError(f"{where}: no nmsparse mask on this model matches; attach masks first (sparsify_, "
+                         f"sift.transform, attach_mask_) or check include=/exclude=.")
+    for nm in picked:
+        nm.update, nm.update_every, nm.total_steps = update, update_every, total_steps
+        nm.drop_fraction, nm.stop_fraction = float(drop_fraction), float(stop_fraction)
+        if gradient is not None:
+            nm.gradient = gradient
+        nm.capture_dense_grad, nm.dense_grad = False, None
+    install_driver(model, seed)
+    if optimizer is not None:
+        watch_optimizer_(model, optimizer)
     return model
 
 
 def update_masks_(model: nn.Module, *, force: bool = False) -> nn.Module:
-    """Recompute every mask from the dense weights now (static masks only with ``force=True``)."""
-    state = _state(model, "update_masks_")
-    for module, pname in state.entries.values():
-        mask_param = _mask_of(module, pname)
-        if force or not mask_param.static:
-            mask_param.refresh(module.parametrizations[pname].original, state.forward_count)
+    """Recompute every refresh-policy mask from its dense weight now; ``force=True`` also
+    recomputes static, SET and RigL masks (by magnitude)."""
+    for entry in _sparse_entries(model, "update_masks_"):
+        if force or entry.mask.update == "refresh":
+            entry.mask.refresh_(entry.dense)
     return model
 
 
@@ -191,71 +239,78 @@ def update_masks_(model: nn.Module, *, force: bool = False) -> nn.Module:
 def squash_(model: nn.Module) -> nn.Module:
     """Bake the masked weights (+0.0 where pruned) into plain parameters and remove every hook.
 
-    The dense weight's Parameter object is kept (so an optimizer holding it stays valid); its
-    pruned entries become +0.0. Afterwards the model is an ordinary PyTorch model.
+    Works on any nmsparse mask (``sparsify_``, Sparse-IFT, ``attach_mask_``). The dense weight's
+    Parameter object is kept (an optimizer holding it stays valid). Squashing a ``copy.deepcopy``
+    of a model leaves the original untouched, and the reverse.
     """
-    state = _state(model, "squash_")
-    for module, pname in state.entries.values():
-        mask = _mask_of(module, pname).mask
-        parametrize.remove_parametrizations(module, pname, leave_parametrized=False)
-        param = module._parameters[pname]
-        param.copy_(torch.where(mask, param, torch.zeros((), dtype=param.dtype, device=param.device)))
-        if isinstance(module.__dict__.get("forward"), SemiStructuredForward):
-            del module.__dict__["forward"]
-    for key, hook in list(model._forward_pre_hooks.items()):
-        if isinstance(hook, _RefreshHook):
-            del model._forward_pre_hooks[key]
-    delattr(model, _STATE)
+    for entry in _sparse_entries(model, "squash_"):
+        _entries.remove(entry, bake=True)
+    remove_drivers(model)
+    if hasattr(model, _STATE):
+        delattr(model, _STATE)
     return model
 
 
 def sparsified_parameters(model: nn.Module) -> Dict[str, tuple]:
-    """``{full name: (module, parameter name)}`` of every sparsified parameter (empty if none)."""
-    state = getattr(model, _STATE, None)
-    return dict(state.entries) if state is not None else {}
+    """``{full name: (module, parameter name)}`` of every masked weight (empty if none); a tied
+    weight appears once, under its first holder in module order."""
+    return {e.name: (e.module, e.param_name) for e in _entries.mask_entries(model)}
 
 
-def _mask_of(module: nn.Module, pname: str) -> NMMask:
-    return next(p for p in module.parametrizations[pname] if isinstance(p, NMMask))
+def _sparse_entries(model: nn.Module, where: str) -> list:
+    found = _entries.mask_entries(model) if isinstance(model, nn.Module) else []
+    if not found:
+        raise ShapeError(f"{where}: this model has not been sparsified (it carries no nmsparse mask); call "
+                         f"nmsparse.sparsify_(model, pattern) first.")
+    return found
 
 
-def _state(model: nn.Module, where: str) -> SparsityState:
-    state = getattr(model, _STATE, None) if isinstance(model, nn.Module) else None
-    if state is None:
-        raise ArgumentError(f"{where}: this model has not been sparsified; call nmsparse.sparsify_(model, pattern) first.")
-    return state
+def _entries_dense(cand) -> torch.Tensor:
+    if _entries.parametrize.is_parametrized(cand.module, cand.param_name):
+        return cand.module.parametrizations[cand.param_name].original
+    return cand.module._parameters[cand.param_name]
 
 
-def _parse_pattern(pattern) -> Union[NMPattern, float]:
-    if isinstance(pattern, float) and not isinstance(pattern, bool):
-        if not (0.0 < pattern <= 1.0) or math.isnan(pattern):
-            raise PatternError(f"sparsify_: an unstructured density (a float pattern) must be in (0, 1], got {pattern}; pass e.g. 0.5.")
-        return pattern
-    return NMPattern.parse(pattern)
+def _fold_tied(model: nn.Module, chosen: list, exclude: Patterns) -> tuple:
+    """One candidate per weight: tied holders ride along (``cand.holders``), or the weight is
+    skipped when ``exclude`` keeps one of its holders dense (one weight, one view)."""
+    exc = compile_patterns(exclude, "exclude", "sparsify_")
+    seen, keep, skips = {}, [], []
+    for cand in chosen:
+        dense = _entries_dense(cand)
+        if id(dense) in seen:
+            cand.reason = f"tied to {seen[id(dense)]} (same weight, same mask)"
+            continue
+        seen[id(dense)] = cand.name
+        cand.holders = _entries.holders_of(model, dense)
+        cand.tied_names = [n for n, _, _ in cand.holders if n != cand.name]
+        dense_ones = [n for n in cand.tied_names if matches_any(exc, n.rpartition(".")[0], n)]
+        if dense_ones:
+            cand.reason = (f"tied to {', '.join(dense_ones)}, which exclude= keeps dense (one weight has one view: "
+                           f"mask both or neither)")
+            skips.append(cand)
+            continue
+        keep.append(cand)
+    return keep, skips
 
 
-def _check_method(pattern, method: Optional[str]) -> Optional[str]:
-    if isinstance(pattern, NMPattern):
-        if method is not None and method not in available_methods(pattern) and not (method == "exact"):
-            raise MethodError(
-                f"sparsify_: unknown method {method!r} for pattern {pattern}; known: {', '.join(available_methods(pattern))}."
-            )
-        return method
-    if method not in (None, "topk"):
-        raise MethodError(f"sparsify_: unstructured densities use top-k per tensor (method=None or 'topk'), got {method!r}.")
-    return None
+def _resolve_update(update: Optional[str], static: bool) -> str:
+    if static and update not in (None, "static"):
+        raise MethodError(f"sparsify_: static=True contradicts update={update!r}; pass one of them.")
+    return "static" if static else (update or "refresh")
 
 
-def _check_options(update_every, ste, srste_decay, kernels) -> None:
-    if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
-        raise ArgumentError(f"sparsify_: update_every must be a positive int, got {update_every!r}; pass e.g. 100, or static=True to freeze masks.")
-    if ste not in STE_MODES:
-        raise ArgumentError(f"sparsify_: ste must be one of {STE_MODES}, got {ste!r}; pick one of those.")
-    if not isinstance(srste_decay, (int, float)) or not math.isfinite(srste_decay) or srste_decay < 0:
-        raise ArgumentError(f"sparsify_: srste_decay must be a finite number >= 0, got {srste_decay!r}; pass e.g. 2e-4.")
-    if kernels not in KERNELS:
-        raise ArgumentError(f"sparsify_: kernels must be one of {KERNELS}, got {kernels!r}; pick one of those.")
+def _resolve_gradient(gradient: Optional[str], ste: Optional[str], update: str) -> str:
+    if ste is not None:
+        if ste not in GRADIENTS:
+            raise MethodError(f"sparsify_: ste must be one of {GRADIENTS} (gradient= is its new name), got {ste!r}.")
+        if gradient is not None and gradient != ste:
+            raise MethodError(f"sparsify_: ste={ste!r} and gradient={gradient!r} disagree; ste is the old name of gradient, pass one.")
+        return ste
+    if gradient is not None:
+        return gradient
+    return "masked" if update in ("set", "rigl") else "ste"
 
 
 def _describe(pattern) -> str:
-    return f"pattern {pattern}" if isinstance(pattern, NMPattern) else f"unstructured density {pattern}"
+    return f"pattern {pattern}" if not isinstance(pattern, float) else f"unstructured density {pattern}"

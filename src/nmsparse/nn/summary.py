@@ -1,4 +1,4 @@
-"""``summary(model)``: a per-layer account of what ``sparsify_`` did and why it skipped layers."""
+"""``summary(model)``: a per-layer account of every nmsparse mask and why layers were skipped."""
 
 from __future__ import annotations
 
@@ -9,13 +9,15 @@ import torch
 from torch import nn
 
 from ..errors import ArgumentError
-from .sparsify import _STATE, _mask_of
+from .entries import mask_entries
+from .sparsify import _STATE
 
 
 @dataclass
 class SparsitySummary:
-    """Rows of dicts (name, shape, pattern, density, solver, ste, static, last_refresh, refreshes,
-    changed, status); ``str()`` gives a table."""
+    """Rows of dicts (name, shape, pattern, density, solver, gradient (also under "ste"), update,
+    static, last_refresh, refreshes, changed, steps, status); ``str()`` gives a table.
+    ``forward_count``: the most training passes any mask has counted."""
 
     rows: List[Dict[str, object]] = field(default_factory=list)
     forward_count: int = 0
@@ -23,12 +25,12 @@ class SparsitySummary:
     def __str__(self) -> str:
         if not self.rows:
             return "no layer has been sparsified (call nmsparse.sparsify_(model, pattern))"
-        headers = ["layer", "shape", "pattern", "density", "solver", "ste", "last refresh", "changed", "status"]
+        headers = ["layer", "shape", "pattern", "density", "solver", "gradient", "update", "last refresh", "changed", "status"]
         cells = [
             [
                 r["name"], "x".join(map(str, r["shape"])), r["pattern"] or "-",
-                "-" if r["density"] is None else f"{r['density']:.3f}", r["solver"] or "-", r["ste"] or "-",
-                "-" if r["last_refresh"] is None else f"step {r['last_refresh']}" + (" (static)" if r["static"] else ""),
+                "-" if r["density"] is None else f"{r['density']:.3f}", r["solver"] or "-", r["gradient"] or "-",
+                r["update"] or "-", "-" if r["last_refresh"] is None else f"step {r['last_refresh']}",
                 "-" if r["changed"] is None else str(r["changed"]), r["status"],
             ]
             for r in self.rows
@@ -41,55 +43,63 @@ class SparsitySummary:
 
 
 def summary(model: nn.Module) -> SparsitySummary:
-    """Per-layer table of a sparsified model: chosen layers with their mask, skipped ones with why."""
+    """Per-layer table of a masked model, whichever entry point attached the masks: masked weights
+    with their pattern, resolved solver, gradient and update policy; tied holders; skipped layers with why."""
     if not isinstance(model, nn.Module):
         raise ArgumentError(f"summary: model must be a torch.nn.Module, got {type(model).__name__}; pass the sparsified model.")
     state = getattr(model, _STATE, None)
-    if state is None:
-        return SparsitySummary()
     rows = []
-    for name, (module, pname) in state.entries.items():
-        p = _mask_of(module, pname)
-        solver = p.method or ("topk" if not hasattr(p.pattern, "n") else ("exact" if p.pattern.transposable else "topn"))
-        rows.append({
-            "name": name,
+    steps = 0
+    for entry in mask_entries(model):
+        p = entry.mask
+        steps = max(steps, p.steps)
+        row = {
+            "name": entry.name,
             "shape": tuple(p.mask.shape),
             "pattern": p.describe_pattern(),
             "density": float(p.mask.float().mean()),
-            "solver": solver,
-            "ste": p.ste,
+            "solver": p.method,
+            "ste": p.gradient,
+            "gradient": p.gradient,
+            "update": p.update,
             "static": p.static,
             "update_every": p.update_every,
             "last_refresh": int(p.last_refresh),
             "refreshes": p.refreshes,
             "changed": p.last_changed if p.refreshes else None,
+            "steps": p.steps,
             "status": "sparse",
-        })
-    for name, (shape, reason) in state.skipped.items():
+        }
+        rows.append(row)
+        for tied_name, _, _ in entry.tied:
+            rows.append({**row, "name": tied_name, "status": f"tied: same weight and mask as {entry.name}"})
+    masked_names = {r["name"] for r in rows}
+    for name, (shape, reason) in (state.skipped.items() if state is not None else ()):
+        if name in masked_names:
+            continue
         rows.append({
             "name": name, "shape": tuple(shape), "pattern": None, "density": None, "solver": None, "ste": None,
-            "static": False, "update_every": None, "last_refresh": None, "refreshes": 0, "changed": None,
-            "status": f"skipped: {reason}",
+            "gradient": None, "update": None, "static": False, "update_every": None, "last_refresh": None,
+            "refreshes": 0, "changed": None, "steps": None, "status": f"skipped: {reason}",
         })
-    position = {name: i for i, name in enumerate(state.order)}
+    position = {name: i for i, name in enumerate(state.order)} if state is not None else {}
     rows.sort(key=lambda r: position.get(r["name"], len(position)))
-    return SparsitySummary(rows, state.forward_count)
+    return SparsitySummary(rows, steps)
 
 
 @torch.no_grad()
 def kept_and_density(model: nn.Module) -> tuple:
-    """(share of sum |W| the masks keep, share of entries kept) over every sparsified weight.
+    """(share of sum |W| the masks keep, share of entries kept) over every masked weight.
 
     Measured on the dense weights the masks are chosen from; ``(1.0, 1.0)`` for a model with no
-    sparsified weight.
+    masked weight. Sees every nmsparse mask, whichever entry point attached it.
     """
-    state = getattr(model, _STATE, None)
     kept = total = count = size = 0.0
-    for module, pname in (state.entries.values() if state is not None else ()):
-        dense = module.parametrizations[pname].original.abs().double()
-        mask = _mask_of(module, pname).mask
-        kept += float(torch.where(mask, dense, torch.zeros((), dtype=dense.dtype)).sum())
+    for entry in mask_entries(model):
+        dense = entry.dense.detach().abs().double()
+        mask = entry.mask.mask
+        kept += float(torch.where(mask, dense, torch.zeros((), dtype=dense.dtype, device=dense.device)).sum())
         total += float(dense.sum())
         count += int(mask.sum())
         size += mask.numel()
-    return (kept / total, count / size) if size else (1.0, 1.0)
+    return (kept / total if total else 1.0, count / size) if size else (1.0, 1.0)

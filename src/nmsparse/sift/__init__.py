@@ -1,4 +1,8 @@
-"""Sparse Iso-FLOP Transformations (Sparse-IFT), FLOP counting and dynamic sparse training.
+"""Sparse Iso-FLOP Transformations (Sparse-IFT) and FLOP counting.
+
+The transforms build plain ``nn.Linear`` / ``nn.Conv2d`` layers and attach nmsparse.nn's one mask
+container, ``NMMask``, to their weights (random static masks, masked gradients). Dynamic sparse
+training (SET, RigL) is an update policy of that container: ``nmsparse.nn.set_update_``.
 
 >>> import nmsparse.sift as sift
 >>> from nmsparse.examples import small_cnn
@@ -9,12 +13,9 @@ True
 
 from ._common import FAMILIES
 from .doped import SparseDoped
-from .dynamic import DynamicSparsity, drop_fraction_schedule
 from .factorized import SparseFactorized
 from .flops import FlopReport, LayerFlops, count_flops
-from .masked import MaskedConv2d, MaskedLinear, apply_masks_, is_masked, masked_layers
 from .parallel import SparseParallel
-from .regrow import drop_and_regrow
 from .transforms import transform
 
 __all__ = [
@@ -23,15 +24,7 @@ __all__ = [
     "count_flops",
     "FlopReport",
     "LayerFlops",
-    "MaskedLinear",
-    "MaskedConv2d",
     "SparseParallel",
     "SparseFactorized",
     "SparseDoped",
-    "apply_masks_",
-    "is_masked",
-    "masked_layers",
-    "DynamicSparsity",
-    "drop_fraction_schedule",
-    "drop_and_regrow",
 ]

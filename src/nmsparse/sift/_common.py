@@ -1,4 +1,5 @@
-"""Shared pieces of the Sparse-IFT transforms: argument checks, layer selection, random masks."""
+"""Shared pieces of the Sparse-IFT transforms: argument checks, layer selection, random masks
+attached as ``NMMask`` (nmsparse.nn's one mask container)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from torch import nn
 
 from ..errors import MethodError, PatternError, ScoreError, ShapeError
 from ..masks import find_mask
+from ..nn.attach import attach_mask_
+from ..nn.entries import mask_entries
+from ..nn.ste import masked
 from ..pattern import NMPattern
 from ..selection import Patterns, compile_patterns, matches_any
 
@@ -139,23 +143,52 @@ def kept_for_density(numel: int, density: float) -> int:
 
 def init_sparse_(layer: nn.Module, *, density: float, pattern: Optional[NMPattern], generator: torch.Generator,
                  scale: bool, kept: Optional[int] = None) -> None:
-    """Give a masked layer a random static mask at ``density`` (or ``pattern``) and, if ``scale``,
-    the sparsity-aware init scale (see :func:`nmsparse.sift.masked.sparse_init_scale_`).
+    """Give a plain Linear/Conv layer a random static ``NMMask`` at ``density`` (or ``pattern``).
 
-    ``kept`` overrides the unstructured kept count (callers use it to make a layer's parts add up
-    to the dense cost exactly)."""
-    from .masked import sparse_init_scale_
-
-    numel = layer.weight.numel()
+    The mask is attached with masked gradients (pruned weights get none) and the stored pruned
+    weights are set to +0.0; with ``scale`` the kept weights get the sparsity-aware init scale
+    ``1/sqrt(density)`` (Evci et al. 2022, "Gradient Flow in Sparse Neural Networks", Sec. 3), so
+    the layer's output variance at initialisation matches a dense layer's. ``kept`` overrides the
+    unstructured kept count (callers use it to make a layer's parts add up to the dense cost exactly).
+    """
+    weight = layer.weight
+    numel = weight.numel()
     if kept is None:
         kept = kept_for_density(numel, density)
     if pattern is None and kept >= numel:
-        mask = torch.ones_like(layer.weight, dtype=torch.bool)
+        mask = torch.ones_like(weight, dtype=torch.bool)
     else:
-        mask = random_mask(layer.weight.shape, kept, pattern, generator)
-    layer.set_mask_(mask.to(layer.weight.device))
-    if scale:
-        sparse_init_scale_(layer)
+        mask = random_mask(weight.shape, kept, pattern, generator).to(weight.device)
+    actual = float(mask.sum()) / max(numel, 1)
+    with torch.no_grad():
+        weight.copy_(masked(weight, mask))
+        if scale and 0.0 < actual < 1.0:
+            weight.mul_(1.0 / math.sqrt(actual))
+            weight.copy_(masked(weight, mask))
+    # Unstructured masks record their exact density, so a checkpoint check compares like with like.
+    attach_mask_(layer, "weight", mask, pattern if pattern is not None else actual, gradient="masked", update="static")
+
+
+def copy_layer(layer: nn.Module) -> nn.Module:
+    """A new plain layer like ``layer`` (built by its constructor, so it draws the same random
+    numbers as a fresh one) holding ``layer``'s weight and bias, on its device and dtype."""
+    if isinstance(layer, nn.Conv2d):
+        new = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                        layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode)
+    else:
+        new = nn.Linear(layer.in_features, layer.out_features, layer.bias is not None)
+    new.to(device=layer.weight.device, dtype=layer.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(layer.weight)
+        if layer.bias is not None:
+            new.bias.copy_(layer.bias)
+    return new
+
+
+def name_masks(model: nn.Module) -> None:
+    """Give every mask its qualified parameter name (for messages and ``summary``)."""
+    for entry in mask_entries(model):
+        entry.mask.layer_name = entry.name
 
 
 def round_width(x: float, pattern: Optional[NMPattern]) -> int:

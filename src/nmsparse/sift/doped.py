@@ -24,8 +24,7 @@ import torch
 from torch import nn
 
 from ..pattern import NMPattern
-from ._common import fan, init_sparse_, set_parent
-from .masked import MaskedConv2d, MaskedLinear
+from ._common import copy_layer, fan, init_sparse_, set_parent
 
 __all__ = ["SparseDoped", "doped_rank", "apply_doped"]
 
@@ -60,14 +59,12 @@ def apply_doped(model: nn.Module, name: str, sparsity: float, pattern: Optional[
     layer = model.get_submodule(name)
     d_in, d_out = fan(layer)
     r, density = doped_rank(d_in, d_out, sparsity, pattern)
-    p = None if pattern is None else str(pattern)
+    sparse = copy_layer(layer)
     if isinstance(layer, nn.Conv2d):
-        sparse = MaskedConv2d.from_dense(layer, p)
         u = nn.Conv2d(layer.in_channels, r, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
                       bias=False, padding_mode=layer.padding_mode) if r else None
         v = nn.Conv2d(r, layer.out_channels, 1, bias=False) if r else None
     else:
-        sparse = MaskedLinear.from_dense(layer, p)
         u = nn.Linear(layer.in_features, r, bias=False) if r else None
         v = nn.Linear(r, layer.out_features, bias=False) if r else None
     init_sparse_(sparse, density=density, pattern=pattern if sparsity > 0 else None, generator=generator, scale=False)

@@ -25,13 +25,12 @@ from torch import nn
 
 from ..pattern import NMPattern
 from ._common import fan, init_sparse_, kept_for_density, set_parent
-from .masked import MaskedConv2d, MaskedLinear
 
 __all__ = ["SparseFactorized", "factorized_width", "apply_factorized"]
 
 
 class SparseFactorized(nn.Module):
-    """``y = V act(U x)`` with masked ``u`` and ``v``."""
+    """``y = V act(U x)``; ``u`` and ``v`` are plain layers carrying an ``NMMask``."""
 
     def __init__(self, u: nn.Module, v: nn.Module, activation: Optional[nn.Module] = None):
         super().__init__()
@@ -59,14 +58,13 @@ def apply_factorized(model: nn.Module, name: str, sparsity: float, pattern: Opti
     layer = model.get_submodule(name)
     d_in, d_out = fan(layer)
     d, density = factorized_width(d_in, d_out, sparsity, pattern)
-    p = None if pattern is None else str(pattern)
     if isinstance(layer, nn.Conv2d):
-        u = MaskedConv2d(layer.in_channels, d, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
-                         bias=False, padding_mode=layer.padding_mode, pattern=p)
-        v = MaskedConv2d(d, layer.out_channels, 1, bias=layer.bias is not None, pattern=p)
+        u = nn.Conv2d(layer.in_channels, d, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+                      bias=False, padding_mode=layer.padding_mode)
+        v = nn.Conv2d(d, layer.out_channels, 1, bias=layer.bias is not None)
     else:
-        u = MaskedLinear(layer.in_features, d, bias=False, pattern=p)
-        v = MaskedLinear(d, layer.out_features, bias=layer.bias is not None, pattern=p)
+        u = nn.Linear(layer.in_features, d, bias=False)
+        v = nn.Linear(d, layer.out_features, bias=layer.bias is not None)
     u.to(device=layer.weight.device, dtype=layer.weight.dtype)
     v.to(device=layer.weight.device, dtype=layer.weight.dtype)
     if pattern is None:

@@ -1,7 +1,7 @@
 """Count the multiply-adds (MACs) of a forward pass, sparse layers at their mask density.
 
-Only weight products are counted - ``nn.Linear`` and ``nn.Conv1d/2d/3d`` (and their masked
-subclasses) - because they dominate and are what Sparse-IFT keeps constant (Sparse-IFT, Sec. 2:
+Only weight products are counted - ``nn.Linear`` and ``nn.Conv1d/2d/3d``, masked or not
+- because they dominate and are what Sparse-IFT keeps constant (Sparse-IFT, Sec. 2:
 FLOPs of a layer = its non-zero weights x the positions it is applied at). Biases, norms,
 activations and pooling are not counted. A layer applied at P output positions (P = batch x
 spatial positions for a conv, batch x leading dims for a linear) with K non-zero weights costs
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import ShapeError
-from .masked import is_masked
+from ..nn.entries import nmmask_of
 
 __all__ = ["LayerFlops", "FlopReport", "count_flops"]
 
@@ -81,8 +81,8 @@ def count_flops(model: nn.Module, input_shape: Sequence[int]) -> FlopReport:
     Parameters
     ----------
     model : nn.Module
-        Any module; Linear/Conv layers are counted wherever they sit. Masked layers
-        (:class:`~nmsparse.sift.masked.MaskedLinear`, ...) count their mask's non-zeros.
+        Any module; Linear/Conv layers are counted wherever they sit. A layer whose weight carries
+        an ``NMMask`` (from Sparse-IFT, ``sparsify_`` or ``attach_mask_``) counts its mask's kept entries.
     input_shape : sequence of int
         Shape of the input *including* the batch dimension, e.g. ``(1, 1, 8, 8)``.
 
@@ -104,15 +104,14 @@ def count_flops(model: nn.Module, input_shape: Sequence[int]) -> FlopReport:
     acc: Dict[str, list] = {}
 
     def hook(module: nn.Module, _inputs, output: torch.Tensor) -> None:
-        if is_masked(module):
-            nnz = int(module.weight_mask.sum())
-        else:
-            nnz = module.weight.numel()
+        nm = nmmask_of(module, "weight")
+        numel = nm.mask.numel() if nm is not None else module.weight.numel()
+        nnz = int(nm.mask.sum()) if nm is not None else numel
         out_features = module.out_features if isinstance(module, nn.Linear) else module.out_channels
         positions = output.numel() // out_features
-        entry = acc.setdefault(names[module], [0, 0, nnz / module.weight.numel(), 0])
+        entry = acc.setdefault(names[module], [0, 0, nnz / numel, 0])
         entry[0] += nnz * positions
-        entry[1] += module.weight.numel() * positions
+        entry[1] += numel * positions
         entry[3] += 1
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, _COUNTED)]

@@ -25,8 +25,7 @@ from torch import nn
 
 from ..errors import PatternError
 from ..pattern import NMPattern
-from ._common import NORM_TYPES, init_sparse_, set_parent
-from .masked import MaskedConv2d, MaskedLinear
+from ._common import NORM_TYPES, copy_layer, init_sparse_, set_parent
 
 __all__ = ["SparseParallel", "parallel_branches", "apply_parallel"]
 
@@ -34,7 +33,7 @@ __all__ = ["SparseParallel", "parallel_branches", "apply_parallel"]
 class SparseParallel(nn.Module):
     """Sum of ``k`` branches applied to the same input: ``y = sum_i branch_i(x)``.
 
-    Each branch is a masked layer, or ``nn.Sequential(masked layer, norm)`` when the original
+    Each branch is a plain layer carrying an ``NMMask``, or ``nn.Sequential(masked layer, norm)`` when the original
     layer was followed by a normalisation.
     """
 
@@ -78,8 +77,7 @@ def _next_norm(model: nn.Module, name: str) -> Optional[str]:
 
 
 def _masked_copy(layer: nn.Module, pattern: Optional[NMPattern], fresh: bool) -> nn.Module:
-    cls = MaskedConv2d if isinstance(layer, nn.Conv2d) else MaskedLinear
-    new = cls.from_dense(layer, None if pattern is None else str(pattern))
+    new = copy_layer(layer)
     if fresh:
         new.reset_parameters()
     return new

@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from ..errors import ArgumentError, ShapeError
+from ..nn.entries import nmmask_of
 from ..pattern import PatternLike
-from ._common import check_family, check_pattern, check_sparsity, select_layers
+from ._common import check_family, check_pattern, check_sparsity, name_masks, select_layers
 from .doped import apply_doped
 from .factorized import apply_factorized
 from .parallel import apply_parallel
@@ -27,10 +28,12 @@ __all__ = ["transform"]
 
 
 def _nonzero_weights(module: nn.Module) -> int:
-    from .masked import is_masked
-
-    return sum(int(m.weight_mask.sum()) if is_masked(m) else m.weight.numel()
-               for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+    total = 0
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nm = nmmask_of(m, "weight")
+            total += int(nm.mask.sum()) if nm is not None else m.weight.numel()
+    return total
 
 _LAYERWISE = {"parallel": apply_parallel, "factorized": apply_factorized, "doped": apply_doped}
 
@@ -77,7 +80,10 @@ def transform(
     Returns
     -------
     nn.Module
-        The transformed copy; masked layers carry their masks as persistent buffers. Its
+        The transformed copy. Its sparse layers are plain ``nn.Linear`` / ``nn.Conv2d`` carrying a
+        static random ``NMMask`` (masked gradients; ``<layer>.parametrizations.weight.0.mask``), seen by
+        ``nmsparse.nn.summary``, ``squash_``, ``kept_and_density``; make them SET or RigL with
+        ``nmsparse.nn.set_update_(model, "rigl", total_steps=..., update_every=...)``. Its
         ``sift_info`` dict records the family, sparsity, pattern and, per layer (``"network"`` for
         wide), the sizes chosen and ``flop_ratio`` (transformed / dense MACs). A ``UserWarning``
         is issued when a ratio is off by more than 2 % (possible only under N:M patterns).
@@ -120,5 +126,6 @@ def transform(
             f"that is not a multiple of m keeps up to n in its partial group; see sift_info.",
             stacklevel=2,
         )
+    name_masks(new)
     new.sift_info = {"family": family, "sparsity": s, "pattern": None if p is None else str(p), "layers": layers}
     return new

@@ -37,7 +37,6 @@ from torch import nn
 from ..errors import ShapeError
 from ..pattern import NMPattern
 from ._common import init_sparse_, round_width, set_parent
-from .masked import MaskedConv2d, MaskedLinear
 
 __all__ = ["apply_wide"]
 
@@ -170,7 +169,6 @@ def apply_wide(model: nn.Module, selected: Sequence[str], sparsity: float, patte
 
 
 def _rebuild(model, leaves, weights, new_widths, spread, first_in, is_sparse, density, pattern, generator) -> None:
-    p = None if pattern is None else str(pattern)
     current = first_in
     j = 0
     for name, m in leaves:
@@ -178,13 +176,10 @@ def _rebuild(model, leaves, weights, new_widths, spread, first_in, is_sparse, de
             c_in = first_in if j == 0 else new_widths[j - 1] * spread[j]
             c_out = new_widths[j]
             if isinstance(m, nn.Conv2d):
-                cls = MaskedConv2d if is_sparse[j] else nn.Conv2d
-                kw = {"pattern": p} if is_sparse[j] else {}
-                new = cls(c_in, c_out, m.kernel_size, m.stride, m.padding, m.dilation, 1, m.bias is not None,
-                          m.padding_mode, **kw)
+                new = nn.Conv2d(c_in, c_out, m.kernel_size, m.stride, m.padding, m.dilation, 1, m.bias is not None,
+                                m.padding_mode)
             else:
-                new = (MaskedLinear(c_in, c_out, m.bias is not None, pattern=p) if is_sparse[j]
-                       else nn.Linear(c_in, c_out, m.bias is not None))
+                new = nn.Linear(c_in, c_out, m.bias is not None)
             new.to(device=m.weight.device, dtype=m.weight.dtype)
             if is_sparse[j]:
                 init_sparse_(new, density=density, pattern=pattern if density < 1 else None,

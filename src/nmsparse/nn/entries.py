@@ -1,0 +1,120 @@
+"""Finding, registering and removing ``NMMask`` parametrizations: the one registry is the model.
+
+Nothing keeps a separate list of masked layers: every function that needs "all masks" walks the
+modules and looks for ``NMMask`` in their parametrizations, so masks attached by any entry point
+(``sparsify_``, Sparse-IFT, ``attach_mask_``, the one-shot pruners) are seen by all of them.
+
+Two pieces of ``torch.nn.utils.parametrize`` behaviour are handled here:
+
+* **deepcopy** - parametrize gives a module a generated class (``ParametrizedLinear``) and puts the
+  ``weight`` property on that class. ``copy.deepcopy`` reuses the class, so removing the
+  parametrization from the copy (``squash_``) deleted the property from the original too. Every
+  module we parametrize gets a ``__deepcopy__`` that gives the replica its own class.
+* **tied weights** - one ``Parameter`` held by several modules (an embedding tied to an LM head)
+  gets one ``NMMask`` registered on every holder, so every use reads the same masked weight.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .parametrization import NMMask
+
+
+@dataclass
+class MaskEntry:
+    """One masked weight: where it lives, its ``NMMask``, and the other holders of a tied weight."""
+
+    name: str  # full parameter name of the first holder in module order, e.g. "fc1.weight"
+    module: nn.Module
+    param_name: str
+    mask: NMMask
+    tied: List[Tuple[str, nn.Module, str]] = field(default_factory=list)  # (full name, module, param name)
+
+    @property
+    def dense(self) -> torch.Tensor:
+        """The dense weight the mask is applied to (``parametrizations.<name>.original``)."""
+        return self.module.parametrizations[self.param_name].original
+
+
+def nmmask_of(module: nn.Module, pname: str) -> Optional[NMMask]:
+    """The ``NMMask`` on ``module.<pname>``, or None."""
+    if not parametrize.is_parametrized(module, pname):
+        return None
+    return next((p for p in module.parametrizations[pname] if isinstance(p, NMMask)), None)
+
+
+def mask_entries(model: nn.Module) -> List[MaskEntry]:
+    """Every masked weight of ``model`` once, in module order (tied holders folded into one entry)."""
+    entries: Dict[int, MaskEntry] = {}
+    for mname, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for pname in list(module.parametrizations.keys()):
+            mask = nmmask_of(module, pname)
+            if mask is None:
+                continue
+            full = f"{mname}.{pname}" if mname else pname
+            if id(mask) in entries:
+                entries[id(mask)].tied.append((full, module, pname))
+            else:
+                entries[id(mask)] = MaskEntry(full, module, pname, mask)
+    return list(entries.values())
+
+
+def holders_of(model: nn.Module, param: torch.Tensor) -> List[Tuple[str, nn.Module, str]]:
+    """Every ``(full name, module, param name)`` holding ``param`` (plain or as a parametrized original)."""
+    out = []
+    for mname, module in model.named_modules():
+        names = [n for n, p in module._parameters.items() if p is param]
+        if parametrize.is_parametrized(module):
+            names += [n for n in module.parametrizations.keys() if module.parametrizations[n].original is param]
+        out += [(f"{mname}.{n}" if mname else n, module, n) for n in names]
+    return out
+
+
+def register(module: nn.Module, pname: str, mask: NMMask) -> None:
+    """``register_parametrization`` plus an independent-deepcopy class."""
+    parametrize.register_parametrization(module, pname, mask)
+    type(module).__deepcopy__ = _independent_deepcopy
+
+
+@torch.no_grad()
+def remove(entry: MaskEntry, *, bake: bool) -> None:
+    """Remove ``entry``'s parametrization from every holder; with ``bake`` the kept Parameter's
+    pruned entries become +0.0 (the Parameter object stays, so optimizers holding it stay valid)."""
+    mask = entry.mask.mask
+    for _, module, pname in [(entry.name, entry.module, entry.param_name), *entry.tied]:
+        if len(module.parametrizations[pname]) != 1:
+            raise RuntimeError(f"{pname} of {type(module).__name__} carries other parametrizations besides NMMask")
+        parametrize.remove_parametrizations(module, pname, leave_parametrized=False)
+        _drop_semi_structured_forward(module)
+    if bake:
+        param = entry.module._parameters[entry.param_name]
+        param.copy_(torch.where(mask, param, torch.zeros((), dtype=param.dtype, device=param.device)))
+
+
+def _drop_semi_structured_forward(module: nn.Module) -> None:
+    from .sparse_linear import SemiStructuredForward
+
+    if isinstance(module.__dict__.get("forward"), SemiStructuredForward):
+        del module.__dict__["forward"]
+
+
+def _independent_deepcopy(self: nn.Module, memo: dict) -> nn.Module:
+    """Deep-copy a parametrized module into its own generated class (see the module docstring)."""
+    found = memo.get(id(self))
+    if found is not None:
+        return found
+    cls = type(self)
+    own = type(cls.__name__, cls.__bases__, {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")})
+    replica = own.__new__(own)
+    memo[id(self)] = replica
+    replica.__dict__ = copy.deepcopy(self.__dict__, memo)
+    return replica
