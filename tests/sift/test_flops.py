@@ -7,7 +7,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nmsparse.errors import ShapeError
 from nmsparse.examples import mlp, small_cnn
-from nmsparse.sift import FAMILIES, MaskedConv2d, MaskedLinear, count_flops, transform
+from nmsparse.nn import attach_mask_
+from nmsparse.sift import FAMILIES, count_flops, transform
 
 
 def _torch_macs(model, shape):
@@ -28,10 +29,14 @@ def test_hand_count_tiny_model():
 
 
 def test_masked_layers_count_nonzeros_at_their_positions():
-    conv = MaskedConv2d(4, 2, 3, padding=1)
-    conv.weight_mask[:, :3] = False  # keeps 2 * 1 * 3 * 3 = 18 weights
-    lin = MaskedLinear(2 * 16, 5)
-    lin.weight_mask[:, ::2] = False  # keeps 5 * 16 = 80
+    conv = nn.Conv2d(4, 2, 3, padding=1)
+    keep = torch.ones(2, 4, 3, 3, dtype=torch.bool)
+    keep[:, :3] = False  # keeps 2 * 1 * 3 * 3 = 18 weights
+    attach_mask_(conv, "weight", keep, 0.25)
+    lin = nn.Linear(2 * 16, 5)
+    keep = torch.ones(5, 32, dtype=torch.bool)
+    keep[:, ::2] = False  # keeps 5 * 16 = 80
+    attach_mask_(lin, "weight", keep, 0.5)
     model = nn.Sequential(conv, nn.Flatten(), lin)
     report = count_flops(model, (3, 4, 4, 4))
     assert report.layers["0"].macs == 3 * 16 * 18
@@ -56,7 +61,7 @@ def test_transformed_dense_equivalent_matches_flop_counter_mode(family):
     by_hand = 0
     for name, module in model.named_modules():
         if isinstance(module, (nn.Linear, nn.Conv2d)):
-            nnz = int(module.weight_mask.sum()) if hasattr(module, "weight_mask") else module.weight.numel()
+            nnz = int((module.weight != 0).sum()) if hasattr(module, "parametrizations") else module.weight.numel()
             by_hand += nnz * report.layers[name].dense_macs // module.weight.numel()
     assert report.total == by_hand
 

@@ -10,7 +10,14 @@ from torch import nn
 import nmsparse as nms
 from nmsparse.errors import MethodError, NMSparseError, PatternError, ScoreError, ShapeError
 from nmsparse.examples import mlp, small_cnn
-from nmsparse.sift import FAMILIES, SparseDoped, SparseFactorized, SparseParallel, count_flops, masked_layers, transform
+from nmsparse.nn import sparsified_parameters
+from nmsparse.sift import FAMILIES, SparseDoped, SparseFactorized, SparseParallel, count_flops, transform
+
+
+def masked_layers(model):
+    """(layer name, NMMask, dense weight) of every masked weight."""
+    for name, (module, pname) in sparsified_parameters(model).items():
+        yield name[: -len(pname) - 1], module.parametrizations[pname][0], module.parametrizations[pname].original
 
 CNN_SHAPE = (1, 1, 8, 8)
 
@@ -96,7 +103,7 @@ def test_doped_at_init_is_the_masked_dense_layer():
     dense = mlp((32, 32, 32))
     sparse = transform(dense, "doped", 0.75)
     x = torch.randn(4, 32)
-    w = torch.where(sparse.fc2.sparse.weight_mask, dense.fc2.weight, 0.0)
+    w = torch.where(sparse.fc2.sparse.parametrizations.weight[0].mask, dense.fc2.weight, 0.0)
     assert torch.allclose(sparse.fc2(x), nn.functional.linear(x, w, dense.fc2.bias), atol=1e-6)
 
 
@@ -106,9 +113,10 @@ def test_patterns_are_respected(family, pattern):
     sparse = transform(_cnn(), family, 0.5, pattern=pattern, input_shape=CNN_SHAPE)
     layers = list(masked_layers(sparse))
     assert layers
-    for name, layer in layers:
-        assert layer.pattern == pattern
-        nms.check_mask(layer.weight_mask, pattern, exact=True)
+    for name, nm, _ in layers:
+        assert str(nm.pattern) == pattern and nm.gradient == "masked" and nm.update == "static"
+        nms.check_mask(nm.mask, pattern, exact=True)
+    assert all(r["status"] == "sparse" for r in nms.nn.summary(sparse).rows)  # summary sees Sparse-IFT masks
 
 
 def test_pattern_needs_compatible_sparsity():
@@ -120,16 +128,17 @@ def test_pattern_needs_compatible_sparsity():
 
 def test_pruned_weights_are_positive_zero_and_masks_in_state_dict():
     sparse = transform(_cnn(), "wide", 0.75, input_shape=CNN_SHAPE, seed=3)
-    for name, layer in masked_layers(sparse):
-        pruned = layer.weight[~layer.weight_mask]
+    for name, nm, dense in masked_layers(sparse):
+        pruned = dense[~nm.mask]
         assert torch.equal(pruned, torch.zeros_like(pruned)) and not torch.signbit(pruned).any()
-        assert f"{name}.weight_mask" in sparse.state_dict()
+        assert f"{name}.parametrizations.weight.0.mask" in sparse.state_dict()
     other = transform(_cnn(), "wide", 0.75, input_shape=CNN_SHAPE, seed=4)
-    assert not torch.equal(other.conv2.weight_mask, sparse.conv2.weight_mask)
+    mask_of = lambda m: m.conv2.parametrizations.weight[0].mask  # noqa: E731
+    assert not torch.equal(mask_of(other), mask_of(sparse))
     other.load_state_dict(sparse.state_dict())
     x = torch.randn(2, 1, 8, 8)
     sparse.eval(), other.eval()
-    assert torch.equal(other.conv2.weight_mask, sparse.conv2.weight_mask) and torch.equal(other(x), sparse(x))
+    assert torch.equal(mask_of(other), mask_of(sparse)) and torch.equal(other(x), sparse(x))
 
 
 def test_deterministic_and_input_untouched():

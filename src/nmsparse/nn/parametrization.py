@@ -202,7 +202,8 @@ class NMMask(nn.Module):
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        # Check before anything is copied, so a refused checkpoint leaves the model as it was.
+        # Check before this mask's tensors are copied: a refused mask is never installed. (Tensors of
+        # layers loaded earlier in the same call may already be in; reload a good checkpoint.)
         code = state_dict.get(prefix + "pattern_code")
         if torch.is_tensor(code) and code.numel() == 3 and not torch.equal(code.cpu().long(), self.pattern_code.cpu()):
             theirs = describe(decode_pattern(code))
