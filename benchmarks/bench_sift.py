@@ -1,5 +1,6 @@
 """Sparse-IFT on scikit-learn digits: dense vs each family at s in {0.5, 0.75, 0.9}, equal FLOPs,
-static random masks vs RigL, mean +- std over seeds.
+static random masks vs RigL, mean +- std over seeds. Every mask is an ``NMMask`` (masked gradients);
+RigL is its ``"rigl"`` update policy (``nmsparse.nn.set_update_``).
 
     python benchmarks/bench_sift.py            # full: 3 seeds, ~5-8 min on 2 cores
     python benchmarks/bench_sift.py --quick    # 2 seeds, s in {0.5, 0.9}, fewer epochs (~1 min)
@@ -25,7 +26,8 @@ from _common import machine, print_table, write_jsonl  # noqa: E402
 
 from nmsparse._progress import Progress  # noqa: E402
 from nmsparse.examples import load_digits_split, small_cnn, steps_per_epoch, train  # noqa: E402
-from nmsparse.sift import FAMILIES, DynamicSparsity, count_flops, masked_layers, transform  # noqa: E402
+from nmsparse.nn import set_update_, sparsified_parameters, track_optimizers  # noqa: E402
+from nmsparse.sift import FAMILIES, count_flops, transform  # noqa: E402
 
 SHAPE = (1, 1, 8, 8)
 
@@ -36,18 +38,15 @@ def run_one(family, s, method, seed, args):
     if family != "dense":
         model = transform(model, family, s, input_shape=SHAPE, seed=seed)
     flops = count_flops(model, SHAPE).total
-    kept = sum(int(l.weight_mask.sum()) for _, l in masked_layers(model))
-    numel = sum(l.weight_mask.numel() for _, l in masked_layers(model))
-    ctl = None
-    if family != "dense":
+    masks = [m.parametrizations[p][0].mask for m, p in sparsified_parameters(model).values()]
+    kept = sum(int(mask.sum()) for mask in masks)
+    numel = sum(mask.numel() for mask in masks)
+    if family != "dense" and method == "rigl":
         total = args.epochs * steps_per_epoch(data)
-        ctl = DynamicSparsity(model, method, total_steps=total, update_every=args.update_every, seed=seed)
+        set_update_(model, "rigl", total_steps=total, update_every=args.update_every, seed=seed)
     start = time.perf_counter()
-    if ctl is None:
+    with track_optimizers(model):
         acc = train(model, data, epochs=args.epochs, seed=seed).accuracy
-    else:
-        with ctl.track_optimizers():
-            acc = train(model, data, epochs=args.epochs, seed=seed, after_step=ctl).accuracy
     return {"family": family, "sparsity": s, "method": method, "seed": seed, "accuracy": acc, "flops": flops,
             "actual_sparsity": 1 - kept / numel if numel else 0.0, "seconds": time.perf_counter() - start}
 

@@ -100,7 +100,8 @@ def sparsify_(
         A weight that already carries an nmsparse mask (from any entry point) gets the new one in
         its place (the dense values are kept); ``replace=False`` raises :class:`MaskError` instead.
     kernels : {"auto", "dense"}
-        ``"auto"``: 2:4(T) ``nn.Linear`` layers with STE/SR-STE gradients use PyTorch's
+        ``"auto"``: 2:4(T) ``nn.Linear`` layers with STE/SR-STE gradients (refresh or static
+        updates, untied weights) use PyTorch's
         semi-structured sparse kernels on CUDA fp16/bf16 at supported shapes; ``"dense"``: always
         the masked dense product.
 
@@ -160,7 +161,8 @@ def sparsify_(
     for cand, mask in zip(chosen, masks):
         replace_existing(model, dense[cand.name])
         attach(model, cand.holders, mask, pattern, method, cand.name, **options)
-        if kernels == "auto" and gradient != "masked" and not cand.tied_names and wants_semi_structured(cand.module, cand.param_name, pattern):
+        if kernels == "auto" and gradient != "masked" and update in ("refresh", "static") and not cand.tied_names \
+                and wants_semi_structured(cand.module, cand.param_name, pattern):
             cand.module.forward = SemiStructuredForward(cand.module, cand.name, pattern)
         state.skipped.pop(cand.name, None)
     for cand in skipped:
@@ -210,11 +212,14 @@ def set_update_(
         module_name = entry.name.rpartition(".")[0]
         if (inc and not matches_any(inc, module_name, entry.name)) or matches_any(exc, module_name, entry.name):
             continue
-        picked.append(entry.mask)
+        picked.append((entry, entry.mask))
     if not picked:
         raise ShapeError(f"{where}: no nmsparse mask on this model matches; attach masks first (sparsify_, "
                          f"sift.transform, attach_mask_) or check include=/exclude=.")
-    for nm in picked:
+    for entry, nm in picked:
+        if update in ("set", "rigl"):  # the sparse-kernel forward bypasses NMMask (no dense-grad capture)
+            for _, module, _ in [(entry.name, entry.module, entry.param_name), *entry.tied]:
+                _entries._drop_semi_structured_forward(module)
         nm.update, nm.update_every, nm.total_steps = update, update_every, total_steps
         nm.drop_fraction, nm.stop_fraction = float(drop_fraction), float(stop_fraction)
         if gradient is not None:
