@@ -146,7 +146,8 @@ def attach_mask_(
     Examples
     --------
     >>> layer = nn.Linear(8, 4)
-    >>> m = attach_mask_(layer, "weight", nmsparse.find_mask(layer.weight, "2:4"), "2:4")
+    >>> from nmsparse import find_mask
+    >>> m = attach_mask_(layer, "weight", find_mask(layer.weight.detach(), "2:4"), "2:4")
     >>> bool((layer.weight != 0).sum() == 16)
     True
     """

@@ -42,7 +42,8 @@ def plain_state_dict(model_or_state_dict: Union[nn.Module, Mapping[str, torch.Te
 
     Examples
     --------
-    >>> model = nmsparse.sparsify_(nn.Sequential(nn.Linear(8, 4)), "2:4")
+    >>> from nmsparse import sparsify_
+    >>> model = sparsify_(nn.Sequential(nn.Linear(8, 4)), "2:4")
     >>> sorted(plain_state_dict(model))
     ['0.bias', '0.weight']
     """
