@@ -188,3 +188,35 @@ def test_attach_mask_validates_replaces_and_takes_any_conv():
     conv1d = nn.Conv1d(8, 4, 3)
     sparsify_(nn.Sequential(conv1d), "2:4T", include="0")  # Conv1d weight (4, 8, 3) -> 4 x 24 matrix
     nms.check_mask(conv1d.parametrizations.weight[0].mask, "2:4")
+
+
+def test_attach_mask_with_a_changing_policy_counts_once_under_any_driver():
+    model = _mlp()
+    mask = nms.find_mask(model[0].weight.detach(), "2:4")
+    nm = attach_mask_(model[0], "weight", mask, "2:4", update="refresh", update_every=2)
+    model(torch.randn(2, 16))
+    assert nm.steps == 1  # the layer's own driver counts its training passes
+    sparsify_(model, "2:4", include="2")  # a driver on the parent takes over every mask below it
+    model(torch.randn(2, 16))
+    assert nm.steps == 2 and nm.refreshes == 1  # counted once, not by both drivers
+
+
+def test_every_mask_change_goes_through_refresh_(monkeypatch):
+    # The seam for distributed / compiled variants: refresh, SET, RigL and update_masks_ all call it.
+    from nmsparse.nn import NMMask
+
+    calls = []
+    original = NMMask.refresh_
+
+    def spy(self, *args, **kwargs):
+        calls.append(self.update)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(NMMask, "refresh_", spy)
+    for update in ("refresh", "set", "rigl"):
+        model = sparsify_(_mlp(), "2:4T", update=update, update_every=1, total_steps=8, exclude="4")
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(3):
+            _step(model, opt, torch.randn(4, 16))
+        update_masks_(model, force=True)
+    assert {"refresh", "set", "rigl"} <= set(calls)

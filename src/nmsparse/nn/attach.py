@@ -176,5 +176,5 @@ def attach_mask_(
                 update_every=update_every, total_steps=total_steps, drop_fraction=drop_fraction,
                 stop_fraction=stop_fraction, srste_decay=srste_decay)
     if update != "static":
-        nm.driver_key = install_driver(owner if owner is module else module).key
+        install_driver(module)  # counts `module`'s training passes (sparsify_/set_update_ on a parent take over)
     return nm

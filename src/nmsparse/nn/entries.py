@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..errors import MaskError
 from .parametrization import NMMask
 
 
@@ -92,7 +93,8 @@ def remove(entry: MaskEntry, *, bake: bool) -> None:
     mask = entry.mask.mask
     for _, module, pname in [(entry.name, entry.module, entry.param_name), *entry.tied]:
         if len(module.parametrizations[pname]) != 1:
-            raise RuntimeError(f"{pname} of {type(module).__name__} carries other parametrizations besides NMMask")
+            raise MaskError(f"{entry.name}: {pname} of {type(module).__name__} carries other parametrizations besides "
+                            f"the nmsparse mask; remove them first (torch.nn.utils.parametrize.remove_parametrizations).")
         parametrize.remove_parametrizations(module, pname, leave_parametrized=False)
         _drop_semi_structured_forward(module)
     if bake:
