@@ -1,8 +1,8 @@
 """The forward pre-hook that counts training passes and runs every mask's update policy.
 
 ``sparsify_``, the Sparse-IFT transforms and ``attach_mask_`` (for a changing mask) install one
-``MaskDriver`` on the module they were given. The driver walks that module's masks at the start of
-every training pass (train mode, gradients enabled; evaluation passes never count) and hands each
+``MaskDriver`` on the module they were given. The driver walks that module's masks (cached until a
+mask is attached or removed anywhere) at the start of every training pass (train mode, gradients enabled; evaluation passes never count) and hands each
 to :func:`nmsparse.nn.policies.on_training_pass`. A mask is counted by exactly one driver (its
 ``driver_key``): installing a driver on a model takes over the masks of drivers further down.
 
@@ -21,6 +21,7 @@ from typing import Iterator, List, Optional
 import torch
 from torch import nn
 
+from . import entries as _entries
 from .entries import mask_entries
 from .policies import on_training_pass
 
@@ -34,6 +35,7 @@ class MaskDriver:
         self.key = next(_KEYS)
         self.generator = torch.Generator().manual_seed(int(seed))
         self._optimizers: List[weakref.ref] = []
+        self._cache = None  # (generation, [MaskEntry]) of the masks this driver counts
 
     def __call__(self, module: nn.Module, args) -> None:
         # Under torch.compile the counting and refreshing run eagerly (dynamo disabled for them): one
@@ -53,9 +55,11 @@ class MaskDriver:
         if not module.training or not torch.is_grad_enabled():
             return
         optimizers = self.optimizers
-        for entry in mask_entries(module):
-            if entry.mask.driver_key == self.key:
-                on_training_pass(entry.mask, entry.dense, self.generator, optimizers)
+        if self._cache is None or self._cache[0] != _entries.GENERATION[0]:
+            mine = [e for e in mask_entries(module) if e.mask.driver_key == self.key]
+            self._cache = (_entries.GENERATION[0], mine)
+        for entry in self._cache[1]:  # the dense tensor is looked up each pass (model.to() may swap it)
+            on_training_pass(entry.mask, entry.dense, self.generator, optimizers)
 
     @property
     def optimizers(self) -> List[torch.optim.Optimizer]:
@@ -73,6 +77,7 @@ class MaskDriver:
         new.key = self.key  # the copy's masks carry the same key
         new.generator = torch.Generator().set_state(self.generator.get_state())
         new._optimizers = []
+        new._cache = None
         memo[id(self)] = new
         return new
 
@@ -91,6 +96,7 @@ def install_driver(module: nn.Module, seed: Optional[int] = None) -> MaskDriver:
         driver.generator.manual_seed(int(seed))
     for entry in mask_entries(module):
         entry.mask.driver_key = driver.key
+    _entries.bump()
     return driver
 
 

@@ -28,6 +28,15 @@ from ..errors import MaskError
 from .parametrization import NMMask
 
 
+# Bumped whenever a mask is registered, removed or changes driver, so drivers can cache their list
+# of masks instead of walking every module on every training pass (thousands of modules in an LLM).
+GENERATION = [0]
+
+
+def bump() -> None:
+    GENERATION[0] += 1
+
+
 @dataclass
 class MaskEntry:
     """One masked weight: where it lives, its ``NMMask``, and the other holders of a tied weight."""
@@ -84,6 +93,7 @@ def register(module: nn.Module, pname: str, mask: NMMask) -> None:
     """``register_parametrization`` plus an independent-deepcopy class."""
     parametrize.register_parametrization(module, pname, mask)
     type(module).__deepcopy__ = _independent_deepcopy
+    bump()
 
 
 @torch.no_grad()
@@ -97,6 +107,7 @@ def remove(entry: MaskEntry, *, bake: bool) -> None:
                             f"the nmsparse mask; remove them first (torch.nn.utils.parametrize.remove_parametrizations).")
         parametrize.remove_parametrizations(module, pname, leave_parametrized=False)
         _drop_semi_structured_forward(module)
+    bump()
     if bake:
         param = entry.module._parameters[entry.param_name]
         param.copy_(torch.where(mask, param, torch.zeros((), dtype=param.dtype, device=param.device)))
