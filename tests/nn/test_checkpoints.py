@@ -121,5 +121,5 @@ def test_load_plain_state_dict_into_a_masked_model():
     assert all(torch.equal(masks[n], m.parametrizations[p][0].mask) for n, (m, p) in sparsified_parameters(keep).items())
     with pytest.raises(RuntimeError, match="Missing key"):
         load_plain_state_dict_(sparsify_(_mlp(), "2:4T", exclude="4"), {"0.weight": pretrained[0].weight})
-    with pytest.raises(nms.MethodError, match="masks must be"):
+    with pytest.raises(nms.ArgumentError, match="masks must be"):
         load_plain_state_dict_(keep, pretrained.state_dict(), masks="magnitude")

@@ -183,7 +183,7 @@ def test_attach_mask_validates_replaces_and_takes_any_conv():
         attach_mask_(conv, "weight", mask, "1:8")
     with pytest.raises(nms.ShapeError, match="bool tensor of the weight's shape"):
         attach_mask_(conv, "weight", mask.float(), "2:4")
-    with pytest.raises(nms.ShapeError, match="has no parameter 'wieght'"):
+    with pytest.raises(nms.ArgumentError, match="has no parameter 'wieght'"):
         attach_mask_(conv, "wieght", mask, "2:4")
     conv1d = nn.Conv1d(8, 4, 3)
     sparsify_(nn.Sequential(conv1d), "2:4T", include="0")  # Conv1d weight (4, 8, 3) -> 4 x 24 matrix

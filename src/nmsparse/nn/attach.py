@@ -12,7 +12,7 @@ from typing import List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from ..errors import MaskError, MethodError, PatternError, ShapeError
+from ..errors import ArgumentError, MaskError, PatternError, ShapeError
 from ..masks import check_mask
 from ..pattern import NMPattern, PatternLike
 from . import entries as _entries
@@ -26,7 +26,7 @@ def parse_pattern(pattern, where: str) -> Pattern:
     """An ``NMPattern``, or a float density in (0, 1] for unstructured masks."""
     if isinstance(pattern, float) and not isinstance(pattern, bool):
         if math.isnan(pattern) or not (0.0 < pattern <= 1.0):
-            raise PatternError(f"{where}: an unstructured density must be in (0, 1], got {pattern}.")
+            raise PatternError(f"{where}: an unstructured density (a float pattern) must be in (0, 1], got {pattern}; pass e.g. 0.5.")
         return pattern
     return NMPattern.parse(pattern)
 
@@ -35,21 +35,23 @@ def check_options(where: str, *, gradient: str, update: str, update_every, total
                   stop_fraction, srste_decay) -> None:
     """Raise a ValueError subclass naming ``where`` for a bad gradient / update option."""
     if gradient not in GRADIENTS:
-        raise MethodError(f"{where}: gradient must be one of {', '.join(GRADIENTS)}, got {gradient!r}.")
+        raise ArgumentError(f"{where}: gradient must be one of {', '.join(GRADIENTS)}, got {gradient!r}; pick one of those.")
     if update not in UPDATES:
-        raise MethodError(f"{where}: update must be one of {', '.join(UPDATES)}, got {update!r}.")
+        raise ArgumentError(f"{where}: update must be one of {', '.join(UPDATES)}, got {update!r}; pick one of those.")
     if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
-        raise ShapeError(f"{where}: update_every must be a positive int (use update='static' to freeze masks), got {update_every!r}.")
+        raise ArgumentError(f"{where}: update_every must be a positive int, got {update_every!r}; pass e.g. 100, or update='static' (static=True) to freeze masks.")
     if update in ("set", "rigl"):
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-            raise ShapeError(f"{where}: update={update!r} anneals its drop fraction over training and needs "
+            raise ArgumentError(f"{where}: update={update!r} anneals its drop fraction over training and needs "
                              f"total_steps, the run's length in optimizer steps (a positive int), got {total_steps!r}.")
-    for arg, value, ok in (("drop_fraction", drop_fraction, lambda v: 0.0 <= v < 1.0),
-                           ("stop_fraction", stop_fraction, lambda v: 0.0 <= v <= 1.0),
-                           ("srste_decay", srste_decay, lambda v: math.isfinite(v) and v >= 0)):
+    for arg, value, rule, ok in (
+        ("drop_fraction", drop_fraction, "a number in [0, 1)", lambda v: 0.0 <= v < 1.0),
+        ("stop_fraction", stop_fraction, "a number in [0, 1]", lambda v: 0.0 <= v <= 1.0),
+        ("srste_decay", srste_decay, "a finite number >= 0", lambda v: math.isfinite(v) and v >= 0),
+    ):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(float(value)):
-            raise ShapeError(f"{where}: {arg} out of range, got {value!r} (drop_fraction in [0, 1), "
-                             f"stop_fraction in [0, 1], srste_decay finite and >= 0).")
+            raise ArgumentError(f"{where}: {arg} must be {rule}, got {value!r}; pass e.g. "
+                                f"{dict(drop_fraction=0.3, stop_fraction=0.75, srste_decay=2e-4)[arg]}.")
 
 
 def resolve_param(module: nn.Module, param_name: str, where: str) -> Tuple[nn.Module, str, torch.Tensor]:
@@ -67,7 +69,7 @@ def resolve_param(module: nn.Module, param_name: str, where: str) -> Tuple[nn.Mo
             dense = owner._parameters.get(pname)
     if dense is None:
         known = [n for n, _ in module.named_parameters()][:8]
-        raise ShapeError(f"{where}: {type(module).__name__} has no parameter {param_name!r}; parameters include: {', '.join(known)}.")
+        raise ArgumentError(f"{where}: {type(module).__name__} has no parameter {param_name!r}; parameters include: {', '.join(known)}.")
     return owner, pname, dense
 
 
@@ -153,9 +155,9 @@ def attach_mask_(
     """
     where = "attach_mask_"
     if not isinstance(module, nn.Module):
-        raise ShapeError(f"{where}: module must be a torch.nn.Module, got {type(module).__name__}.")
+        raise ArgumentError(f"{where}: module must be a torch.nn.Module, got {type(module).__name__}; pass the layer or model.")
     if not isinstance(param_name, str) or not param_name:
-        raise ShapeError(f"{where}: param_name must be a parameter name such as 'weight', got {param_name!r}.")
+        raise ArgumentError(f"{where}: param_name must be a parameter name such as 'weight', got {param_name!r}.")
     p = parse_pattern(pattern, where)
     check_options(where, gradient=gradient, update=update, update_every=update_every, total_steps=total_steps,
                   drop_fraction=drop_fraction, stop_fraction=stop_fraction, srste_decay=srste_decay)

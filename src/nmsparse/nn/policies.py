@@ -38,7 +38,7 @@ from typing import Iterable, Optional, Tuple
 
 import torch
 
-from ..errors import MaskError, ShapeError
+from ..errors import ArgumentError, MaskError, ShapeError
 from ..masks.methods import resolve_method
 from ..pattern import NMPattern, PatternLike
 from .parametrization import NMMask, compute_mask
@@ -71,7 +71,7 @@ def regrow_scores(weight: torch.Tensor, mask: torch.Tensor, n_drop: int, grow_sc
         )
     active = int(mask.sum())
     if not 0 <= int(n_drop) <= active:
-        raise ShapeError(f"drop_and_regrow: n_drop must be in [0, {active}] (the active count), got {n_drop}.")
+        raise ArgumentError(f"drop_and_regrow: n_drop must be in [0, {active}] (the active count), got {n_drop}.")
     w = weight.detach().abs().double()
     order = torch.sort(torch.where(mask, w, torch.full_like(w, float("inf"))).reshape(-1), stable=True).indices
     kept = mask.reshape(-1).clone()

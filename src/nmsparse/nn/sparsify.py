@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Union
 import torch
 from torch import nn
 
-from ..errors import MaskError, MethodError, ShapeError
+from ..errors import ArgumentError, MaskError, ShapeError
 from ..pattern import PatternLike
 from ..selection import compile_patterns, matches_any
 from . import entries as _entries
@@ -126,7 +126,7 @@ def sparsify_(
     """
     where = "sparsify_"
     if not isinstance(model, nn.Module):
-        raise ShapeError(f"{where}: model must be a torch.nn.Module, got {type(model).__name__}.")
+        raise ArgumentError(f"{where}: model must be a torch.nn.Module, got {type(model).__name__}; pass the model itself.")
     pattern = parse_pattern(pattern, where)
     method = resolve_solver(pattern, method, where)
     update = _resolve_update(update, static)
@@ -134,13 +134,13 @@ def sparsify_(
     check_options(where, gradient=gradient, update=update, update_every=update_every, total_steps=total_steps,
                   drop_fraction=drop_fraction, stop_fraction=stop_fraction, srste_decay=srste_decay)
     if kernels not in KERNELS:
-        raise MethodError(f"{where}: kernels must be one of {KERNELS}, got {kernels!r}.")
+        raise ArgumentError(f"{where}: kernels must be one of {KERNELS}, got {kernels!r}; pick one of those.")
 
     candidates = find_candidates(model, include, exclude)
     chosen, skipped = split(candidates, pattern)
     for cand in skipped:
         if cand.explicit and not cand.reason.startswith("excluded"):
-            raise ShapeError(f"{where}: layer {cand.name!r} with shape {cand.shape} cannot take {_describe(pattern)}: {cand.reason}.")
+            raise ShapeError(f"{where}: layer {cand.name!r} with shape {cand.shape} cannot take {_describe(pattern)}: {cand.reason}. Drop it from include=.")
     chosen, tied_skips = _fold_tied(model, chosen, exclude)
     skipped += tied_skips
     if not chosen:
@@ -214,7 +214,7 @@ def set_update_(
             continue
         picked.append((entry, entry.mask))
     if not picked:
-        raise ShapeError(f"{where}: no nmsparse mask on this model matches; attach masks first (sparsify_, "
+        raise ArgumentError(f"{where}: no nmsparse mask on this model matches; attach masks first (sparsify_, "
                          f"sift.transform, attach_mask_) or check include=/exclude=.")
     for entry, nm in picked:
         if update in ("set", "rigl"):  # the sparse-kernel forward bypasses NMMask (no dense-grad capture)
@@ -265,7 +265,7 @@ def sparsified_parameters(model: nn.Module) -> Dict[str, tuple]:
 def _sparse_entries(model: nn.Module, where: str) -> list:
     found = _entries.mask_entries(model) if isinstance(model, nn.Module) else []
     if not found:
-        raise ShapeError(f"{where}: this model has not been sparsified (it carries no nmsparse mask); call "
+        raise ArgumentError(f"{where}: this model has not been sparsified (it carries no nmsparse mask); call "
                          f"nmsparse.sparsify_(model, pattern) first.")
     return found
 
@@ -301,16 +301,16 @@ def _fold_tied(model: nn.Module, chosen: list, exclude: Patterns) -> tuple:
 
 def _resolve_update(update: Optional[str], static: bool) -> str:
     if static and update not in (None, "static"):
-        raise MethodError(f"sparsify_: static=True contradicts update={update!r}; pass one of them.")
+        raise ArgumentError(f"sparsify_: static=True contradicts update={update!r}; pass one of them.")
     return "static" if static else (update or "refresh")
 
 
 def _resolve_gradient(gradient: Optional[str], ste: Optional[str], update: str) -> str:
     if ste is not None:
         if ste not in GRADIENTS:
-            raise MethodError(f"sparsify_: ste must be one of {GRADIENTS} (gradient= is its new name), got {ste!r}.")
+            raise ArgumentError(f"sparsify_: ste must be one of {GRADIENTS} (gradient= is its new name), got {ste!r}; pick one of those.")
         if gradient is not None and gradient != ste:
-            raise MethodError(f"sparsify_: ste={ste!r} and gradient={gradient!r} disagree; ste is the old name of gradient, pass one.")
+            raise ArgumentError(f"sparsify_: ste={ste!r} and gradient={gradient!r} disagree; ste is the old name of gradient, pass one.")
         return ste
     if gradient is not None:
         return gradient

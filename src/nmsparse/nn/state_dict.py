@@ -20,7 +20,7 @@ from typing import Mapping, Union
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, MethodError
+from ..errors import ArgumentError, CheckpointError
 from .entries import mask_entries
 
 _ORIGINAL = ".original"
@@ -87,7 +87,7 @@ def load_plain_state_dict_(model: nn.Module, state_dict: Mapping[str, torch.Tens
         ``"keep"``: keep the current masks.
     """
     if masks not in ("refresh", "keep"):
-        raise MethodError(f"load_plain_state_dict_: masks must be 'refresh' or 'keep', got {masks!r}.")
+        raise ArgumentError(f"load_plain_state_dict_: masks must be 'refresh' or 'keep', got {masks!r}.")
     entries = mask_entries(model)
     rename = {}
     for entry in entries:
