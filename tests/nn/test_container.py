@@ -220,3 +220,12 @@ def test_every_mask_change_goes_through_refresh_(monkeypatch):
             _step(model, opt, torch.randn(4, 16))
         update_masks_(model, force=True)
     assert {"refresh", "set", "rigl"} <= set(calls)
+
+
+def test_attach_mask_on_a_tied_weight_masks_every_holder():
+    model = _Tied()
+    mask = nms.find_mask(model.head.weight.detach(), "2:4")
+    nm = attach_mask_(model, "head.weight", mask, "2:4", name="head.weight")
+    assert model.emb.parametrizations.weight[0] is nm is model.head.parametrizations.weight[0]
+    assert torch.equal(model.emb.weight, model.head.weight) and torch.equal(model.emb.weight != 0, mask)
+    assert [r["status"] for r in summary(model).rows] == ["sparse", "tied: same weight and mask as emb.weight"]
