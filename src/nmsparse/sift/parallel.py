@@ -33,8 +33,8 @@ __all__ = ["SparseParallel", "parallel_branches", "apply_parallel"]
 class SparseParallel(nn.Module):
     """Sum of ``k`` branches applied to the same input: ``y = sum_i branch_i(x)``.
 
-    Each branch is a plain layer carrying an ``NMMask``, or ``nn.Sequential(masked layer, norm)`` when the original
-    layer was followed by a normalisation.
+    Each branch is a plain layer carrying an ``NMMask``, or ``nn.Sequential(that layer, norm)`` when
+    the original layer was followed by a normalisation.
     """
 
     def __init__(self, branches: List[nn.Module]):
@@ -76,7 +76,7 @@ def _next_norm(model: nn.Module, name: str) -> Optional[str]:
     return None
 
 
-def _masked_copy(layer: nn.Module, pattern: Optional[NMPattern], fresh: bool) -> nn.Module:
+def _plain_copy(layer: nn.Module, fresh: bool) -> nn.Module:
     new = copy_layer(layer)
     if fresh:
         new.reset_parameters()
@@ -102,7 +102,7 @@ def apply_parallel(model: nn.Module, name: str, sparsity: float, pattern: Option
     branches = []
     numel = layer.weight.numel()
     for i in range(k):
-        sparse = _masked_copy(layer, pattern, fresh=i > 0)
+        sparse = _plain_copy(layer, fresh=i > 0)
         # Unstructured: branch i keeps floor(numel (i+1)/k) - floor(numel i/k) weights, so the k
         # branches keep exactly numel in total (exactly the dense layer's MACs).
         kept = (numel * (i + 1)) // k - (numel * i) // k
