@@ -1,4 +1,5 @@
-"""DistributedDataParallel: two CPU processes over gloo keep identical masks at every refresh."""
+"""DistributedDataParallel: two CPU processes over gloo keep identical masks at every refresh and
+at every RigL update (whose dense gradients differ per rank until averaged)."""
 
 import os
 import sys
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _worker(rank: int, world: int, init_file: str, out_dir: str, broadcast_buffers: bool) -> None:
+def _worker(rank: int, world: int, init_file: str, out_dir: str, broadcast_buffers: bool, update: str) -> None:
     import nmsparse as nms
     from nmsparse.nn import sparsified_parameters, sparsify_
 
@@ -25,13 +26,13 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str, broadcast_buffe
     try:
         torch.manual_seed(rank)  # different initial weights: DDP broadcasts rank 0's at wrap time
         model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 4))
-        sparsify_(model, "2:4T", method="exact", update_every=2, exclude="4")
+        sparsify_(model, "2:4T", method="exact", update=update, update_every=2, total_steps=12, exclude="4")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch 2.13 renames the flag; both work
             ddp = nn.parallel.DistributedDataParallel(model, broadcast_buffers=broadcast_buffers)
         # DDP syncs parameters but not our masks' first value unless buffers are broadcast: refresh
         # once from the (now identical) dense weights so both ranks start from the same mask.
-        nms.update_masks_(model)
+        nms.update_masks_(model, force=True)
         opt = torch.optim.SGD(ddp.parameters(), lr=0.3)
         g = torch.Generator().manual_seed(100 + rank)  # each rank sees different data
         history = []
@@ -47,13 +48,14 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str, broadcast_buffe
         dist.destroy_process_group()
 
 
-def test_ddp_two_processes_keep_identical_masks(tmp_path):
+@pytest.mark.parametrize("update", ["refresh", "rigl"])
+def test_ddp_two_processes_keep_identical_masks(tmp_path, update):
     # broadcast_buffers=False: DDP does not copy rank 0's mask buffers each step, so identical
     # masks come from the solver's determinism on identical (all-reduced) dense weights alone.
     broadcast_buffers = False
     init_file = str(tmp_path / "init")
     mp.start_processes(
-        _worker, args=(2, init_file, str(tmp_path), broadcast_buffers), nprocs=2, join=True, start_method="spawn"
+        _worker, args=(2, init_file, str(tmp_path), broadcast_buffers, update), nprocs=2, join=True, start_method="spawn"
     )
     h0 = torch.load(tmp_path / "masks0.pt", weights_only=True)
     h1 = torch.load(tmp_path / "masks1.pt", weights_only=True)

@@ -152,7 +152,7 @@ def regrow_(mask: NMMask, dense: torch.Tensor, step: int, generator: torch.Gener
             # E.g. the first pass of a resumed run: the gradient of the last batch was not saved.
             mask.history.append({"step": step, "fraction": fraction, "regrown": 0, "skipped": "no dense gradient"})
             return
-        grow = mask.dense_grad
+        grow = _mean_over_ranks(mask.dense_grad)
     else:
         grow = torch.rand(current.shape, generator=generator, dtype=torch.float64).to(current.device)
     pattern = mask.pattern if isinstance(mask.pattern, NMPattern) else None
@@ -166,6 +166,19 @@ def regrow_(mask: NMMask, dense: torch.Tensor, step: int, generator: torch.Gener
         mask.refresh_(score, step, keep=active, method=method)
         _check_regrow(mask.mask, kept, active, mask.pattern)
     mask.history.append({"step": step, "fraction": fraction, "regrown": int((mask.mask & ~kept).sum())})
+
+
+def _mean_over_ranks(grad: torch.Tensor) -> torch.Tensor:
+    """Under data parallelism (DDP) each rank captured the gradient of its own batch; RigL grows by
+    the gradient of the whole batch, so average it (every rank then computes the same mask, as it
+    does for refresh and SET, whose inputs - weights, seeded generator - are already identical)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        grad /= dist.get_world_size()
+    return grad
 
 
 def on_training_pass(mask: NMMask, dense: torch.Tensor, generator: torch.Generator,
