@@ -196,3 +196,43 @@ def test_flop_ratio_recorded_and_warned_when_a_pattern_breaks_iso_flop():
     ratio = sparse.sift_info["layers"]["conv2"]["flop_ratio"]
     dense_conv2 = count_flops(_cnn(), CNN_SHAPE).layers["conv2"].macs
     assert ratio == pytest.approx(count_flops(sparse, CNN_SHAPE).group("conv2") / dense_conv2) and ratio > 1.02
+
+
+def _conv1d_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv1d(2, 8, 3, padding=1), nn.BatchNorm1d(8), nn.ReLU(), nn.Conv1d(8, 16, 3, padding=1),
+                         nn.BatchNorm1d(16), nn.ReLU(), nn.Conv1d(16, 16, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 6, 4))
+
+
+def _conv3d_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv3d(1, 8, 2), nn.ReLU(), nn.Conv3d(8, 16, 2), nn.ReLU(), nn.Conv3d(16, 8, 1),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8, 3))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("make, shape", [(_conv1d_net, (1, 2, 8)), (_conv3d_net, (1, 1, 4, 4, 4))])
+@pytest.mark.parametrize("pattern", [None, "2:4"])
+def test_conv1d_and_conv3d_layers_transform(family, make, shape, pattern):
+    import warnings
+
+    dense = make()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # small N:M layers may be a few % off iso-FLOP (recorded in sift_info)
+        sparse = transform(dense, family, 0.5, pattern=pattern, input_shape=shape)
+    base, report = count_flops(dense, shape), count_flops(sparse, shape)
+    tol = 1e-3 if family == "wide" else 0.02
+    if pattern is None:
+        if family == "wide":
+            assert report.total == pytest.approx(base.total, rel=tol)
+        else:
+            for name in sparse.sift_info["layers"]:
+                assert report.group(name) == pytest.approx(base.layers[name].macs, rel=tol)
+    layers = list(masked_layers(sparse))
+    assert layers and all(type(nm).__name__ == "NMMask" for _, nm, _ in layers)
+    for _, nm, _ in layers:
+        if pattern:
+            nms.check_mask(nm.mask, pattern)
+    conv_types = {type(m).__bases__[0] if hasattr(m, "parametrizations") else type(m) for m in sparse.modules()}
+    assert (nn.Conv1d if make is _conv1d_net else nn.Conv3d) in conv_types and nn.Conv2d not in conv_types
+    assert sparse(torch.randn(2, *shape[1:])).shape == dense(torch.randn(2, *shape[1:])).shape

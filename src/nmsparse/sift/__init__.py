@@ -1,6 +1,6 @@
 """Sparse Iso-FLOP Transformations (Sparse-IFT) and FLOP counting.
 
-The transforms build plain ``nn.Linear`` / ``nn.Conv2d`` layers and attach nmsparse.nn's one mask
+The transforms build plain ``nn.Linear`` / ``nn.Conv1d/2d/3d`` layers and attach nmsparse.nn's one mask
 container, ``NMMask``, to their weights (random static masks, masked gradients). Dynamic sparse
 training (SET, RigL) is an update policy of that container: ``nmsparse.nn.set_update_``.
 

@@ -18,6 +18,8 @@ from ..pattern import NMPattern
 from ..selection import Patterns, compile_patterns, matches_any
 
 FAMILIES = ("wide", "parallel", "factorized", "doped")
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+WEIGHT_TYPES = (nn.Linear, *CONVS)
 NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm,
               nn.InstanceNorm1d, nn.InstanceNorm2d)
 # Tolerance for "s is n/m-compatible": 1 - s must equal n/m up to float rounding.
@@ -54,23 +56,23 @@ def check_pattern(pattern: object, sparsity: float, where: str = "transform") ->
 
 
 def weight_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
-    """``(name, layer)`` for every ``nn.Linear`` / ``nn.Conv2d`` in ``named_modules`` order."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    """``(name, layer)`` for every ``nn.Linear`` / ``nn.Conv1d/2d/3d`` in ``named_modules`` order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, WEIGHT_TYPES)]
 
 
 def select_layers(model: nn.Module, include: Patterns, exclude: Patterns, where: str = "transform") -> List[str]:
     """Names of the layers to transform.
 
-    Default: every Linear/Conv2d except the first and the last (the input layer and the
+    Default: every Linear/Conv layer except the first and the last (the input layer and the
     classifier stay dense, as in Sparse-IFT). ``include`` / ``exclude`` follow the library's one
     selection rule (:mod:`nmsparse.selection`): a regex or a list of regexes, each matched in full
     against the layer name (``"features.3"``) or its weight's name (``"features.3.weight"``).
     ``include`` replaces the default; ``exclude`` removes layers. An entry that matches no
-    Linear/Conv2d layer is an error (it is almost always a typo).
+    Linear/Conv layer is an error (it is almost always a typo).
     """
     layers = [n for n, _ in weight_layers(model)]
     if not layers:
-        raise ShapeError(f"{where}: the model has no nn.Linear or nn.Conv2d layer to transform.")
+        raise ShapeError(f"{where}: the model has no nn.Linear or nn.Conv1d/2d/3d layer to transform.")
 
     def matches(patterns: Patterns, arg: str) -> set:
         out = set()
@@ -78,7 +80,7 @@ def select_layers(model: nn.Module, include: Patterns, exclude: Patterns, where:
             hit = {n for n in layers if matches_any([regex], n, f"{n}.weight")}
             if not hit:
                 raise ShapeError(
-                    f"{where}: {arg} entry {regex.pattern!r} matches no Linear/Conv2d layer in full; "
+                    f"{where}: {arg} entry {regex.pattern!r} matches no Linear/Conv layer in full; "
                     f"layers are: {', '.join(layers)}."
                 )
             out |= hit
@@ -95,16 +97,16 @@ def select_layers(model: nn.Module, include: Patterns, exclude: Patterns, where:
         )
     for name in selected:
         layer = model.get_submodule(name)
-        if isinstance(layer, nn.Conv2d) and layer.groups != 1:
+        if isinstance(layer, CONVS) and layer.groups != 1:
             raise ShapeError(f"{where}: layer {name!r} is a grouped convolution (groups={layer.groups}); "
                              f"Sparse-IFT here supports groups=1 only. Exclude it with exclude=[{name!r}].")
     return selected
 
 
 def fan(layer: nn.Module) -> Tuple[int, int]:
-    """``(D_in, D_out)``: fan-in (k^2 * C_in for a convolution) and fan-out of a dense layer."""
-    if isinstance(layer, nn.Conv2d):
-        return layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1], layer.out_channels
+    """``(D_in, D_out)``: fan-in (C_in times the kernel volume for a convolution) and fan-out of a dense layer."""
+    if isinstance(layer, CONVS):
+        return layer.in_channels * math.prod(layer.kernel_size), layer.out_channels
     return layer.in_features, layer.out_features
 
 
@@ -172,8 +174,8 @@ def init_sparse_(layer: nn.Module, *, density: float, pattern: Optional[NMPatter
 def copy_layer(layer: nn.Module) -> nn.Module:
     """A new plain layer like ``layer`` (built by its constructor, so it draws the same random
     numbers as a fresh one) holding ``layer``'s weight and bias, on its device and dtype."""
-    if isinstance(layer, nn.Conv2d):
-        new = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+    if isinstance(layer, CONVS):
+        new = conv_class(layer)(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
                         layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode)
     else:
         new = nn.Linear(layer.in_features, layer.out_features, layer.bias is not None)
@@ -183,6 +185,11 @@ def copy_layer(layer: nn.Module) -> nn.Module:
         if layer.bias is not None:
             new.bias.copy_(layer.bias)
     return new
+
+
+def conv_class(layer: nn.Module) -> type:
+    """``nn.Conv1d``, ``nn.Conv2d`` or ``nn.Conv3d``: the plain class new parts of ``layer`` are built from."""
+    return next(c for c in CONVS if isinstance(layer, c))
 
 
 def name_masks(model: nn.Module) -> None:

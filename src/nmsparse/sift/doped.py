@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..pattern import NMPattern
-from ._common import copy_layer, fan, init_sparse_, set_parent
+from ._common import CONVS, conv_class, copy_layer, fan, init_sparse_, set_parent
 
 __all__ = ["SparseDoped", "doped_rank", "apply_doped"]
 
@@ -60,10 +60,11 @@ def apply_doped(model: nn.Module, name: str, sparsity: float, pattern: Optional[
     d_in, d_out = fan(layer)
     r, density = doped_rank(d_in, d_out, sparsity, pattern)
     sparse = copy_layer(layer)
-    if isinstance(layer, nn.Conv2d):
-        u = nn.Conv2d(layer.in_channels, r, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+    if isinstance(layer, CONVS):
+        conv = conv_class(layer)
+        u = conv(layer.in_channels, r, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
                       bias=False, padding_mode=layer.padding_mode) if r else None
-        v = nn.Conv2d(r, layer.out_channels, 1, bias=False) if r else None
+        v = conv(r, layer.out_channels, 1, bias=False) if r else None
     else:
         u = nn.Linear(layer.in_features, r, bias=False) if r else None
         v = nn.Linear(r, layer.out_features, bias=False) if r else None

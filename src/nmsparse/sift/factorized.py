@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..pattern import NMPattern
-from ._common import fan, init_sparse_, kept_for_density, set_parent
+from ._common import CONVS, conv_class, fan, init_sparse_, kept_for_density, set_parent
 
 __all__ = ["SparseFactorized", "factorized_width", "apply_factorized"]
 
@@ -58,10 +58,11 @@ def apply_factorized(model: nn.Module, name: str, sparsity: float, pattern: Opti
     layer = model.get_submodule(name)
     d_in, d_out = fan(layer)
     d, density = factorized_width(d_in, d_out, sparsity, pattern)
-    if isinstance(layer, nn.Conv2d):
-        u = nn.Conv2d(layer.in_channels, d, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+    if isinstance(layer, CONVS):
+        conv = conv_class(layer)
+        u = conv(layer.in_channels, d, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
                       bias=False, padding_mode=layer.padding_mode)
-        v = nn.Conv2d(d, layer.out_channels, 1, bias=layer.bias is not None)
+        v = conv(d, layer.out_channels, 1, bias=layer.bias is not None)
     else:
         u = nn.Linear(layer.in_features, d, bias=False)
         v = nn.Linear(d, layer.out_features, bias=layer.bias is not None)

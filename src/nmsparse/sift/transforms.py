@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import ArgumentError, ShapeError
 from ..nn.entries import nmmask_of
 from ..pattern import PatternLike
-from ._common import check_family, check_pattern, check_sparsity, name_masks, select_layers
+from ._common import WEIGHT_TYPES, check_family, check_pattern, check_sparsity, name_masks, select_layers
 from .doped import apply_doped
 from .factorized import apply_factorized
 from .parallel import apply_parallel
@@ -30,7 +30,7 @@ __all__ = ["transform"]
 def _nonzero_weights(module: nn.Module) -> int:
     total = 0
     for m in module.modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
+        if isinstance(m, WEIGHT_TYPES):
             nm = nmmask_of(m, "weight")
             total += int(nm.mask.sum()) if nm is not None else m.weight.numel()
     return total
@@ -55,7 +55,7 @@ def transform(
     ----------
     model : nn.Module
         The dense model. ``"wide"`` needs an ``nn.Sequential`` chain; the other families replace
-        ``nn.Linear`` / ``nn.Conv2d`` layers wherever they sit.
+        ``nn.Linear`` / ``nn.Conv1d/2d/3d`` layers wherever they sit.
     family : {"wide", "parallel", "factorized", "doped"}
         - wide: widths x sqrt(1/(1-s)), sparse at (about) s, whole-network MACs = dense (+-0.1 %).
         - parallel: round(1/(1-s)) sparse copies of the layer, each with its own norm, summed.
@@ -69,7 +69,7 @@ def transform(
         (0.5 for 2:4 and 4:8T, 0.75 for 1:4).
     include, exclude : str or sequence of str, optional
         Regexes matched in full against layer names (``"conv.*"``, not the glob ``"conv*"``); see
-        :mod:`nmsparse.selection`. Default: every Linear/Conv2d except the first and the last.
+        :mod:`nmsparse.selection`. Default: every Linear/Conv layer except the first and the last.
     input_shape : sequence of int, optional
         Input shape with batch dimension; needed by ``"wide"`` for models with convolutions
         (the whole-network FLOP match depends on spatial sizes).
@@ -80,7 +80,7 @@ def transform(
     Returns
     -------
     nn.Module
-        The transformed copy. Its sparse layers are plain ``nn.Linear`` / ``nn.Conv2d`` carrying a
+        The transformed copy. Its sparse layers are plain ``nn.Linear`` / ``nn.Conv*d`` carrying a
         static random ``NMMask`` (masked gradients; ``<layer>.parametrizations.weight.0.mask``), seen by
         ``nmsparse.nn.summary``, ``squash_``, ``kept_and_density``; make them SET or RigL with
         ``nmsparse.nn.set_update_(model, "rigl", total_steps=..., update_every=...)``. Its

@@ -20,7 +20,7 @@ a grid of factors k, and the width tuple whose network MACs are closest to F_den
 
 Which dimensions widen: every hidden dimension (between two consecutive weight layers of the
 chain) next to at least one transformed layer; norms on a widened dimension widen with it. The
-model must be an ``nn.Sequential`` chain (nested Sequentials allowed) of Linear/Conv2d, norms and
+model must be an ``nn.Sequential`` chain (nested Sequentials allowed) of Linear/Conv1d/2d/3d, norms and
 parameter-free modules (activations, pooling, flatten, dropout). New layers are freshly
 initialised (seeded); sparse ones get the sparsity-aware 1/sqrt(density) scale (Evci et al. 2022).
 """
@@ -36,11 +36,11 @@ from torch import nn
 
 from ..errors import ShapeError
 from ..pattern import NMPattern
-from ._common import init_sparse_, round_width, set_parent
+from ._common import CONVS, WEIGHT_TYPES, conv_class, init_sparse_, round_width, set_parent
 
 __all__ = ["apply_wide"]
 
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 def _leaves(model: nn.Module) -> List[Tuple[str, nn.Module]]:
@@ -66,8 +66,8 @@ def _leaves(model: nn.Module) -> List[Tuple[str, nn.Module]]:
 
 def _layer_cost(layer: nn.Module, c_in: int, c_out: int) -> int:
     """Weights of ``layer`` re-shaped to ``c_in -> c_out`` (features or channels)."""
-    if isinstance(layer, nn.Conv2d):
-        return c_in * c_out * layer.kernel_size[0] * layer.kernel_size[1]
+    if isinstance(layer, CONVS):
+        return c_in * c_out * math.prod(layer.kernel_size)
     return c_in * c_out
 
 
@@ -78,17 +78,17 @@ def apply_wide(model: nn.Module, selected: Sequence[str], sparsity: float, patte
 
     leaves = _leaves(model)
     selected = set(selected)
-    weights = [i for i, (_, m) in enumerate(leaves) if isinstance(m, (nn.Linear, nn.Conv2d))]
+    weights = [i for i, (_, m) in enumerate(leaves) if isinstance(m, WEIGHT_TYPES)]
     for name, m in leaves:
-        if isinstance(m, (nn.Linear, nn.Conv2d, *_NORMS)):
+        if isinstance(m, (*WEIGHT_TYPES, *_NORMS)):
             continue
         if any(True for _ in m.parameters()) or any(True for _ in m.buffers()):
             raise ShapeError(
                 f"transform(family='wide'): layer {name!r} ({type(m).__name__}) has parameters and cannot be "
-                f"widened; supported: Linear, Conv2d, BatchNorm1d/2d and parameter-free modules."
+                f"widened; supported: Linear, Conv1d/2d/3d, BatchNorm1d/2d/3d and parameter-free modules."
             )
     if input_shape is None:
-        if any(isinstance(leaves[i][1], nn.Conv2d) for i in weights):
+        if any(isinstance(leaves[i][1], CONVS) for i in weights):
             raise ShapeError("transform(family='wide'): the model has convolutions, so the whole-network FLOP match "
                              "needs the input shape; pass input_shape=(1, C, H, W).")
         input_shape = (1, leaves[weights[0]][1].in_features)
@@ -100,24 +100,24 @@ def apply_wide(model: nn.Module, selected: Sequence[str], sparsity: float, patte
     for j, i in enumerate(weights):
         name, m = leaves[i]
         positions.append(dense.layers[name].dense_macs // m.weight.numel())
-        width_in = m.in_channels if isinstance(m, nn.Conv2d) else m.in_features
+        width_in = m.in_channels if isinstance(m, CONVS) else m.in_features
         if prev_out is None:
             spread.append(1)
         elif width_in % prev_out:
             raise ShapeError(f"transform(family='wide'): layer {name!r} takes {width_in} inputs, not a multiple of the "
                              f"previous layer's {prev_out} outputs; cannot widen this chain.")
         else:
-            if isinstance(m, nn.Conv2d) and width_in != prev_out:
+            if isinstance(m, CONVS) and width_in != prev_out:
                 raise ShapeError(f"transform(family='wide'): conv layer {name!r} takes {width_in} channels but the "
                                  f"previous layer gives {prev_out}; cannot widen this chain.")
             spread.append(width_in // prev_out)  # a Linear after Flatten sees C x H x W inputs
-        prev_out = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+        prev_out = m.out_channels if isinstance(m, CONVS) else m.out_features
         widths.append(prev_out)
     names = [leaves[i][0] for i in weights]
     is_sparse = [n in selected for n in names]
     widen = [is_sparse[j] or is_sparse[j + 1] for j in range(len(weights) - 1)] + [False]
     first_in = leaves[weights[0]][1]
-    first_in = first_in.in_channels if isinstance(first_in, nn.Conv2d) else first_in.in_features
+    first_in = first_in.in_channels if isinstance(first_in, CONVS) else first_in.in_features
 
     def sizes(k: float) -> List[int]:
         return [round_width(k * w, pattern) if widen[j] else w for j, w in enumerate(widths)]
@@ -172,11 +172,11 @@ def _rebuild(model, leaves, weights, new_widths, spread, first_in, is_sparse, de
     current = first_in
     j = 0
     for name, m in leaves:
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
+        if isinstance(m, WEIGHT_TYPES):
             c_in = first_in if j == 0 else new_widths[j - 1] * spread[j]
             c_out = new_widths[j]
-            if isinstance(m, nn.Conv2d):
-                new = nn.Conv2d(c_in, c_out, m.kernel_size, m.stride, m.padding, m.dilation, 1, m.bias is not None,
+            if isinstance(m, CONVS):
+                new = conv_class(m)(c_in, c_out, m.kernel_size, m.stride, m.padding, m.dilation, 1, m.bias is not None,
                                 m.padding_mode)
             else:
                 new = nn.Linear(c_in, c_out, m.bias is not None)
