@@ -49,10 +49,15 @@ def test_one_key_layout_of_tensors_only():
 def test_checkpoint_for_another_pattern_is_refused_naming_both():
     source = sparsify_(_mlp(), "4:8T", exclude="4")
     target = sparsify_(_mlp(1), "2:4T", exclude="4")
-    before = target[0].parametrizations.weight[0].mask.clone()
+    before = copy.deepcopy(target.state_dict())
     with pytest.raises(CheckpointError, match=r"layer '0.weight'.*made for pattern 4:8T.*this model's mask is 2:4T"):
         target.load_state_dict(source.state_dict())
-    assert torch.equal(target[0].parametrizations.weight[0].mask, before)  # the refused mask was not loaded
+    assert all(torch.equal(v, target.state_dict()[k]) for k, v in before.items())  # nothing loaded
+    # Loading into the layer alone (no model-level check) still refuses before the mask is copied.
+    layer_sd = {k[2:]: v for k, v in source.state_dict().items() if k.startswith("2.")}
+    with pytest.raises(CheckpointError, match="made for pattern 4:8T"):
+        target[2].load_state_dict(layer_sd)
+    assert torch.equal(target[2].parametrizations.weight[0].mask, before["2.parametrizations.weight.0.mask"])
     dense = sparsify_(_mlp(1), 0.5, exclude="4")
     with pytest.raises(CheckpointError, match=r"made for pattern 4:8T.*unstructured 0.5"):
         dense.load_state_dict(source.state_dict())

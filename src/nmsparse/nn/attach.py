@@ -177,6 +177,7 @@ def attach_mask_(
     nm = attach(module, holders, mask.to(dense.device), p, method, label, gradient=gradient, update=update,
                 update_every=update_every, total_steps=total_steps, drop_fraction=drop_fraction,
                 stop_fraction=stop_fraction, srste_decay=srste_decay)
+    _entries.guard_loads(module)
     if update != "static":
         install_driver(module)  # counts `module`'s training passes (sparsify_/set_update_ on a parent take over)
     return nm

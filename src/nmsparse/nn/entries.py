@@ -113,6 +113,27 @@ def remove(entry: MaskEntry, *, bake: bool) -> None:
         param.copy_(torch.where(mask, param, torch.zeros((), dtype=param.dtype, device=param.device)))
 
 
+class _MaskLoadCheck:
+    """Load pre-hook on a masked model: check every mask's incoming tensors before any tensor is
+    copied, so a refused checkpoint (another pattern, a broken mask) leaves the model untouched."""
+
+    def __call__(self, module, state_dict, prefix, *_args) -> None:
+        for mname, sub in module.named_modules():
+            if not parametrize.is_parametrized(sub):
+                continue
+            for pname in list(sub.parametrizations.keys()):
+                nm = nmmask_of(sub, pname)
+                if nm is not None:
+                    nm.check_incoming(state_dict, f"{prefix}{mname + '.' if mname else ''}parametrizations.{pname}.0.")
+
+
+def guard_loads(root: nn.Module) -> None:
+    """Install the mask check on ``root``'s ``load_state_dict`` (once)."""
+    hooks = root._load_state_dict_pre_hooks.values()
+    if not any(isinstance(getattr(h, "hook", h), _MaskLoadCheck) for h in hooks):
+        root.register_load_state_dict_pre_hook(_MaskLoadCheck())
+
+
 def _drop_semi_structured_forward(module: nn.Module) -> None:
     from .sparse_linear import SemiStructuredForward
 

@@ -202,8 +202,16 @@ class NMMask(nn.Module):
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        # Check before this mask's tensors are copied: a refused mask is never installed. (Tensors of
-        # layers loaded earlier in the same call may already be in; reload a good checkpoint.)
+        # Checked before this mask's tensors are copied: a refused mask is never installed. Models
+        # masked by sparsify_ / transform / attach_mask_ also check every mask before anything loads
+        # (a load pre-hook, nn.entries.guard_loads), so a refused checkpoint leaves them untouched.
+        self.check_incoming(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        self.steps = int(self.step_count)
+
+    def check_incoming(self, state_dict, prefix: str) -> None:
+        """Raise :class:`CheckpointError` if ``state_dict``'s entries under ``prefix`` were made for
+        another pattern or hold a mask that breaks this mask's pattern."""
         code = state_dict.get(prefix + "pattern_code")
         if torch.is_tensor(code) and code.numel() == 3 and not torch.equal(code.cpu().long(), self.pattern_code.cpu()):
             theirs = describe(decode_pattern(code))
@@ -221,8 +229,6 @@ class NMMask(nn.Module):
                     f"pattern {self.pattern} (dtype {mask.dtype}); it was made for another pattern or edited. Load it "
                     f"into a model sparsified with the checkpoint's pattern, or load plain weights instead."
                 )
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
-        self.steps = int(self.step_count)
 
     def describe_pattern(self) -> str:
         if isinstance(self.pattern, NMPattern):

@@ -172,6 +172,7 @@ def sparsify_(
         state.note(cand.name)
     setattr(model, _STATE, state)
     install_driver(model, seed)
+    _entries.guard_loads(model)
     if optimizer is not None:
         watch_optimizer_(model, optimizer)
     return model

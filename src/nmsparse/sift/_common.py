@@ -12,7 +12,7 @@ from torch import nn
 from ..errors import MethodError, PatternError, ScoreError, ShapeError
 from ..masks import find_mask
 from ..nn.attach import attach_mask_
-from ..nn.entries import mask_entries
+from ..nn.entries import guard_loads, mask_entries
 from ..nn.ste import masked
 from ..pattern import NMPattern
 from ..selection import Patterns, compile_patterns, matches_any
@@ -196,6 +196,7 @@ def name_masks(model: nn.Module) -> None:
     """Give every mask its qualified parameter name (for messages and ``summary``)."""
     for entry in mask_entries(model):
         entry.mask.layer_name = entry.name
+    guard_loads(model)
 
 
 def round_width(x: float, pattern: Optional[NMPattern]) -> int:
