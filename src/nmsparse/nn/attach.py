@@ -22,11 +22,13 @@ from .parametrization import GRADIENTS, UPDATES, NMMask
 Pattern = Union[NMPattern, float]
 
 
-def parse_pattern(pattern, where: str) -> Pattern:
-    """An ``NMPattern``, or a float density in (0, 1] for unstructured masks."""
+def parse_pattern(pattern, where: str, *, allow_zero: bool = False) -> Pattern:
+    """An ``NMPattern``, or a float density in (0, 1] (``[0, 1]`` with ``allow_zero``) for unstructured masks."""
     if isinstance(pattern, float) and not isinstance(pattern, bool):
-        if math.isnan(pattern) or not (0.0 < pattern <= 1.0):
-            raise PatternError(f"{where}: an unstructured density (a float pattern) must be in (0, 1], got {pattern}; pass e.g. 0.5.")
+        low_ok = pattern >= 0.0 if allow_zero else pattern > 0.0
+        if math.isnan(pattern) or not (low_ok and pattern <= 1.0):
+            interval = "[0, 1]" if allow_zero else "(0, 1]"
+            raise PatternError(f"{where}: an unstructured density (a float pattern) must be in {interval}, got {pattern}; pass e.g. 0.5.")
         return pattern
     return NMPattern.parse(pattern)
 
@@ -128,7 +130,7 @@ def attach_mask_(
     mask : torch.Tensor
         Bool, the weight's shape; checked against ``pattern`` (at most n per group / tile row and column).
     pattern : str, NMPattern or float
-        ``"2:4"``, ``"2:4T"`` (n KEPT per group of m), or an unstructured density in (0, 1].
+        ``"2:4"``, ``"2:4T"`` (n KEPT per group of m), or an unstructured density in [0, 1].
     gradient : {"masked", "ste", "srste"}
         How pruned weights get gradients (see :class:`NMMask`).
     update : {"static", "refresh", "set", "rigl"}
@@ -158,7 +160,7 @@ def attach_mask_(
         raise ArgumentError(f"{where}: module must be a torch.nn.Module, got {type(module).__name__}; pass the layer or model.")
     if not isinstance(param_name, str) or not param_name:
         raise ArgumentError(f"{where}: param_name must be a parameter name such as 'weight', got {param_name!r}.")
-    p = parse_pattern(pattern, where)
+    p = parse_pattern(pattern, where, allow_zero=True)  # a one-shot pruner may keep nothing
     check_options(where, gradient=gradient, update=update, update_every=update_every, total_steps=total_steps,
                   drop_fraction=drop_fraction, stop_fraction=stop_fraction, srste_decay=srste_decay)
     owner, pname, dense = resolve_param(module, param_name, where)
