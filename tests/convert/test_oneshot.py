@@ -99,16 +99,25 @@ def test_wanda_scores_closed_form():
     assert torch.allclose(wanda_scores(w, x.T @ x), expected)
 
 
-@settings(max_examples=12, deadline=None)
-@given(seed=st.integers(0, 10_000), pattern=st.sampled_from(["2:4", "2:4T", "4:8T", "1:4"]))
-def test_sparsegpt_beats_magnitude_on_correlated_data(seed, pattern):
-    x = correlated(256, 16, seed, rank=6)
-    w = torch.randn(16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+@pytest.mark.parametrize("pattern", ["2:4", "2:4T", "4:8T", "1:4"])
+def test_sparsegpt_beats_magnitude_on_correlated_data(pattern):
+    # SparseGPT is a greedy heuristic, so it can lose on a single draw (hypothesis found seed 1 at
+    # 1:4); what must hold is that it wins clearly over a fixed set of draws.
     p = nms.NMPattern.parse(pattern)
-    ours, keep = sparsegpt(w, x.T @ x, p, damp=0.01)
-    nms.check_mask(keep, p, exact=True)
-    mag = torch.where(nms.find_mask(w, p), w, 0.0)
-    assert output_error(x.numpy(), w.numpy(), None, ours.numpy(), None) <= output_error(x.numpy(), w.numpy(), None, mag.numpy(), None)
+    ratios = []
+    for seed in range(16):
+        x = correlated(256, 16, seed, rank=6)
+        w = torch.randn(16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+        ours, keep = sparsegpt(w, x.T @ x, p, damp=0.01)
+        nms.check_mask(keep, p, exact=True)
+        mag = torch.where(nms.find_mask(w, p), w, 0.0)
+        ratios.append(
+            output_error(x.numpy(), w.numpy(), None, ours.numpy(), None)
+            / output_error(x.numpy(), w.numpy(), None, mag.numpy(), None)
+        )
+    wins = sum(r <= 1.0 for r in ratios)
+    assert wins >= 12, f"SparseGPT beat magnitude on {wins}/16 draws: {[round(r, 3) for r in ratios]}"
+    assert float(np.mean(ratios)) < 0.8, ratios
 
 
 def test_inverse_cholesky_errors_name_the_layer():
