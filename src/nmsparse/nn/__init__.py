@@ -4,7 +4,9 @@ update_masks_, squash_, summary; state-dict helpers; sparse linear products (GPU
 a CPU reference)."""
 
 from .attach import attach_mask_
+from .distributed import RefreshPlan
 from .driver import track_optimizers, watch_optimizer_
+from .fsdp import refresh_plan
 from .parametrization import GRADIENTS, UPDATES, NMMask
 from .policies import drop_and_regrow, drop_fraction_schedule
 from .sparse_linear import CompressedWeight, sparse_linear
@@ -30,6 +32,8 @@ __all__ = [
     "drop_and_regrow",
     "drop_fraction_schedule",
     "NMMask",
+    "refresh_plan",
+    "RefreshPlan",
     "GRADIENTS",
     "UPDATES",
     "masked_weight_ste",

@@ -29,11 +29,12 @@ import torch
 from torch import nn
 
 from ..diversity import kept_count
-from ..errors import CheckpointError, NMSparseError
+from ..errors import CheckpointError, NMSparseError, ShapeError
 from ..masks import find_mask, is_valid_mask
 from ..masks._inputs import prepare_scores
 from ..masks.methods import resolve_method
 from ..pattern import NMPattern
+from . import distributed
 from .ste import masked, masked_weight_ste
 
 GRADIENTS = ("ste", "srste", "masked")
@@ -175,7 +176,15 @@ class NMMask(nn.Module):
         """
         if keep is None and not isinstance(self.pattern, NMPattern):
             keep = int(self.mask.sum())
-        return compute_mask(source.detach(), self.pattern, method or self.method, self.layer_name, keep=keep)
+
+        def solve(tensor: torch.Tensor) -> torch.Tensor:
+            return compute_mask(tensor.detach(), self.pattern, method or self.method, self.layer_name, keep=keep)
+
+        # --- FSDP2 seam: a DTensor shard is solved shard-locally or gathered (nn/distributed.py).
+        if distributed.is_dtensor(source):
+            return distributed.sharded_mask(source, self, solve)
+        # --- end FSDP2 seam
+        return solve(source)
 
     @torch.no_grad()
     def refresh_(self, source: torch.Tensor, step: Optional[int] = None, *, keep: Optional[int] = None,
@@ -271,6 +280,11 @@ def compute_mask(
     Unstructured densities keep ``keep`` entries (default ``floor(density·numel + 1/2)``), ties to
     the lower flat index as in :func:`nmsparse.unstructured_mask`. Errors name the layer.
     """
+    if distributed.is_dtensor(weight):  # FSDP2 seam: sparsify_ after fully_shard
+        raise ShapeError(
+            f"layer {name!r}: the weight is a DTensor shard (FSDP2's fully_shard ran first); "
+            "call sparsify_ on the plain model, then fully_shard."
+        )
     try:
         if isinstance(pattern, NMPattern):
             return find_mask(weight, pattern, method=method, pad=True)

@@ -18,6 +18,7 @@ from torch import nn
 from ..errors import ArgumentError, MaskError, ShapeError
 from ..pattern import PatternLike
 from ..selection import compile_patterns, matches_any
+from . import distributed
 from . import entries as _entries
 from .attach import attach, check_options, parse_pattern, replace_existing
 from .driver import install_driver, remove_drivers, watch_optimizer_
@@ -249,7 +250,9 @@ def squash_(model: nn.Module) -> nn.Module:
     Parameter object is kept (an optimizer holding it stays valid). Squashing a ``copy.deepcopy``
     of a model leaves the original untouched, and the reverse.
     """
-    for entry in _sparse_entries(model, "squash_"):
+    found = _sparse_entries(model, "squash_")
+    distributed.refuse_sharded(model, "squash_")  # FSDP2 seam: parametrizations cannot leave a sharded model
+    for entry in found:
         _entries.remove(entry, bake=True)
     remove_drivers(model)
     if hasattr(model, _STATE):

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import ArgumentError
+from .distributed import full_weight
 from .entries import mask_entries
 from .sparsify import _STATE
 
@@ -96,7 +97,7 @@ def kept_and_density(model: nn.Module) -> tuple:
     """
     kept = total = count = size = 0.0
     for entry in mask_entries(model):
-        dense = entry.dense.detach().abs().double()
+        dense = full_weight(entry.dense).detach().abs().double()  # FSDP2: gathers a shard (a collective)
         mask = entry.mask.mask
         kept += float(torch.where(mask, dense, torch.zeros((), dtype=dense.dtype, device=dense.device)).sum())
         total += float(dense.sum())

@@ -3,6 +3,7 @@
 Library code never imports this package. scipy is needed for the LP oracle (dev extra).
 """
 
+from .comm import CollectiveBytes
 from .oracles import (
     brute_force_rowwise,
     brute_force_transposable,
@@ -11,6 +12,7 @@ from .oracles import (
 )
 
 __all__ = [
+    "CollectiveBytes",
     "brute_force_rowwise",
     "brute_force_transposable",
     "lp_transposable_objective",
