@@ -21,7 +21,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import nmsparse as nms
-from nmsparse.errors import ScoreError, ShapeError
+from nmsparse.errors import ArgumentError, ScoreError, ShapeError
 from nmsparse.nn import sparsified_parameters
 
 pytestmark = pytest.mark.skipif(
@@ -170,6 +170,7 @@ def _errors(model, rank):
     for name, call in (
         ("squash", lambda: nms.squash_(model)),
         ("sparsify_after_shard", lambda: nms.sparsify_(shard(make_model(0)), "2:4T")),
+        ("set", lambda: shard(nms.sparsify_(make_model(0), "2:4T", update="set", total_steps=10, update_every=1))(batch(0)[0])),
     ):
         try:
             call()
@@ -331,6 +332,7 @@ def test_errors_are_clear_and_raised_on_every_rank(run):
         assert res["squash"][0] == ShapeError.__name__ and "full_state_dict=True" in res["squash"][1]
         assert res["sparsify_after_shard"][0] == ShapeError.__name__
         assert "call sparsify_ on the plain model, then fully_shard" in res["sparsify_after_shard"][1]
+        assert res["set"][0] == ArgumentError.__name__ and "update='set' is not supported on FSDP2" in res["set"][1]
         assert res["nan"][0] == ScoreError.__name__ and "'3.weight'" in res["nan"][1]
     assert "failed on rank 0" in run["ranks"][1]["errors"]["nan"][1]
     assert "failed on rank" not in run["ranks"][0]["errors"]["nan"][1]

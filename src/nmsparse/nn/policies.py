@@ -41,6 +41,7 @@ import torch
 from ..errors import ArgumentError, MaskError, ShapeError
 from ..masks.methods import resolve_method
 from ..pattern import NMPattern, PatternLike
+from . import distributed
 from .parametrization import NMMask, compute_mask
 
 __all__ = ["drop_fraction_schedule", "drop_and_regrow", "regrow_scores", "mask_optimizer_state_", "is_update_step"]
@@ -191,6 +192,11 @@ def on_training_pass(mask: NMMask, dense: torch.Tensor, generator: torch.Generat
         return
     if mask.update not in ("set", "rigl"):
         return
+    if distributed.is_dtensor(dense):  # FSDP2 seam: SET/RigL rewrite dense weights and optimizer state
+        raise ArgumentError(
+            f"layer {mask.layer_name!r}: update={mask.update!r} is not supported on FSDP2-sharded weights "
+            "(fully_shard); use update='refresh' or 'static' with FSDP2, or train SET/RigL under DDP."
+        )
     done = mask.steps - 1  # optimizer steps completed before this pass
     if is_update_step(mask, done):
         regrow_(mask, dense, done, generator, optimizers)
