@@ -1,4 +1,4 @@
-"""Calibration data for AdaPrune: calling the model on a batch, caching layer inputs/outputs, and
+"""Calibration data for the one-shot pruners: checking batches, calling the model on a batch, and
 re-estimating BatchNorm statistics.
 
 A calibration batch is a tensor (``model(batch)``), a tuple or list (``model(*batch)``) or a dict
@@ -9,14 +9,14 @@ pairs would call ``model(inputs, labels)``: pass ``[x for x, _ in loader]`` inst
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Iterable, List
 
 import torch
 from torch import nn
 
 from ..errors import ConvertError, NMSparseError
 
-__all__ = ["as_batches", "call_model", "capture", "reestimate_batchnorm"]
+__all__ = ["as_batches", "call_model", "run_batch", "reestimate_batchnorm"]
 
 
 def as_batches(calibration: Iterable, where: str = "adaprune") -> List[object]:
@@ -63,57 +63,20 @@ def call_model(model: nn.Module, batch) -> object:
     return model(*batch)
 
 
-class _Stop(Exception):
-    """Raised by a hook to end a forward pass once the wanted layer has run."""
-
-
-@torch.no_grad()
-def capture(
-    model: nn.Module, modules: Dict[str, nn.Module], batches: Sequence, *, inputs: bool, outputs: bool, stop: bool = False
-) -> Tuple[Dict[str, List[torch.Tensor]], Dict[str, List[torch.Tensor]], List[str]]:
-    """Run the model over ``batches`` and record each module's input (first argument) and/or output.
-
-    Returns ``(inputs, outputs, order)``: per module name the list of recorded tensors (copies, so
-    later in-place ops such as ``ReLU(inplace=True)`` cannot change them), and the names in the
-    order the modules first ran. With ``stop=True`` (one module only) the pass ends right after it.
-    """
-    xs: Dict[str, List[torch.Tensor]] = {name: [] for name in modules}
-    ys: Dict[str, List[torch.Tensor]] = {name: [] for name in modules}
-    order: List[str] = []
-
-    def hook_for(name):
-        def hook(module, args, output):
-            if name not in order:
-                order.append(name)
-            if inputs:
-                xs[name].append(args[0].detach().clone())
-            if outputs:
-                ys[name].append(output.detach().clone())
-            if stop:
-                raise _Stop
-
-        return hook
-
-    handles = [m.register_forward_hook(hook_for(name)) for name, m in modules.items()]
+def run_batch(model: nn.Module, batch: object, i: int, where: str, passthrough: tuple = ()) -> None:
+    """Call ``model`` on calibration batch ``i``; a model that rejects it (shape, dtype, arguments)
+    is a :class:`ConvertError` naming the batch. Exceptions in ``passthrough`` (e.g. a hook's
+    early-stop signal) and library errors propagate unchanged."""
     try:
-        for i, batch in enumerate(batches):
-            try:
-                call_model(model, batch)
-            except _Stop:
-                pass
-            except NMSparseError:
-                raise
-            except (RuntimeError, TypeError, ValueError, IndexError, KeyError) as err:
-                # The model rejected the batch (wrong shape, dtype or arguments): name the batch.
-                first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-                raise ConvertError(
-                    f"adaprune: the model failed on calibration batch {i} ({type(err).__name__}: {first}); "
-                    "pass batches the model accepts, as model(x), model(*batch) or model(**batch)."
-                ) from err
-    finally:
-        for h in handles:
-            h.remove()
-    return xs, ys, order
+        call_model(model, batch)
+    except (NMSparseError,) + tuple(passthrough):
+        raise
+    except (RuntimeError, TypeError, ValueError, IndexError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ConvertError(
+            f"{where}: the model failed on calibration batch {i} ({type(err).__name__}: {first[:200]}); "
+            "pass batches the model accepts, as model(x), model(*batch) or model(**batch)."
+        ) from err
 
 
 @torch.no_grad()

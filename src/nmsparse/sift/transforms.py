@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from ..errors import ArgumentError, ShapeError
+from ..errors import ArgumentError
 from ..nn.entries import nmmask_of
 from ..pattern import PatternLike
 from ._common import WEIGHT_TYPES, check_family, check_pattern, check_sparsity, name_masks, select_layers

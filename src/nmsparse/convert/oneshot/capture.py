@@ -20,8 +20,7 @@ from typing import Dict, Iterator, List, Sequence, Tuple
 import torch
 from torch import nn
 
-from ...errors import ConvertError, NMSparseError
-from ..calibration import call_model
+from ..calibration import run_batch
 from .hessian import InputStats, MatrixView, select_tokens, token_mask_of
 
 __all__ = ["iterate_layers", "dense_outputs"]
@@ -53,18 +52,7 @@ def iterate_layers(
 
 
 def _run(model, batch, i: int, where: str) -> None:
-    """Call the model on batch i; a model that rejects it (shape, dtype, arguments) is a
-    ConvertError naming the batch."""
-    try:
-        call_model(model, batch)
-    except (_Stop, NMSparseError):
-        raise
-    except (RuntimeError, TypeError, ValueError, IndexError, KeyError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise ConvertError(
-            f"{where}: the model failed on calibration batch {i} ({type(err).__name__}: {first[:200]}); "
-            "pass batches the model accepts, as model(x), model(*batch) or model(**batch)."
-        ) from err
+    run_batch(model, batch, i, where, passthrough=(_Stop,))
 
 
 @torch.no_grad()

@@ -124,7 +124,7 @@ class MatrixView:
         for i, (k, s, d) in enumerate(zip(c.kernel_size, c.stride, c.dilation)):
             # Windows of the dilated kernel's span along spatial dim i, then every d-th tap.
             x = x.unfold(2 + i, (k - 1) * d + 1, s)[..., ::d]
-        b, cin = x.shape[0], x.shape[1]
+        cin = x.shape[1]
         # (B, C, L1..Ld, k1..kd) -> (B, L1..Ld, k1..kd, C)
         x = x.permute(0, *range(2, 2 + 2 * dims), 1)
         k = 1
