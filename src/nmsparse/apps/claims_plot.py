@@ -1,58 +1,107 @@
-"""The plot of ``nmsparse bench claims``: quality against log10 mask diversity per structure.
+"""The plots of ``nmsparse bench claims``: quality against log10 mask diversity per protocol, and the
+flip rate at every mask refresh of protocol 2.
 
 matplotlib is imported lazily (Agg backend), so the rest of the library never needs it.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import statistics
 from typing import Dict, Sequence
 
-from .claims_common import TASKS, lookup
+from .claims_common import ALGORITHMS, PROTOCOLS, SCHEDULES, TASKS, dense_reference
+
+_COLOURS = {"magnitude": "C0", "wanda": "C1", "sparsegpt": "C2", "fixed": "C3", "growing": "C4"}
+_SHIFT = {"magnitude": -0.18, "wanda": 0.0, "sparsegpt": 0.18, "fixed": -0.1, "growing": 0.1}
 
 
-def plot(rows: Sequence[Dict[str, object]], path: str) -> str:
-    """Save a PNG: per task, quality against log10 mask diversity per 64 weights, one marker per
-    structure family (filled: STE, hollow: SR-STE), dense as a dashed line with its seed band."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.6), squeeze=False)
-    markers = {"unstructured": "s", "row-wise": "o", "transposable exact": "^", "transposable greedy": "v"}
-    colours = {"unstructured": "C3", "row-wise": "C0", "transposable exact": "C2", "transposable greedy": "C1"}
-    for ax, task in zip(axes[0], tasks):
-        value = (lambda r: 100 * r["mean"]) if task == "digits" else (lambda r: r["ppl_mean"])
-        err = (lambda r: 100 * r["std"]) if task == "digits" else (lambda r: r["ppl_std"])
-        dense = lookup(rows, task, "dense", "-")
-        if dense is not None:
-            ax.axhline(value(dense), color="k", ls="--", lw=1, label="dense")
-            ax.axhspan(value(dense) - err(dense), value(dense) + err(dense), color="k", alpha=0.08)
-        seen = set()
-        for r in rows:
-            if r["task"] != task or r["family"] == "dense":
-                continue
-            fam, ste = r["family"], r["ste"]
-            # Exact and greedy share a diversity; spread them (and STE / SR-STE) apart a little.
-            x = r["log10_div64"] + {"transposable exact": -0.16, "transposable greedy": 0.16}.get(fam, 0.0)
-            x += 0.07 if ste == "srste" else -0.07
-            label = f"{fam} ({'SR-STE' if ste == 'srste' else 'STE'})"
-            ax.errorbar(
-                x, value(r), yerr=err(r), fmt=markers[fam], color=colours[fam], capsize=2, ms=6,
-                mfc=colours[fam] if ste == "ste" else "white", label=None if label in seen else label,
-            )
-            seen.add(label)
-            if ste == "ste" and fam != "transposable greedy":
-                ax.annotate(r["structure"].split("@")[0], (x, value(r)), textcoords="offset points", xytext=(-4, 7), fontsize=7)
-        ax.set_xlabel("log10 masks per 64 weights (mask diversity)")
-        ax.set_ylabel("test accuracy (%)" if task == "digits" else "validation perplexity per byte (lower is better)")
-        ax.set_title("small CNN, digits" if task == "digits" else "char-level transformer, stdlib text")
-        ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="best")
+    return plt
+
+
+def _save(fig, plt, path: str) -> str:
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot(rows: Sequence[Dict[str, object]], path: str) -> str:
+    """Save a PNG: one panel per (task, protocol), quality against log10 mask diversity per 64
+    weights; protocol 1 one colour per algorithm (filled: after the fine-tune, hollow: right after
+    pruning), protocol 2 one colour per refresh schedule; error bars are 95 % t-intervals over
+    seeds; dense as a dashed line with its interval."""
+    plt = _pyplot()
+    tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
+    protocols = [p for p in PROTOCOLS if any(r["protocol"] == p and r["family"] != "dense" for r in rows)] or list(PROTOCOLS)
+    fig, axes = plt.subplots(len(tasks), len(protocols), figsize=(6.2 * len(protocols), 4.3 * len(tasks)), squeeze=False)
+    for i, task in enumerate(tasks):
+        scale = 100.0 if task == "digits" else 1.0
+        ci = lambda v: 0.0 if v is None or math.isnan(v) else scale * v
+        for j, protocol in enumerate(protocols):
+            ax = axes[i][j]
+            ref = dense_reference(rows, protocol, task)
+            if ref is not None:
+                ax.axhline(scale * ref["mean"], color="k", ls="--", lw=1, label="dense")
+                ax.axhspan(scale * ref["mean"] - ci(ref["ci"]), scale * ref["mean"] + ci(ref["ci"]), color="k", alpha=0.08)
+            variants = ALGORITHMS if protocol == "oneshot" else SCHEDULES
+            for v in variants:
+                rs = sorted((r for r in rows if (r["task"], r["protocol"], r["variant"]) == (task, protocol, v) and r["family"] != "dense"),
+                            key=lambda r: r["log10_div64"])
+                if not rs:
+                    continue
+                x = [r["log10_div64"] + _SHIFT[v] for r in rs]
+                ax.errorbar(x, [scale * r["mean"] for r in rs], yerr=[ci(r["ci"]) for r in rs], fmt="o", color=_COLOURS[v],
+                            capsize=2, ms=5, label=v + (" (fine-tuned)" if protocol == "oneshot" else " refresh"))
+                if protocol == "oneshot" and task == "digits":  # LM right-after-pruning losses would flatten the axis
+                    ax.errorbar(x, [scale * r["pruned_mean"] for r in rs], yerr=[ci(r["pruned_ci"]) for r in rs], fmt="o",
+                                color=_COLOURS[v], mfc="white", capsize=2, ms=5, alpha=0.6, label=f"{v} (pruned)")
+                if v == variants[0]:
+                    for r, xx in zip(rs, x):
+                        ax.annotate(r["structure"], (xx, scale * r["mean"]), textcoords="offset points", xytext=(-6, 7), fontsize=7)
+            ax.set_xlabel("log10 masks per 64 weights (mask diversity)")
+            ax.set_ylabel("test accuracy (%)" if task == "digits" else "validation loss, nats/byte (lower is better)")
+            title = "protocol 1: prune the trained dense model" if protocol == "oneshot" else "protocol 2: sparse from scratch"
+            ax.set_title(f"{'digits CNN' if task == 'digits' else 'byte-level LM'}, {title}", fontsize=10)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="best")
+    return _save(fig, plt, path)
+
+
+def plot_flips(records: Sequence[Dict[str, object]], path: str) -> str:
+    """Save a PNG: per task, the flip rate (% of mask entries changed) at every refresh of protocol
+    2, mean over seeds, one colour per structure; solid: fixed interval, dashed: growing interval."""
+    plt = _pyplot()
+    recs = [r for r in records if r.get("protocol") == "scratch" and r.get("flips")]
+    tasks = [t for t in TASKS if any(r["task"] == t for r in recs)] or ["lm"]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.5), squeeze=False)
+    structures = list(dict.fromkeys(r["structure"] for r in sorted(recs, key=lambda r: r["log10_div64"])))
+    colour = {s: f"C{k % 10}" for k, s in enumerate(structures)}
+    for ax, task in zip(axes[0], tasks):
+        for s in structures:
+            for v, ls in (("fixed", "-"), ("growing", "--")):
+                runs = [r["flips"] for r in recs if (r["task"], r["structure"], r["variant"]) == (task, s, v)]
+                if not runs:
+                    continue
+                by_step: Dict[int, list] = {}
+                for f in runs:
+                    for step, rate in f:
+                        by_step.setdefault(int(step), []).append(100 * rate)
+                steps = sorted(by_step)
+                ax.plot(steps, [max(statistics.fmean(by_step[k]), 1e-3) for k in steps], ls=ls, marker="." if v == "fixed" else "o",
+                        ms=3, color=colour[s], label=f"{s} ({v})")
+        ax.set_yscale("log")
+        ax.set_xlabel("training step of the refresh")
+        ax.set_ylabel("flip rate: % of mask entries changed")
+        ax.set_title(f"{'digits CNN' if task == 'digits' else 'byte-level LM'}: mask flips per refresh (protocol 2)", fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=6, ncol=2, loc="best")
+    return _save(fig, plt, path)

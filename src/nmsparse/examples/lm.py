@@ -48,6 +48,17 @@ STDLIB_FILES = (
     "csv.py", "dataclasses.py", "difflib.py", "enum.py", "fractions.py", "functools.py", "glob.py",
     "heapq.py", "random.py", "shutil.py", "textwrap.py", "tokenize.py", "weakref.py",
 )
+#: A larger fixed corpus (about 3.2 MB on CPython 3.11) for the claims report's bigger LM:
+#: :data:`STDLIB_FILES` plus 81 more single-file modules, none of them removed by PEP 594 nor turned
+#: into packages up to 3.14 (a missing one raises a clear error naming it).
+STDLIB_FILES_LARGE = tuple(sorted(STDLIB_FILES + tuple(f"{m}.py" for m in (
+    "ast bdb cmd code codecs configparser copyreg dis doctest filecmp fileinput fnmatch ftplib getopt gettext "
+    "gzip hashlib hmac imaplib inspect ipaddress keyword linecache locale mailbox mimetypes netrc ntpath numbers "
+    "opcode operator optparse os pdb pickle pickletools pkgutil platform plistlib poplib posixpath pprint profile "
+    "pstats py_compile pyclbr queue quopri reprlib rlcompleter runpy sched secrets selectors shelve shlex smtplib "
+    "socket socketserver stat statistics struct subprocess symtable tabnanny tarfile tempfile threading timeit "
+    "token trace traceback tracemalloc types typing uuid warnings wave webbrowser zipapp zipimport"
+).split())))
 VOCAB_SIZE = 256  # byte values
 
 
@@ -113,6 +124,24 @@ def load_stdlib_corpus(
         valid_parts.append(data[cut:])
     to_tensor = lambda parts: torch.frombuffer(bytearray(b"\n".join(parts)), dtype=torch.uint8).clone()
     return TextCorpus(to_tensor(train_parts), to_tensor(valid_parts), tuple(files), root, digest.hexdigest())
+
+
+def sample_windows(tokens: torch.Tensor, count: int, length: int, *, seed: int = 0) -> torch.Tensor:
+    """``count`` windows of ``length`` bytes ``(count, length)`` long, at offsets drawn with ``seed``.
+
+    For calibration batches (one-shot pruning) and smoke tests: deterministic, independent of the
+    training batch order (a separate generator).
+    """
+    if count < 1 or length < 1 or len(tokens) < length:
+        raise ShapeError(f"sample_windows: need count >= 1 and 1 <= length <= len(tokens), got count={count}, length={length}, {len(tokens)} tokens; ask for fewer or shorter windows.")
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, len(tokens) - length + 1, (count,), generator=g)
+    return tokens[starts[:, None] + torch.arange(length)].long()
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameter entries (dense count; a mask does not change it)."""
+    return sum(p.numel() for p in model.parameters())
 
 
 class CausalSelfAttention(nn.Module):
