@@ -88,7 +88,7 @@ def rho_table(rows: Sequence[Dict[str, object]]) -> List[Dict[str, object]]:
             per_seed = [spearman(div, [_quality(task, r[seeds_key][k]) for r in sparse]) for k in seeds]
             signs = {math.copysign(1.0, p) for p in per_seed if not math.isnan(p) and p != 0}
             out.append({"task": task, "protocol": protocol, "variant": variant, "stage": stage, "rho": rho,
-                        "per_seed": per_seed, "n": len(sparse), "same_sign": len(signs) == 1 and len(per_seed) > 1})
+                        "per_seed": per_seed, "n": len(sparse), "same_sign": len(signs) == 1 and len(per_seed) > 1 and not any(math.isnan(p) for p in per_seed)})
     return out
 
 
