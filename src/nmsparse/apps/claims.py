@@ -89,7 +89,7 @@ class ClaimsConfig:
     lm_heads: int = 4
     lm_d_ff: int = 384
     lm_context: int = 64
-    lm_eval_windows: int = 512
+    lm_eval_windows: int = 256
 
     @classmethod
     def quick(cls, seeds: int = 2) -> "ClaimsConfig":
