@@ -1,115 +1,101 @@
-"""nmsparse.claims: the claims report (quick smoke run end to end, and its pure helpers)."""
+"""nmsparse.claims: the claims report (a quick smoke run end to end, and its pure helpers)."""
 
 import json
 import math
-import random
-import statistics
 
 import pytest
+import torch
 
 from nmsparse.apps.claims import (
-    STES, STRUCTURES, ClaimsConfig, aggregate, claim_checks, configurations, log10_diversity_per_64,
-    main, results_table, spearman,
+    QUICK_BANNER, ClaimsConfig, aggregate, available_algorithms, claim_checks, configurations, main,
+    records_per_item, report_from_jsonl,
 )
 from nmsparse.errors import NMSparseError
 
 
-def test_quick_report_end_to_end(tmp_path):
-    out = main(quick=True, out=str(tmp_path), verbose=False)
-    cfg = ClaimsConfig.quick()
-    assert len(out["records"]) == len(configurations(cfg)) * cfg.seeds == 28
-    lines = [json.loads(line) for line in (tmp_path / "claims.jsonl").read_text().splitlines()]
-    assert len(lines) == 29 and "summary" in lines[-1] and lines[-1]["env"]["config"]["seeds"] == 2
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("claims")
+    return out, main(quick=True, out=str(out), verbose=False)
+
+
+def test_quick_report_end_to_end(quick):
+    out_dir, out = quick
+    cfg = ClaimsConfig.quick().runnable()
+    work = configurations(cfg)
+    n_sparse = len([s for s in cfg.structures if s != "dense"])
+    # per (task, seed): dense, dense fine-tuned, every sparse structure x algorithm; plus protocol 2.
+    expected = 2 * cfg.seeds * (2 + n_sparse * len(cfg.algorithms)) + 2 * cfg.seeds * n_sparse * 2
+    assert len(out["records"]) == sum(records_per_item(cfg, w) for w in work) == expected
+    lines = [json.loads(line) for line in (out_dir / "claims.jsonl").read_text().splitlines()]
+    assert len(lines) == expected + 1 and "summary" in lines[-1] and lines[-1]["env"]["config"]["seeds"] == 2
     for rec in out["records"]:
-        # Every structure here keeps half the weights of the sparsified layers; dense keeps all.
-        assert rec["density"] == (1.0 if rec["structure"] == "dense" else 0.5) or rec["structure"] == "8:16T@greedy"
-        if rec["structure"] == "8:16T@greedy":  # the 2-approximation may keep fewer than n per row
-            assert 0.4 < rec["density"] <= 0.5
+        assert rec["quick"] is True
+        assert rec["density"] == (1.0 if rec["structure"] == "dense" else 0.5)
         if rec["task"] == "digits":
             assert 0.0 <= rec["value"] <= 1.0
         else:
             assert 0.0 < rec["value"] < math.log(256) + 0.5 and rec["val_ppl"] == pytest.approx(math.exp(rec["value"]))
-    assert (tmp_path / "claims.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # Reproducible: re-running one configuration gives the same numbers.
+            assert rec["tokens_seen"] == rec["steps"] * cfg.lm_batch * cfg.lm_context
+        if rec["protocol"] == "oneshot":
+            assert "value_pruned" in rec
+        if rec["protocol"] == "scratch" and rec["structure"] != "dense" and rec["task"] == "lm":
+            assert [s for s, _ in rec["flips"]] == ([2, 4, 6] if rec["variant"] == "fixed" else [2, 5])
+            assert all(0.0 <= f <= 1.0 for _, f in rec["flips"])
+    for key in ("plot", "flips"):
+        assert open(out["paths"][key], "rb").read()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out_dir / "claims.md").read_text()
+    assert md.startswith("**" + QUICK_BANNER) and "nmsparse bench claims --quick" in md
+    assert "| 4:8T |" in md and "Protocol 1" in md and "Protocol 2" in md
+
+
+def test_quick_says_it_is_a_smoke_run(tmp_path, capsys):
+    cfg_calls = []
+    import nmsparse.apps.claims as claims
+
+    real = claims.run_claims
+    claims.run_claims = lambda cfg, progress=None: cfg_calls.append(cfg) or iter(())  # no training
+    try:
+        try:  # no records: whatever the rendering makes of that, the banner must already be out
+            main(quick=True, out=str(tmp_path))
+        except Exception:
+            pass
+    finally:
+        claims.run_claims = real
+    assert QUICK_BANNER in capsys.readouterr().out and "mean nothing" in QUICK_BANNER
+
+
+def test_runs_are_reproducible(quick):
+    _, out = quick
     from nmsparse.apps.claims import _WORKER, _worker_init, _worker_run
 
-    _worker_init(cfg)  # what a run gets: the config's data and thread count
+    cfg = ClaimsConfig.quick().runnable()
+    _worker_init(cfg)  # what a run gets: the config's data
     try:
-        again_all = {task: _worker_run((task, "2:4", "srste", 1)) for task in ("digits", "lm")}
+        again = _worker_run(("scratch", "lm", "2:4", "growing", 1)) + _worker_run(("group", "digits", 1))
     finally:
         _WORKER.clear()
-    for task, again in again_all.items():
-        first = next(r for r in out["records"] if (r["task"], r["structure"], r["ste"], r["seed"]) == (task, "2:4", "srste", 1))
-        assert again["value"] == first["value"] and again["kept"] == first["kept"]
-    md = (tmp_path / "claims.md").read_text()
-    assert md.startswith("| structure |") and "| 8:16T@greedy |" in md and "nmsparse bench claims --quick" in md
+    for rec in again:
+        key = lambda r: (r["protocol"], r["task"], r["structure"], r["variant"], r["seed"])
+        first = next(r for r in out["records"] if key(r) == key(rec))
+        assert rec["value"] == first["value"] and rec["kept"] == first["kept"] and rec.get("flips") == first.get("flips")
 
 
-def test_configurations_cover_every_structure_with_both_estimators():
+def test_report_rerenders_from_jsonl(quick, tmp_path):
+    out_dir, out = quick
+    again = report_from_jsonl(str(out_dir / "claims.jsonl"), plot_path=str(tmp_path / "p.png"))
+    assert again["markdown"] in out["markdown"] and again["checks"] == out["checks"]
+    assert (tmp_path / "p_flips.png").exists()
+
+
+def test_work_items_cover_both_protocols():
     cfg = ClaimsConfig()
-    confs = configurations(cfg)
-    assert len(confs) == 2 * (1 + 2 * (len(STRUCTURES) - 1))
-    assert ("lm", "dense", "-") in confs and ("digits", "8:16T@greedy", "srste") in confs
-    assert {s for _, s, _ in confs} == set(STRUCTURES)
-
-
-def test_diversity_closed_forms():
-    # log10(#masks on a 16x16 block) / 4, by hand.
-    assert log10_diversity_per_64("dense") == 0.0
-    assert log10_diversity_per_64("1:2") == pytest.approx(32 * math.log10(2))
-    assert log10_diversity_per_64("2:4") == pytest.approx(16 * math.log10(6))
-    assert log10_diversity_per_64("4:8") == pytest.approx(8 * math.log10(70))
-    assert log10_diversity_per_64("50%") == pytest.approx(math.log10(math.comb(64, 32)))  # an 8x8 block, as demo
-    assert log10_diversity_per_64("2:4T@greedy") == pytest.approx(4 * math.log10(90))  # 90 transposable 4x4 tiles
-    assert log10_diversity_per_64("4:8T@exact") == pytest.approx(math.log10(116963796250))
-
-
-def test_spearman_matches_scipy():
-    stats = pytest.importorskip("scipy.stats")
-    rng = random.Random(0)
-    for _ in range(50):
-        n = rng.randint(3, 12)
-        x = [rng.randint(0, 4) for _ in range(n)]  # ties on purpose
-        y = [rng.random() for _ in range(n)]
-        if len(set(x)) < 2:
-            assert math.isnan(spearman(x, y))
-            continue
-        assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
-
-
-def _records():
-    out = []
-    for seed, bump in enumerate((0.0, 0.01, 0.02)):
-        for structure, ste, acc, loss in (
-            ("dense", "-", 0.99, 1.5), ("50%", "ste", 0.98, 1.6), ("2:4", "ste", 0.97, 1.7),
-            ("1:2", "ste", 0.95, 1.9), ("2:4T@exact", "ste", 0.96, 1.8),
-        ):
-            fam = {"dense": "dense", "50%": "unstructured", "2:4T@exact": "transposable exact"}.get(structure, "row-wise")
-            base = {"structure": structure, "ste": ste, "seed": seed, "family": fam, "seconds": 1.0 + seed,
-                    "cpu_seconds": 0.5, "kept": 0.8, "log10_div64": log10_diversity_per_64(structure)}
-            out.append(dict(base, task="digits", metric="accuracy", value=acc - bump))
-            out.append(dict(base, task="lm", metric="val_loss", value=loss + bump))
-    return out
-
-
-def test_aggregate_table_and_checks():
-    rows = aggregate(_records())
-    dense = next(r for r in rows if r["task"] == "digits" and r["structure"] == "dense")
-    assert dense["n"] == 3 and dense["mean"] == pytest.approx(0.98) and dense["std"] == pytest.approx(0.01)
-    lm = next(r for r in rows if r["task"] == "lm" and r["structure"] == "2:4")
-    ppl = [math.exp(v) for v in (1.7, 1.71, 1.72)]
-    assert lm["ppl_mean"] == pytest.approx(statistics.fmean(ppl)) and lm["ppl_std"] == pytest.approx(statistics.stdev(ppl))
-    table = results_table(rows, ("dense", "2:4", "4:8"))
-    assert "| dense | 0.00 | 98.00 ± 1.00 | 98.00 ± 1.00 |" in table
-    assert "| 4:8 | 14.76 | - | - | - | - | - | - |" in table
-    checks = "\n".join(claim_checks(rows))
-    # Diversity ranks 2:4T < 1:2 < 2:4 < 50%, quality ranks 1:2 < 2:4T < 2:4 < 50%:
-    # rank differences (1, 1, 0, 0), rho = 1 - 6 * 2 / (4 * 15) = 0.8 for both tasks.
-    assert "digits ste: (a) Spearman rho(log10 diversity, quality) = +0.80 over 4 structures" in checks
-    assert "lm ste: (a) Spearman rho(log10 diversity, quality) = +0.80" in checks
-    assert "digits ste: (b) 2:4T@exact - dense = -3.000 pts acc" in checks
-    # Same seed, same shift: the paired gap has no spread.
-    assert "lm ste: (c) paired 2:4 - dense = +0.200 ± 0.000 nats/byte over 3 seeds" in checks
+    items = configurations(cfg)
+    assert items[0] == ("group", "lm", 0)  # the longest items first
+    scratch = [i for i in items if i[0] == "scratch"]
+    assert len(scratch) == 2 * 7 * 2 * 3 and ("scratch", "digits", "8:16T", "growing", 2) in scratch
+    assert {i[2] for i in scratch} == set(cfg.structures) - {"dense"}
+    assert cfg.runnable().algorithms == tuple(a for a in cfg.algorithms if a in available_algorithms())
 
 
 def test_bad_config_is_refused():
@@ -121,4 +107,88 @@ def test_bad_config_is_refused():
         ClaimsConfig(structures=("3:2",)).check()
     with pytest.raises(NMSparseError, match="jobs"):
         ClaimsConfig(jobs=0).check()
-    assert STES == ("ste", "srste")
+    with pytest.raises(NMSparseError, match="algorithms"):
+        ClaimsConfig(algorithms=("obs",)).check()
+    with pytest.raises(NMSparseError, match="schedules"):
+        ClaimsConfig(schedules=("cosine",)).check()
+    with pytest.raises(NMSparseError, match="growth must be >= 1, got 0.5"):
+        ClaimsConfig(growth=0.5).check()
+
+
+def _rec(protocol, task, structure, variant, seed, value, pruned=None, flips=()):
+    from nmsparse.apps.claims_common import family, log10_diversity_per_64
+
+    rec = {"protocol": protocol, "task": task, "structure": structure, "variant": variant, "seed": seed,
+           "family": family(structure), "metric": "val_loss", "value": value, "seconds": 1.0, "cpu_seconds": 1.0,
+           "kept": 0.8, "density": 0.5, "log10_div64": log10_diversity_per_64(structure), "flips": [list(f) for f in flips]}
+    if pruned is not None:
+        rec["value_pruned"] = pruned
+    return rec
+
+
+def test_aggregate_checks_and_intervals():
+    stats = pytest.importorskip("scipy.stats")
+    recs = []
+    base = {"dense": 1.50, "1:2": 1.80, "2:4": 1.70, "50%": 1.60, "2:4T": 1.90}  # loss falls as diversity rises
+    for seed, shift in enumerate((0.0, 0.02, 0.07)):
+        for s, v in base.items():
+            variant = "-" if s == "dense" else "fixed"
+            recs.append(_rec("scratch", "lm", s, variant, seed, v + shift, flips=[(20, 0.3), (40, 0.1)]))
+            recs.append(_rec("oneshot", "lm", s, "finetune" if s == "dense" else "magnitude", seed, v + shift,
+                             pruned=v + 2 * shift + 0.1))
+    # Seed 2 of 2:4 under "growing" only: two seeds of growing, paired against fixed.
+    recs += [_rec("scratch", "lm", "2:4", "growing", k, 1.70 + d) for k, d in ((0, -0.05), (1, -0.01))]
+    rows = aggregate(recs)
+    dense = next(r for r in rows if r["protocol"] == "scratch" and r["structure"] == "dense")
+    vals = [1.50, 1.52, 1.57]
+    lo, hi = stats.t.interval(0.95, 2, loc=sum(vals) / 3, scale=stats.sem(vals))
+    assert dense["mean"] == pytest.approx(sum(vals) / 3) and dense["ci"] == pytest.approx((hi - lo) / 2, rel=1e-4)
+    fixed = next(r for r in rows if r["structure"] == "50%" and r["variant"] == "fixed")
+    assert fixed["refreshes"] == 2 and fixed["flip_first"] == pytest.approx(0.3) and fixed["flip_mean"] == pytest.approx(0.2)
+    checks = "\n".join(claim_checks(rows))
+    # Diversity order 2:4T < 1:2 < 2:4 < 50%; quality (minus loss) in the same order: rho = +1, every seed.
+    assert "lm scratch fixed (end of training): (a) Spearman rho(log10 diversity, quality) = +1.00 over 4 structures; per seed +1.00, +1.00, +1.00; same sign in every seed" in checks
+    assert "lm oneshot magnitude (right after pruning): (a) Spearman rho(log10 diversity, quality) = +1.00" in checks
+    # Same seed, same shift: a paired gap with no spread, hence an interval of width 0 that excludes 0.
+    assert "lm scratch fixed: (b) paired 2:4 - dense = +0.200 ± 0.000 nats/byte over 3 seeds (95 % CI above 0)" in checks
+    assert "lm scratch: (r) paired 2:4 growing - fixed = -0.030 ± 0.254 nats/byte over 2 seeds (95 % CI includes 0)" in checks
+    # Protocol 1 compares with the fine-tuned dense model (pruned values differ, fine-tuned ones do not).
+    assert "lm oneshot magnitude: (b) paired 50% - dense = +0.100 ± 0.000 nats/byte" in checks
+
+
+def test_flip_rate_counts_changed_mask_entries():
+    import nmsparse as nms
+    from nmsparse.apps.claims_runs import flip_rate
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.Linear(8, 16))
+    nms.sparsify_(model, "2:4T", static=True)
+    before = [m.parametrizations.weight[0].mask.clone() for m in model]
+    with torch.no_grad():
+        model[0].parametrizations.weight.original.mul_(torch.rand(8, 16) * 4)
+    nms.update_masks_(model, force=True)
+    after = [m.parametrizations.weight[0].mask for m in model]
+    changed = sum(int((a != b).sum()) for a, b in zip(before, after))
+    assert changed > 0 and flip_rate(model) == pytest.approx(changed / (2 * 128))
+
+
+def test_refresh_schedules():
+    from nmsparse.apps.claims_runs import refresh_steps
+
+    assert refresh_steps(100, 20, 0.1, "fixed", 1.5) == [20, 40, 60, 80]
+    assert refresh_steps(1000, 20, 0.1, "growing", 1.5) == [20, 50, 95, 162, 264, 416, 643]
+    assert refresh_steps(1000, 20, 0.1, "growing", 1.0) == refresh_steps(1000, 20, 0.1, "fixed", 1.0)
+    with pytest.raises(NMSparseError, match="schedule"):
+        refresh_steps(100, 20, 0.1, "cosine", 1.5)
+
+
+def test_prune_seam_keeps_the_magnitude_mask():
+    import nmsparse as nms
+    from nmsparse.apps.claims_runs import prune_model
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    w = model[0].weight.detach().clone()
+    prune_model(model, "4:8T", "magnitude", None, exclude=["2"])
+    expect = nms.find_mask(w.abs(), "4:8T", method="exact")
+    assert torch.equal(model[0].weight != 0, expect) and torch.count_nonzero(model[2].weight) == 64

@@ -131,11 +131,14 @@ class ClaimsConfig:
 
 
 def configurations(cfg: ClaimsConfig) -> List[tuple]:
-    """The work items in run order, longest first: ``("group", task, seed)`` (dense training, then
-    protocol 1 for that seed) and ``("scratch", task, structure, schedule, seed)``."""
-    groups = [("group", task, seed) for task in sorted(cfg.tasks, key=lambda t: t != "lm") for seed in range(cfg.seeds)]
-    scratch = [("scratch", task, s, sched, seed) for task in sorted(cfg.tasks, key=lambda t: t != "lm")
-               for s in cfg.structures if s != "dense" for sched in cfg.schedules for seed in range(cfg.seeds)]
+    """The work items in run order: ``("group", task, seed)`` (dense training, then protocol 1 for
+    that seed; the longest items, first) and ``("scratch", task, structure, schedule, seed)``, the
+    cheap digits ones before the LM ones, and seed by seed, so that a report cut short still has
+    every structure and schedule for the seeds it finished."""
+    tasks = sorted(cfg.tasks, key=lambda t: t != "lm")
+    groups = [("group", task, seed) for task in tasks for seed in range(cfg.seeds)]
+    scratch = [("scratch", task, s, sched, seed) for task in reversed(tasks) for seed in range(cfg.seeds)
+               for s in cfg.structures if s != "dense" for sched in cfg.schedules]
     return groups + scratch
 
 
