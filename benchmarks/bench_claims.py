@@ -1,13 +1,19 @@
 """Test the papers' accuracy claims at CPU scale (same as ``nmsparse bench claims``).
 
-Trains, for several seeds, a small CNN on scikit-learn's digits and a byte-level transformer LM
-on the interpreter's standard-library sources: dense, unstructured 50 %, 1:2 / 2:4 / 4:8 row-wise
-and 2:4T / 4:8T / 8:16T transposable (exact and greedy solvers), each with STE and SR-STE.
-Prints a Markdown table (mean ± std over seeds, seconds per run) and the numbers behind the claims,
-appends every run to ``<out>/claims.jsonl`` and saves the plot.
+Two tasks (a small CNN on scikit-learn's digits; a byte-level transformer LM on 101 files of the
+interpreter's standard library), two protocols, three seeds:
 
-    python benchmarks/bench_claims.py                   # the full report (~30 min on 2 cores)
-    python benchmarks/bench_claims.py --quick           # smoke version (seconds)
+* protocol 1: train dense, prune one-shot (magnitude, Wanda, SparseGPT) to unstructured 50 %,
+  1:2 / 2:4 / 4:8 and 2:4T / 4:8T / 8:16T, measure, fine-tune with the masks fixed, measure;
+* protocol 2: sparse from scratch with masks refreshed every 20 steps or on a growing interval,
+  recording the flip rate (share of mask entries changed) at every refresh.
+
+Prints Markdown tables (mean ± 95 % t-interval over seeds, paired gaps to dense, Spearman rho of
+mask diversity with quality, per seed too), appends every run to ``<out>/claims.jsonl`` and
+saves two plots (``claims.png`` and ``claims_flips.png``).
+
+    python benchmarks/bench_claims.py                   # the full report (~35-45 min on 2 loaded cores)
+    python benchmarks/bench_claims.py --quick           # smoke run, about a minute; its numbers mean nothing
     python benchmarks/bench_claims.py --out bench-results --plot docs/claims.png
 """
 

@@ -276,18 +276,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
     claims = bench_sub.add_parser(
         "claims",
-        help="train a digits CNN and a byte-level LM under every structure for several seeds; table + plot",
+        help="test the papers' claims on a digits CNN and a byte-level LM, two protocols, several seeds; tables + plots",
         description=(
-            "Train a small CNN on bundled digits and a small transformer LM on the Python standard library's own "
-            "sources, dense and under unstructured, row-wise and transposable N:M masks (exact and greedy, STE "
-            "and SR-STE), for several seeds. Prints a mean +- std table and the claim checks, writes JSON lines, "
-            "a Markdown table and a PNG plot of accuracy/perplexity against mask diversity."
+            "Train a small CNN on bundled digits and a transformer LM on the Python standard library's own sources. "
+            "Protocol 1: train dense once per seed, prune it one-shot (magnitude, Wanda, SparseGPT) to unstructured, "
+            "row-wise and transposable N:M structures, fine-tune with the masks fixed. Protocol 2: sparse from "
+            "scratch, masks refreshed on a fixed or a growing interval, with the flip rate at every refresh. "
+            "Prints tables with 95% intervals over seeds and Spearman rho of mask diversity with quality; writes "
+            "JSON lines, a Markdown report and two PNG plots."
         ),
     )
-    claims.add_argument("--quick", action="store_true", help="a tiny smoke version (seconds)")
+    claims.add_argument("--quick", action="store_true", help="a smoke run (about a minute) whose numbers mean nothing")
     claims.add_argument("--seeds", type=_positive_int, default=None, help="seeds per configuration (default 3)")
     claims.add_argument("--out", default="bench-results", help="folder for claims.jsonl / claims.md (default bench-results)")
-    claims.add_argument("--plot", default=None, help="PNG path of the plot (default OUT/claims.png)")
+    claims.add_argument("--plot", default=None, help="PNG path of the plot (default OUT/claims.png; the flip-rate plot goes next to it as *_flips.png)")
     claims.add_argument("--threads", type=_positive_int, default=1, help="torch threads per run (default 1)")
     claims.add_argument("--jobs", type=_positive_int, default=None, help="runs in parallel (default 2; 1 with --quick)")
     claims.set_defaults(func=_cmd_bench_claims)

@@ -26,7 +26,8 @@ __all__ = ["aggregate", "claim_checks", "markdown_report", "spearman", "write_js
 
 def aggregate(records: Sequence[Dict[str, object]]) -> List[Dict[str, object]]:
     """Group by (protocol, task, structure, variant): mean, std and 95 % half-width over seeds of the
-    metric (and, for protocol 1, of the value right after pruning); flip-rate summaries (protocol 2)."""
+    metric (and, for protocol 1, of the value right after pruning); flip-rate summaries (protocol 2).
+    Rows come in a fixed order (task, protocol, structure, variant)."""
     groups: Dict[tuple, List[Dict[str, object]]] = {}
     for r in records:
         groups.setdefault((r["protocol"], r["task"], r["structure"], r["variant"]), []).append(r)
@@ -57,7 +58,10 @@ def aggregate(records: Sequence[Dict[str, object]]) -> List[Dict[str, object]]:
                 flip_total=statistics.fmean(sum(x[1] for x in f) for f in flips),
             )
         rows.append(row)
-    return rows
+    # One canonical order, whatever order the runs finished in (so a re-render is identical).
+    rank = lambda r: (r["task"], PROTOCOLS.index(r["protocol"]) if r["protocol"] in PROTOCOLS else 9,
+                      STRUCTURES.index(r["structure"]) if r["structure"] in STRUCTURES else 99, r["structure"], _order(r["variant"]))
+    return sorted(rows, key=rank)
 
 
 def _quality(task: str, value: float) -> float:
