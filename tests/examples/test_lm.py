@@ -9,7 +9,8 @@ import torch
 import nmsparse as nms
 from nmsparse.errors import NMSparseError
 from nmsparse.examples.lm import (
-    STDLIB_FILES, VOCAB_SIZE, CharTransformer, evaluate_lm, load_stdlib_corpus, train_lm,
+    STDLIB_FILES, STDLIB_FILES_LARGE, VOCAB_SIZE, CharTransformer, count_parameters, evaluate_lm, load_stdlib_corpus,
+    sample_windows, train_lm,
 )
 from nmsparse.nn import sparsified_parameters
 
@@ -89,3 +90,30 @@ def test_sparse_training_keeps_8_16T_and_learns(corpus):
     for module, pname in sparsified_parameters(model).values():
         # The greedy 2-approximation may keep fewer than 8 in a row (Hubara et al. 2021, Alg. 2).
         nms.check_mask(module.parametrizations[pname][0].mask, "8:16T")
+
+
+def test_large_corpus_extends_the_small_one():
+    assert list(STDLIB_FILES_LARGE) == sorted(set(STDLIB_FILES_LARGE)) and set(STDLIB_FILES) < set(STDLIB_FILES_LARGE)
+    assert len(STDLIB_FILES_LARGE) == 101
+    big = load_stdlib_corpus(STDLIB_FILES_LARGE)
+    assert len(big.train) > 4 * len(load_stdlib_corpus().train) and big.files == STDLIB_FILES_LARGE
+
+
+def test_sample_windows_are_seeded_slices_of_the_text():
+    tokens = torch.arange(1000)
+    a, b = sample_windows(tokens, 5, 17, seed=3), sample_windows(tokens, 5, 17, seed=3)
+    assert a.shape == (5, 17) and a.dtype == torch.long and torch.equal(a, b)
+    assert not torch.equal(a, sample_windows(tokens, 5, 17, seed=4))
+    for row in a:  # every window is a contiguous run of the text
+        start = int(row[0])
+        assert torch.equal(row, tokens[start : start + 17])
+    with pytest.raises(NMSparseError, match="length"):
+        sample_windows(tokens, 1, 1001)
+
+
+def test_count_parameters_is_the_dense_count():
+    model = CharTransformer(d_model=16, n_layers=1, n_heads=2, d_ff=32, context=8, seed=0)
+    expected = 256 * 16 + 8 * 16 + (2 * 16) * 2 + 4 * (16 * 16 + 16) + (16 * 32 + 32) + (32 * 16 + 16) + 2 * 16 + (16 * 256 + 256)
+    assert count_parameters(model) == expected
+    nms.sparsify_(model, "2:4", exclude="head")
+    assert count_parameters(model) == expected
