@@ -127,7 +127,7 @@ def claim_checks(rows: Sequence[Dict[str, object]]) -> List[str]:
         v = verdict(mean, half)
         out.append(f"{r['task']} {r['protocol']} {r['variant']}: (b) paired {r['structure']} - dense = "
                    f"{fmt_ci(mean, half, scale, digits, True)}{unit} over {n} seeds"
-                   + (f" (95 % CI {v})" if v else " (95 % CI includes 0)"))
+                   + _ci_words(v, half))
         if r["protocol"] == "scratch" and r["variant"] == "growing":
             fixed = lookup(rows, "scratch", r["task"], r["structure"], "fixed")
             if fixed is not None:
@@ -135,8 +135,14 @@ def claim_checks(rows: Sequence[Dict[str, object]]) -> List[str]:
                 v = verdict(mean, half)
                 out.append(f"{r['task']} scratch: (r) paired {r['structure']} growing - fixed = "
                            f"{fmt_ci(mean, half, scale, digits, True)}{unit} over {n} seeds"
-                           + (f" (95 % CI {v})" if v else " (95 % CI includes 0)"))
+                           + _ci_words(v, half))
     return out
+
+
+def _ci_words(v: Optional[str], half: float) -> str:
+    if math.isnan(half):
+        return " (one seed: no interval)"
+    return f" (95 % CI {v})" if v else " (95 % CI includes 0)"
 
 
 def _gap_cell(row, ref, task) -> str:
