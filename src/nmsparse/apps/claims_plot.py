@@ -12,6 +12,7 @@ import statistics
 from typing import Dict, Sequence
 
 from .claims_common import ALGORITHMS, PROTOCOLS, SCHEDULES, TASKS, dense_reference
+from .claims_stats import paired
 
 _COLOURS = {"magnitude": "C0", "wanda": "C1", "sparsegpt": "C2", "fixed": "C3", "growing": "C4"}
 _SHIFT = {"magnitude": -0.18, "wanda": 0.0, "sparsegpt": 0.18, "fixed": -0.1, "growing": 0.1}
@@ -35,40 +36,43 @@ def _save(fig, plt, path: str) -> str:
 
 
 def plot(rows: Sequence[Dict[str, object]], path: str) -> str:
-    """Save a PNG: one panel per (task, protocol), quality against log10 mask diversity per 64
-    weights; protocol 1 one colour per algorithm (filled: after the fine-tune, hollow: right after
-    pruning), protocol 2 one colour per refresh schedule; error bars are 95 % t-intervals over
-    seeds; dense as a dashed line with its interval."""
+    """Save a PNG: one panel per (task, protocol), the paired gap to dense (same seed, mean and 95 %
+    t-interval over seeds) against log10 mask diversity per 64 weights; protocol 1 one colour per
+    algorithm (filled: after the fine-tune, against the fine-tuned dense model; hollow, digits only:
+    right after pruning, against the trained dense model), protocol 2 one colour per refresh
+    schedule. Paired gaps, because the seed-to-seed spread that all structures share would hide
+    differences that hold in every seed."""
     plt = _pyplot()
     tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
     protocols = [p for p in PROTOCOLS if any(r["protocol"] == p and r["family"] != "dense" for r in rows)] or list(PROTOCOLS)
     fig, axes = plt.subplots(len(tasks), len(protocols), figsize=(6.2 * len(protocols), 4.3 * len(tasks)), squeeze=False)
     for i, task in enumerate(tasks):
         scale = 100.0 if task == "digits" else 1.0
-        ci = lambda v: 0.0 if v is None or math.isnan(v) else scale * v
         for j, protocol in enumerate(protocols):
             ax = axes[i][j]
             ref = dense_reference(rows, protocol, task)
-            if ref is not None:
-                ax.axhline(scale * ref["mean"], color="k", ls="--", lw=1, label="dense")
-                ax.axhspan(scale * ref["mean"] - ci(ref["ci"]), scale * ref["mean"] + ci(ref["ci"]), color="k", alpha=0.08)
+            ax.axhline(0.0, color="k", ls="--", lw=1, label="dense (same seed)")
             variants = ALGORITHMS if protocol == "oneshot" else SCHEDULES
             for v in variants:
                 rs = sorted((r for r in rows if (r["task"], r["protocol"], r["variant"]) == (task, protocol, v) and r["family"] != "dense"),
                             key=lambda r: r["log10_div64"])
-                if not rs:
+                if not rs or ref is None:
                     continue
                 x = [r["log10_div64"] + _SHIFT[v] for r in rs]
-                ax.errorbar(x, [scale * r["mean"] for r in rs], yerr=[ci(r["ci"]) for r in rs], fmt="o", color=_COLOURS[v],
-                            capsize=2, ms=5, label=v + (" (fine-tuned)" if protocol == "oneshot" else " refresh"))
-                if protocol == "oneshot" and task == "digits":  # LM right-after-pruning losses would flatten the axis
-                    ax.errorbar(x, [scale * r["pruned_mean"] for r in rs], yerr=[ci(r["pruned_ci"]) for r in rs], fmt="o",
-                                color=_COLOURS[v], mfc="white", capsize=2, ms=5, alpha=0.6, label=f"{v} (pruned)")
+                gaps = [paired(r["by_seed"], ref["by_seed"]) for r in rs]
+                err = [0.0 if math.isnan(g[2]) else scale * g[2] for g in gaps]
+                ax.errorbar(x, [scale * g[0] for g in gaps], yerr=err, fmt="o", color=_COLOURS[v], capsize=2, ms=5,
+                            label=v + (" (fine-tuned)" if protocol == "oneshot" else " refresh"))
+                if protocol == "oneshot" and task == "digits":  # LM right-after-pruning gaps would flatten the axis
+                    pg = [paired(r["pruned_by_seed"], ref["pruned_by_seed"]) for r in rs]
+                    ax.errorbar(x, [scale * g[0] for g in pg], yerr=[0.0 if math.isnan(g[2]) else scale * g[2] for g in pg],
+                                fmt="o", color=_COLOURS[v], mfc="white", capsize=2, ms=5, alpha=0.6, label=f"{v} (pruned)")
                 if v == variants[0]:
-                    for r, xx in zip(rs, x):
-                        ax.annotate(r["structure"], (xx, scale * r["mean"]), textcoords="offset points", xytext=(-6, 7), fontsize=7)
+                    for r, xx, g in zip(rs, x, gaps):
+                        ax.annotate(r["structure"], (xx, scale * g[0]), textcoords="offset points", xytext=(-6, 7), fontsize=7)
             ax.set_xlabel("log10 masks per 64 weights (mask diversity)")
-            ax.set_ylabel("test accuracy (%)" if task == "digits" else "validation loss, nats/byte (lower is better)")
+            ax.set_ylabel("accuracy − dense, points (higher is better)" if task == "digits"
+                          else "val loss − dense, nats/byte (lower is better)")
             title = "protocol 1: prune the trained dense model" if protocol == "oneshot" else "protocol 2: sparse from scratch"
             ax.set_title(f"{'digits CNN' if task == 'digits' else 'byte-level LM'}, {title}", fontsize=10)
             ax.grid(alpha=0.3)
@@ -99,6 +103,9 @@ def plot_flips(records: Sequence[Dict[str, object]], path: str) -> str:
                 ax.plot(steps, [max(statistics.fmean(by_step[k]), 1e-3) for k in steps], ls=ls, marker="." if v == "fixed" else "o",
                         ms=3, color=colour[s], label=f"{s} ({v})")
         ax.set_yscale("log")
+        from matplotlib.ticker import FuncFormatter
+
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set_xlabel("training step of the refresh")
         ax.set_ylabel("flip rate: % of mask entries changed")
         ax.set_title(f"{'digits CNN' if task == 'digits' else 'byte-level LM'}: mask flips per refresh (protocol 2)", fontsize=10)

@@ -185,7 +185,7 @@ def scratch_table(rows: Sequence[Dict[str, object]], task: str, structures: Sequ
     what = "accuracy %" if task == "digits" else "val loss"
     head = (["structure", "log10 masks/64"] + [f"{v}: {what}" for v in scheds] + [f"{v}: Δ vs dense" for v in scheds]
             + (["growing − fixed"] if len(scheds) == 2 else [])
-            + [f"{v}: refreshes, flip rate first / mean / last" for v in scheds] + ["kept Σ|W| (fixed)"])
+            + [f"{v}: refreshes: flip rate first / mean / last, Σ" for v in scheds] + ["kept Σ|W| (fixed)"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     ref = dense_reference(rows, "scratch", task)
     for s in _structures(rows, task, structures):
@@ -198,7 +198,7 @@ def scratch_table(rows: Sequence[Dict[str, object]], task: str, structures: Sequ
         for v in scheds:
             r = rs[v]
             cells.append("-" if r is None or "flip_mean" not in r else
-                         f"{r['refreshes']:.0f}: {100 * r['flip_first']:.2f} / {100 * r['flip_mean']:.2f} / {100 * r['flip_last']:.2f} %")
+                         f"{r['refreshes']:.0f}: {100 * r['flip_first']:.1f} / {100 * r['flip_mean']:.1f} / {100 * r['flip_last']:.1f} %, Σ {100 * r['flip_total']:.0f} %")
         fixed = rs.get("fixed")
         cells.append("-" if fixed is None else f"{fixed['kept']:.3f}")
         lines.append("| " + " | ".join(cells) + " |")
@@ -232,7 +232,7 @@ def markdown_report(rows: Sequence[Dict[str, object]], records: Sequence[Dict[st
         if any(r["task"] == task and r["protocol"] == "oneshot" for r in rows):
             parts.append(f"Protocol 1 (one-shot from the trained dense model; dense row: before → after the same fine-tune):\n\n{oneshot_table(rows, task, structures)}")
         if any(r["task"] == task and r["protocol"] == "scratch" and r["family"] != "dense" for r in rows):
-            parts.append(f"Protocol 2 (sparse from scratch; flip rate = % of mask entries changed at a refresh):\n\n{scratch_table(rows, task, structures)}")
+            parts.append(f"Protocol 2 (sparse from scratch; flip rate = % of mask entries changed at a refresh, Σ = summed over the refreshes):\n\n{scratch_table(rows, task, structures)}")
     parts.append("Spearman ρ(log10 diversity, quality) over the sparse structures (positive: more diverse does better):\n\n" + rho_markdown(rows))
     parts.append("Checks (± = 95 % t-interval half-width over seeds):\n\n" + "\n".join(f"- {c}" for c in claim_checks(rows)))
     return "\n\n".join(parts)
