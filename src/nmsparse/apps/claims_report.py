@@ -115,7 +115,8 @@ def claim_checks(rows: Sequence[Dict[str, object]]) -> List[str]:
         seeds = ", ".join(f"{p:+.2f}" for p in t["per_seed"])
         out.append(f"{t['task']} {t['protocol']} {t['variant']} ({t['stage']}): (a) Spearman rho(log10 diversity, quality) = "
                    f"{t['rho']:+.2f} over {t['n']} structures; per seed {seeds}"
-                   + ("; same sign in every seed" if t["same_sign"] else "; sign differs between seeds"))
+                   + ("; same sign in every seed" if t["same_sign"] else
+                      "; sign differs between seeds" if len(t["per_seed"]) > 1 else "; only one seed has every structure"))
     for r in rows:
         if r["family"] == "dense":
             continue
@@ -209,7 +210,7 @@ def rho_markdown(rows: Sequence[Dict[str, object]]) -> str:
     lines = ["| task | protocol | variant | stage | ρ (seed means) | ρ per seed | same sign every seed |", "|---|---|---|---|---|---|---|"]
     for t in rho_table(rows):
         lines.append(f"| {t['task']} | {t['protocol']} | {t['variant']} | {t['stage']} | {t['rho']:+.2f} | "
-                     + ", ".join(f"{p:+.2f}" for p in t["per_seed"]) + f" | {'yes' if t['same_sign'] else 'no'} |")
+                     + ", ".join(f"{p:+.2f}" for p in t["per_seed"]) + f" | {'yes' if t['same_sign'] else 'no' if len(t['per_seed']) > 1 else 'one seed'} |")
     return "\n".join(lines)
 
 
