@@ -106,6 +106,7 @@ def plot_flips(records: Sequence[Dict[str, object]], path: str) -> str:
         from matplotlib.ticker import FuncFormatter
 
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(v)[0] in "2356" else ""))
         ax.set_xlabel("training step of the refresh")
         ax.set_ylabel("flip rate: % of mask entries changed")
         ax.set_title(f"{'digits CNN' if task == 'digits' else 'byte-level LM'}: mask flips per refresh (protocol 2)", fontsize=10)
