@@ -192,3 +192,23 @@ def test_prune_seam_keeps_the_magnitude_mask():
     prune_model(model, "4:8T", "magnitude", None, exclude=["2"])
     expect = nms.find_mask(w.abs(), "4:8T", method="exact")
     assert torch.equal(model[0].weight != 0, expect) and torch.count_nonzero(model[2].weight) == 64
+
+
+def test_t_quantiles_and_spearman_match_scipy():
+    import random
+
+    stats = pytest.importorskip("scipy.stats")
+    from nmsparse.apps.claims_stats import mean_ci, spearman, t975
+
+    for df in range(1, 31):
+        assert t975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=1e-4)
+    assert t975(100) == 1.96 and math.isnan(t975(0)) and math.isnan(mean_ci([1.0])[2])
+    rng = random.Random(0)
+    for _ in range(50):
+        n = rng.randint(3, 12)
+        x = [rng.randint(0, 4) for _ in range(n)]  # ties on purpose
+        y = [rng.random() for _ in range(n)]
+        if len(set(x)) < 2:
+            assert math.isnan(spearman(x, y))
+            continue
+        assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
