@@ -255,13 +255,15 @@ def report_from_jsonl(path: str, run_id: Optional[str] = None, plot_path: Option
     """
     with open(path, encoding="utf-8") as fh:
         lines = [json.loads(line) for line in fh if line.strip()]
-    runs = [r for r in lines if "summary" not in r and "task" in r and "protocol" in r]
+    runs = [r for r in lines if "summary" not in r and "task" in r]
     if not runs:
         raise ArgumentError(f"report_from_jsonl: the file must hold per-run result lines, but {path!r} has none; run `nmsparse bench claims` first.")
     run_id = run_id or runs[-1]["run_id"]
     records = [r for r in runs if r["run_id"] == run_id]
     if not records:
         raise ArgumentError(f"report_from_jsonl: run_id must name a run in the file, got {run_id!r}, not in {path!r}; pass run_id=None for the last run.")
+    if any("protocol" not in r for r in records):
+        raise ArgumentError(f"report_from_jsonl: run {run_id!r} in {path!r} was written by the first edition of the report (no protocol field); re-run `nmsparse bench claims`.")
     rows = aggregate(records)
     structures = [s for s in STRUCTURES if any(r["structure"] == s for r in rows)]
     structures += sorted({r["structure"] for r in rows} - set(structures))
