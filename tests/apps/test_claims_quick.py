@@ -212,3 +212,10 @@ def test_t_quantiles_and_spearman_match_scipy():
             assert math.isnan(spearman(x, y))
             continue
         assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+
+
+def test_first_edition_lines_are_refused(tmp_path):
+    path = tmp_path / "claims.jsonl"
+    path.write_text(json.dumps({"task": "lm", "structure": "2:4", "ste": "ste", "seed": 0, "value": 1.0, "run_id": "x"}) + "\n")
+    with pytest.raises(NMSparseError, match="first edition"):
+        report_from_jsonl(str(path))
