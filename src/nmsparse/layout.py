@@ -7,6 +7,8 @@ Conventions (DESIGN.md, "Where groups run"):
 * A conv weight ``(out, in, k1, ..., kd)`` is viewed as its implicit-GEMM matrix
   ``(out, k1*...*kd*in)`` with the input channel innermost, so groups run along input channels at
   each kernel position (they never straddle two kernel positions).
+* Hugging Face's ``Conv1D`` (GPT-2 family) stores its weight ``(in, out)`` (``y = x W + b``), so
+  its groups run along ``in`` = dim 0 (:func:`group_dim_of`).
 * Any other tensor is grouped along an explicit ``dim``; every other axis becomes a matrix row.
   A 1-D tensor is one row.
 * Transposable tiles are true m x m sub-blocks of that matrix: rows ``[r, r+m)`` x columns
@@ -31,10 +33,25 @@ import torch.nn.functional as F
 
 from .errors import ShapeError
 
-__all__ = ["MatrixLayout", "matrix_layout", "to_groups", "to_tiles", "from_tiles", "MAX_PAD_FACTOR", "PAD_BUDGET"]
+__all__ = ["MatrixLayout", "matrix_layout", "to_groups", "to_tiles", "from_tiles", "MAX_PAD_FACTOR", "PAD_BUDGET",
+           "is_hf_conv1d", "group_dim_of"]
 
 MAX_PAD_FACTOR = 8
 PAD_BUDGET = 1 << 24  # entries; 128 MiB as float64 scores
+
+
+def is_hf_conv1d(module) -> bool:
+    """Hugging Face's ``Conv1D`` (GPT-2 family): a linear layer whose weight is stored ``(in, out)``.
+
+    Duck-typed (class name, ``nf`` and a weight) so the library never imports transformers.
+    """
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None
+
+
+def group_dim_of(module, param_name: str = "weight") -> Optional[int]:
+    """The axis a module's parameter is grouped along: ``0`` for an HF ``Conv1D`` weight (its
+    input axis), ``None`` (the default layout above) for everything else."""
+    return 0 if param_name == "weight" and is_hf_conv1d(module) else None
 
 
 @dataclass(frozen=True)

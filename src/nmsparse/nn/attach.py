@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import ArgumentError, MaskError, PatternError, ShapeError
+from ..layout import group_dim_of
 from ..masks import check_mask
 from ..pattern import NMPattern, PatternLike
 from . import entries as _entries
@@ -96,7 +97,8 @@ def replace_existing(root: nn.Module, dense: torch.Tensor) -> None:
 def attach(root: nn.Module, holders: List[Tuple[str, nn.Module, str]], mask: torch.Tensor, pattern: Pattern,
            method: Optional[str], name: str, **options) -> NMMask:
     """Build one NMMask and register it on every holder of the weight (the first is the primary)."""
-    nm = NMMask(pattern, method, mask, name=name, **options)
+    _, primary, pname = holders[0]
+    nm = NMMask(pattern, method, mask, name=name, group_dim=group_dim_of(primary, pname), **options)
     for _, owner, pname in holders:
         _entries.register(owner, pname, nm)
     return nm
@@ -128,7 +130,9 @@ def attach_mask_(
     param_name : str
         The parameter's name relative to ``module``.
     mask : torch.Tensor
-        Bool, the weight's shape; checked against ``pattern`` (at most n per group / tile row and column).
+        Bool, the weight's shape; checked against ``pattern`` (at most n per group / tile row and
+        column) along the module's grouped axis: dim 0 for a Hugging Face ``Conv1D`` (stored
+        ``(in, out)``), the last axis (input features / channels) otherwise.
     pattern : str, NMPattern or float
         ``"2:4"``, ``"2:4T"`` (n KEPT per group of m), or an unstructured density in [0, 1].
     gradient : {"masked", "ste", "srste"}
@@ -170,7 +174,7 @@ def attach_mask_(
         raise ShapeError(f"{where}: {label!r}: mask must be a bool tensor of the weight's shape {tuple(dense.shape)}, got {got}.")
     if isinstance(p, NMPattern):
         try:
-            check_mask(mask, p)
+            check_mask(mask, p, dim=group_dim_of(owner, pname))
         except MaskError as err:
             raise MaskError(f"{where}: {label!r}: {err}") from None
     if existing_mask(owner, pname, where, repr(label)) is not None:

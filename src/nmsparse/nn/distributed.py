@@ -35,7 +35,7 @@ import sys
 import warnings
 import weakref
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -74,9 +74,13 @@ def is_dtensor(tensor) -> bool:
     return module is not None and isinstance(tensor, module.DTensor)
 
 
-def plan_for(weight: torch.Tensor, pattern) -> RefreshPlan:
+def plan_for(weight: torch.Tensor, pattern, group_dim: Optional[int] = None) -> RefreshPlan:
     """The refresh plan of one weight; depends only on global facts (shape, placements, mesh
-    sizes), so every rank reaches the same plan and joins the same collectives."""
+    sizes), so every rank reaches the same plan and joins the same collectives.
+
+    ``group_dim=0`` (HF ``Conv1D``, stored ``(in, out)``): row-wise groups run along the sharded
+    axis itself, so a shard boundary may cut a group; such weights are gathered. Transposable
+    tiles are m x m either way, so the tile rule below still holds for them."""
     if not is_dtensor(weight):
         return RefreshPlan(UNSHARDED, "plain tensor (not sharded, or unsharded by FSDP right now)")
     if not isinstance(pattern, NMPattern):
@@ -85,6 +89,8 @@ def plan_for(weight: torch.Tensor, pattern) -> RefreshPlan:
     if isinstance(shard, str):
         return RefreshPlan(GATHERED, shard)
     _, parts = shard
+    if group_dim == 0 and not pattern.transposable:
+        return RefreshPlan(GATHERED, "its groups run along dim 0 (HF Conv1D, stored (in, out)), the axis FSDP2 shards")
     rows = weight.shape[0]
     chunk = -(-rows // parts)
     if pattern.transposable and not shards_hold_whole_tiles(rows, parts, pattern.m):
@@ -113,7 +119,7 @@ def sharded_mask(weight: torch.Tensor, owner: nn.Module, solve: Callable) -> tor
     needs nothing above it). See the module docstring for the two paths.
     """
     weight = weight.detach()
-    plan = plan_for(weight, owner.pattern)
+    plan = plan_for(weight, owner.pattern, getattr(owner, "group_dim", None))
     if plan.mode == SHARD_LOCAL:
         return _shard_local_mask(weight, owner, solve)
     if owner not in _warned:

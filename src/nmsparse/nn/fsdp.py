@@ -29,4 +29,4 @@ def refresh_plan(model: nn.Module) -> Dict[str, RefreshPlan]:
     plans ``shard-local`` (16 rows per rank hold whole 4x4 tiles) and a ``Linear(32, 12)``
     ``gathered`` (shards of 6 rows cut its tiles).
     """
-    return {entry.name: plan_for(entry.dense, entry.mask.pattern) for entry in mask_entries(model)}
+    return {entry.name: plan_for(entry.dense, entry.mask.pattern, entry.mask.group_dim) for entry in mask_entries(model)}

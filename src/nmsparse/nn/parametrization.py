@@ -82,6 +82,10 @@ class NMMask(nn.Module):
     total_steps, drop_fraction, stop_fraction : SET/RigL schedule (cosine-annealed drop fraction).
     name : str
         The parameter's name in the model (error messages, ``summary``).
+    group_dim : int or None
+        The axis groups run along: None = the default layout (:mod:`nmsparse.layout`), ``0`` for a
+        Hugging Face ``Conv1D`` weight stored ``(in, out)`` (:func:`nmsparse.layout.group_dim_of`).
+        Every solve, check and refresh of this mask uses it.
 
     Attributes
     ----------
@@ -107,10 +111,12 @@ class NMMask(nn.Module):
         drop_fraction: float = 0.3,
         stop_fraction: float = 0.75,
         name: str = "",
+        group_dim: Optional[int] = None,
     ):
         super().__init__()
         self.pattern = pattern
         self.layer_name = name
+        self.group_dim = group_dim
         self.method = resolve_solver(pattern, method, f"layer {name!r}")
         self.gradient = gradient
         self.srste_decay = float(srste_decay)
@@ -178,7 +184,8 @@ class NMMask(nn.Module):
             keep = int(self.mask.sum())
 
         def solve(tensor: torch.Tensor) -> torch.Tensor:
-            return compute_mask(tensor.detach(), self.pattern, method or self.method, self.layer_name, keep=keep)
+            return compute_mask(tensor.detach(), self.pattern, method or self.method, self.layer_name, keep=keep,
+                                dim=self.group_dim)
 
         # --- FSDP2 seam: a DTensor shard is solved shard-locally or gathered (nn/distributed.py).
         if distributed.is_dtensor(source):
@@ -232,7 +239,7 @@ class NMMask(nn.Module):
             )
         mask = state_dict.get(prefix + "mask")
         if torch.is_tensor(mask) and isinstance(self.pattern, NMPattern) and mask.shape == self.mask.shape:
-            if mask.dtype != torch.bool or not is_valid_mask(mask, self.pattern):
+            if mask.dtype != torch.bool or not is_valid_mask(mask, self.pattern, dim=self.group_dim):
                 raise CheckpointError(
                     f"load_state_dict: layer {self.layer_name!r}: the checkpoint's mask does not obey this model's "
                     f"pattern {self.pattern} (dtype {mask.dtype}); it was made for another pattern or edited. Load it "
@@ -246,7 +253,7 @@ class NMMask(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"pattern={self.describe_pattern()}, method={self.method}, gradient={self.gradient}, "
-                f"update={self.update}")
+                f"update={self.update}" + ("" if self.group_dim is None else f", group_dim={self.group_dim}"))
 
 
 def encode_pattern(pattern: Union[NMPattern, float]) -> torch.Tensor:
@@ -272,11 +279,12 @@ def decode_pattern(code: torch.Tensor) -> Union[NMPattern, float]:
 
 def compute_mask(
     weight: torch.Tensor, pattern: Union[NMPattern, float], method: Optional[str], name: str, *,
-    keep: Optional[int] = None,
+    keep: Optional[int] = None, dim: Optional[int] = None,
 ) -> torch.Tensor:
     """The one mask solver call of ``nn``: keep the largest ``|weight|`` under ``pattern``.
 
     N:M patterns run ``find_mask`` (ragged edges padded: a partial group keeps at most n).
+    ``dim`` is the grouped axis (None: the default layout; 0 for HF ``Conv1D``).
     Unstructured densities keep ``keep`` entries (default ``floor(density·numel + 1/2)``), ties to
     the lower flat index as in :func:`nmsparse.unstructured_mask`. Errors name the layer.
     """
@@ -287,7 +295,7 @@ def compute_mask(
         )
     try:
         if isinstance(pattern, NMPattern):
-            return find_mask(weight, pattern, method=method, pad=True)
+            return find_mask(weight, pattern, method=method, dim=dim, pad=True)
         k = kept_count(weight.numel(), float(pattern)) if keep is None else int(keep)
         flat = prepare_scores(weight.detach(), None, "unstructured mask").reshape(-1)
         new = torch.zeros(flat.shape, dtype=torch.bool, device=weight.device)

@@ -1,6 +1,7 @@
 """Which parameters of a model ``sparsify_`` touches, and why it skips the others.
 
-Default candidates are the ``weight`` of every ``nn.Linear`` and ``nn.Conv1d/2d/3d``. ``include``
+Default candidates are the ``weight`` of every ``nn.Linear``, ``nn.Conv1d/2d/3d`` and Hugging Face
+``Conv1D`` (GPT-2 family, duck-typed by :func:`nmsparse.layout.is_hf_conv1d`; grouped along dim 0). ``include``
 and ``exclude`` are regular expressions (a string or a sequence of them) matched in full
 (``re.fullmatch``) against a module's name (``"features.3"``) or a parameter's full name
 (``"features.3.weight"``). Naming a parameter of any other module in ``include`` sparsifies it too.
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..layout import matrix_layout
+from ..layout import group_dim_of, is_hf_conv1d, matrix_layout
 from ..pattern import NMPattern
 from ..selection import compile_patterns as _compile
 
@@ -59,7 +60,7 @@ def find_candidates(model: nn.Module, include: Patterns, exclude: Patterns) -> L
     for mname, module in model.named_modules():
         for pname in _own_parameter_names(module):
             full = f"{mname}.{pname}" if mname else pname
-            default = isinstance(module, DEFAULT_TYPES) and pname == "weight"
+            default = (isinstance(module, DEFAULT_TYPES) or is_hf_conv1d(module)) and pname == "weight"
             explicit = bool(inc) and _matches(inc, full) or (default and bool(inc) and _matches(inc, mname))
             if not (explicit or (default and not inc)):
                 continue
@@ -106,7 +107,7 @@ def ineligibility(cand: Candidate, pattern: Union[NMPattern, float]) -> Optional
         return None
     if pattern.is_dense:
         return f"pattern {pattern} keeps every entry (n = m is dense)"
-    layout = matrix_layout(tensor.shape, where="sparsify_")
+    layout = matrix_layout(tensor.shape, group_dim_of(module, pname), where="sparsify_")
     if layout.cols % pattern.m:
         return (
             f"{_group_axis_name(module, pname)}={layout.group_len} is not a multiple of m={pattern.m} "
@@ -120,6 +121,8 @@ def ineligibility(cand: Candidate, pattern: Union[NMPattern, float]) -> Optional
 def _group_axis_name(module: nn.Module, pname: str) -> str:
     if isinstance(module, nn.Linear) and pname == "weight":
         return "in_features"
+    if group_dim_of(module, pname) == 0:
+        return "nx (input features, dim 0)"
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and pname == "weight":
         return "in_channels"
     return "grouped axis length"

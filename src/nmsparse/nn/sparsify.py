@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import ArgumentError, MaskError, ShapeError
+from ..layout import group_dim_of
 from ..pattern import PatternLike
 from ..selection import compile_patterns, matches_any
 from . import distributed
@@ -85,8 +86,9 @@ def sparsify_(
         ΔT in training forward passes (model in train mode, gradients enabled).
     include, exclude : str or sequence of str, optional
         Regular expressions matched in full against module names (``"fc1"``) or full parameter
-        names (``"emb.weight"``). Default candidates: the weight of every ``nn.Linear`` and
-        ``nn.Conv1d/2d/3d``.
+        names (``"emb.weight"``). Default candidates: the weight of every ``nn.Linear``,
+        ``nn.Conv1d/2d/3d`` and Hugging Face ``Conv1D`` (GPT-2 family; stored ``(in, out)``, so
+        its groups run along dim 0, the input features).
     gradient : {"ste", "srste", "masked"}, optional
         Straight-through (default for refresh/static), SR-STE (adds ``srste_decay · (1 − S) ⊙ W``)
         or masked (pruned weights get no gradient; default for SET/RigL). ``ste=`` is the old
@@ -155,7 +157,8 @@ def sparsify_(
 
     # Every mask first, then attach: an error (e.g. NaN in a later layer) leaves the model untouched.
     dense = {c.name: _entries_dense(c) for c in chosen}
-    masks = [compute_mask(dense[c.name].detach(), pattern, method, c.name) for c in chosen]
+    masks = [compute_mask(dense[c.name].detach(), pattern, method, c.name, dim=group_dim_of(c.module, c.param_name))
+             for c in chosen]
     options = dict(gradient=gradient, srste_decay=srste_decay, update=update, update_every=update_every,
                    total_steps=total_steps, drop_fraction=drop_fraction, stop_fraction=stop_fraction)
     state: SparsityState = getattr(model, _STATE, None) or SparsityState()

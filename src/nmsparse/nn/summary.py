@@ -16,7 +16,8 @@ from .sparsify import _STATE
 
 @dataclass
 class SparsitySummary:
-    """Rows of dicts (name, shape, pattern, density, solver, gradient (also under "ste"), update,
+    """Rows of dicts (name, shape, group_dim (0 for HF Conv1D, grouped along its stored dim 0 =
+    input features; shown as ``[groups dim 0]`` after the shape), pattern, density, solver, gradient (also under "ste"), update,
     static, last_refresh, refreshes, changed, steps, status); ``str()`` gives a table.
     ``forward_count``: the most training passes any mask has counted."""
 
@@ -29,7 +30,8 @@ class SparsitySummary:
         headers = ["layer", "shape", "pattern", "density", "solver", "gradient", "update", "last refresh", "changed", "status"]
         cells = [
             [
-                r["name"], "x".join(map(str, r["shape"])), r["pattern"] or "-",
+                r["name"], "x".join(map(str, r["shape"])) + (" [groups dim 0]" if r.get("group_dim") == 0 else ""),
+                r["pattern"] or "-",
                 "-" if r["density"] is None else f"{r['density']:.3f}", r["solver"] or "-", r["gradient"] or "-",
                 r["update"] or "-", "-" if r["last_refresh"] is None else f"step {r['last_refresh']}",
                 "-" if r["changed"] is None else str(r["changed"]), r["status"],
@@ -57,6 +59,7 @@ def summary(model: nn.Module) -> SparsitySummary:
         row = {
             "name": entry.name,
             "shape": tuple(p.mask.shape),
+            "group_dim": p.group_dim,
             "pattern": p.describe_pattern(),
             "density": float(p.mask.float().mean()),
             "solver": p.method,
@@ -79,7 +82,7 @@ def summary(model: nn.Module) -> SparsitySummary:
         if name in masked_names:
             continue
         rows.append({
-            "name": name, "shape": tuple(shape), "pattern": None, "density": None, "solver": None, "ste": None,
+            "name": name, "shape": tuple(shape), "group_dim": None, "pattern": None, "density": None, "solver": None, "ste": None,
             "gradient": None, "update": None, "static": False, "update_every": None, "last_refresh": None,
             "refreshes": 0, "changed": None, "steps": None, "status": f"skipped: {reason}",
         })

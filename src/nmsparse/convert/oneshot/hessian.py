@@ -18,14 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ConvertError
-from ...layout import matrix_layout
+from ...layout import is_hf_conv1d, matrix_layout
 
 __all__ = ["MatrixView", "InputStats", "inverse_cholesky", "view_problem", "token_mask_of", "is_hf_conv1d"]
-
-
-def is_hf_conv1d(module: nn.Module) -> bool:
-    """Hugging Face's ``Conv1D`` (GPT-2): a linear layer whose weight is stored ``(in, out)``."""
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None
 
 
 def view_problem(module: nn.Module) -> Optional[str]:
