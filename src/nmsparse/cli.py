@@ -140,7 +140,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
     res = prune_checkpoint(
         args.input, args.output, args.pattern, method=args.method, include=args.include, exclude=args.exclude,
-        ragged=args.ragged, force=args.force, progress=not args.quiet,
+        ragged=args.ragged, force=args.force, progress=not args.quiet, dim0=args.dim0,
     )
     # 1-D and non-float tensors (biases, norms, counters) are counted in the summary; all rows are in the JSON.
     rows = [r.to_dict() for r in res.layers if r.pruned or len(r.shape) >= 2 and "not floating" not in (r.reason or "")]
@@ -182,14 +182,15 @@ def _cmd_prune_calibrated(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .convert import report_checkpoint
 
-    rep = report_checkpoint(args.checkpoint, args.pattern, include=args.include, exclude=args.exclude, ragged=args.ragged)
+    rep = report_checkpoint(args.checkpoint, args.pattern, include=args.include, exclude=args.exclude, ragged=args.ragged,
+                            dim0=args.dim0)
     rows = []
     shown = [w for w in rep.weights if w.checked or len(w.shape) >= 2 and "not floating" not in (w.reason or "")]
     for w in shown:
         row = {"name": w.name, "shape": "x".join(map(str, w.shape)), "dtype": w.dtype, "sparsity": w.sparsity}
         row.update({f"m{m}": text for m, text in w.densest.items()})
         row["obeys"] = w.obeys
-        row["note"] = w.reason or ""
+        row["note"] = w.reason or ("groups along dim 0 (HF Conv1D)" if w.group_dim == 0 else "")
         rows.append(row)
     columns = [("name", "name", ""), ("shape", "shape", ""), ("dtype", "dtype", ""), ("sparsity", "sparsity", ".3f")]
     if rep.pattern is None:
@@ -218,6 +219,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
 _INCLUDE_HELP = (
     "{verb} only tensors whose name (fc1.weight) or module name (fc1) the regex matches IN FULL "
     "(replaces the name rules); repeat for several"
+)
+_DIM0_HELP = (
+    "group the 2-D tensors whose name or module name the regex matches in full along dim 0 instead of the last axis "
+    "(Hugging Face Conv1D, stored (in, out): GPT-2 family); repeat for several. Default: for a Hugging Face folder "
+    "whose config.json model_type is gpt2, openai-gpt, imagegpt or decision_transformer, its Conv1D layers "
+    "(c_attn, q_attn, c_proj, c_fc); none for a bare .safetensors/torch file, which carries no module types. "
+    "With --calibration the model is loaded and its Conv1D layers are found by type"
 )
 _EXCLUDE_HELP = (
     "{verb} tensors whose name or module name the regex matches in full (fc2 spares fc2, not fc20; "
@@ -314,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ragged", choices=("error", "skip", "pad"), default="error",
         help="a weight whose shape does not fit the pattern: error (default), skip (leave dense) or pad",
     )
+    prune.add_argument("--dim0", metavar="REGEX", action="append", help=_DIM0_HELP)
     prune.add_argument(
         "--algorithm", default="magnitude",
         help="magnitude (default), wanda, sparsegpt, adaprune, or a chain such as sparsegpt+adaprune or sparsegpt+lsq; "
@@ -342,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a weight whose shape does not fit PATTERN, as in prune: error (default: it breaks PATTERN), "
         "skip (not checked) or pad (partial groups may keep at most n)",
     )
+    report.add_argument("--dim0", metavar="REGEX", action="append", help=_DIM0_HELP)
     report.set_defaults(func=_cmd_report)
     return parser
 

@@ -88,6 +88,18 @@ def hub_cache_blobs(real_folder: str) -> Optional[str]:
     return blobs
 
 
+def conv1d_rule(folder: Path) -> Optional[str]:
+    """The ``dim0`` rule (:func:`nmsparse.convert.rules.default_dim0`) from the folder's
+    ``config.json`` ``model_type``; None without a readable config or for other model types."""
+    from .rules import default_dim0  # rules never imports this module; kept local to say so
+
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return default_dim0(config.get("model_type")) if isinstance(config, dict) else None
+
+
 def read_layout(folder: Path) -> HFLayout:
     """Check the folder's index (or single file) and read every shard's header; no tensor data is read."""
     folder = Path(folder)

@@ -109,6 +109,7 @@ def prune_state_dict(
     tied: Optional[Dict[str, List[str]]] = None,
     progress: bool = False,
     where: str = "prune",
+    dim0: Union[str, Sequence[str], None] = None,
 ) -> PruneResult:
     """Prune every eligible tensor of a state dict to ``pattern``; the input is not modified.
 
@@ -134,6 +135,10 @@ def prune_state_dict(
         untie them).
     progress : bool
         Show a progress bar on stderr.
+    dim0 : str or list of str, optional
+        Regexes (matched like ``include``) naming 2-D tensors grouped along dim 0 instead of the
+        last axis: Hugging Face ``Conv1D`` weights, stored ``(in, out)`` (GPT-2:
+        :data:`nmsparse.convert.rules.CONV1D_NAMES`).
 
     Returns
     -------
@@ -151,7 +156,7 @@ def prune_state_dict(
     check_state_dict(tensors, where)
     plan = plan_pruning(
         {name: (tuple(t.shape), t.dtype) for name, t in tensors.items()}, pattern, method=method, include=include,
-        exclude=exclude, ragged=ragged, tied=tied, where=where,
+        exclude=exclude, ragged=ragged, tied=tied, where=where, dim0=dim0,
     )
     out = dict(tensors)
     with Progress(len(plan.todo), f"pruning to {plan.pattern}", enabled=progress) as bar:
@@ -172,10 +177,12 @@ class PrunePlan:
     rows: Dict[str, LayerResult]
     todo: Dict[str, bool]
     where: str = "prune"
+    dims: Dict[str, Optional[int]] = field(default_factory=dict)  # grouped axis, when not the default
 
     def prune(self, name: str, t: torch.Tensor) -> torch.Tensor:
         """The pruned copy of tensor ``name``; fills in its row."""
-        return _prune_one(name, t, self.pattern, self.method, self.todo[name], self.rows[name], self.where)
+        return _prune_one(name, t, self.pattern, self.method, self.todo[name], self.rows[name], self.where,
+                          self.dims.get(name))
 
     def layers(self) -> List[LayerResult]:
         return list(self.rows.values())
@@ -191,6 +198,7 @@ def plan_pruning(
     ragged: str = "error",
     tied: Optional[Dict[str, List[str]]] = None,
     where: str = "prune",
+    dim0: Union[str, Sequence[str], None] = None,
 ) -> PrunePlan:
     """Decide what :func:`prune_state_dict` does from ``{name: (shape, dtype)}`` (one
     :func:`~nmsparse.convert.rules.plan_weight` per tensor); raises on a ragged weight
@@ -198,8 +206,9 @@ def plan_pruning(
     p = NMPattern.parse(pattern)
     method_name = resolve_method(p, method, where)
     check_ragged_choice(ragged, where)
-    selector = Selector(include, exclude, where)
+    selector = Selector(include, exclude, where, dim0)
     tied = tied or {}
+    dims: Dict[str, Optional[int]] = {}
     rows: Dict[str, LayerResult] = {}
     todo: Dict[str, bool] = {}  # name -> pad
     for name, (shape, dtype) in specs.items():
@@ -213,21 +222,24 @@ def plan_pruning(
             row.reason = plan.reason
             continue
         todo[name] = plan.pad
-    return PrunePlan(p, method_name, rows, todo, where)
+        if plan.dim is not None:
+            dims[name] = plan.dim
+    return PrunePlan(p, method_name, rows, todo, where, dims)
 
 
-def _prune_one(name: str, t: torch.Tensor, p: NMPattern, method: str, pad: bool, row: LayerResult, where: str) -> torch.Tensor:
+def _prune_one(name: str, t: torch.Tensor, p: NMPattern, method: str, pad: bool, row: LayerResult, where: str,
+               dim: Optional[int] = None) -> torch.Tensor:
     t = t.detach()  # an nn.Parameter in, a plain tensor out: the pruned copy is not part of a graph
     w = t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
     try:
-        res = solve_mask(w, p, method=method, pad=pad)
+        res = solve_mask(w, p, method=method, pad=pad, dim=dim)
     except NMSparseError as err:
         raise type(err)(f"layer {name}: {err}") from None
     # Keep the stored values bit for bit; +0.0 elsewhere (also where a kept value was -0.0).
     new = torch.where(res.mask & (t != 0), t, torch.zeros((), dtype=t.dtype))
     total = res.info.get("score_total", 0.0)
     row.pruned = True
-    row.pattern = str(p) + (" (padded)" if pad else "")
+    row.pattern = str(p) + (" (padded)" if pad else "") + (f" (groups along dim {dim})" if dim is not None else "")
     row.kept_fraction = res.objective / total if total else 1.0
     row.density = int(torch.count_nonzero(new)) / max(new.numel(), 1)
     row.seconds = res.seconds

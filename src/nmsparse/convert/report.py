@@ -47,6 +47,7 @@ class WeightReport:
     problem: Optional[str] = None
     densest: Dict[int, str] = field(default_factory=dict)
     reason: Optional[str] = None
+    group_dim: Optional[int] = None  # 0: checked along dim 0 (HF Conv1D, stored (in, out))
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -128,7 +129,7 @@ def obey_problem(weight: torch.Tensor, pattern: NMPattern, plan: WeightPlan) -> 
     if plan.problem is not None and not plan.pad:
         return f"shape does not fit {pattern}: {plan.problem} (prune would refuse it; see --ragged)"
     try:
-        check_mask(weight.detach() != 0, pattern)
+        check_mask(weight.detach() != 0, pattern, dim=plan.dim)
     except MaskError as err:
         return str(err).replace("check_mask: ", "", 1)
     return None
@@ -143,6 +144,7 @@ def report_state_dict(
     ms: Sequence[int] = DEFAULT_MS,
     ragged: str = "error",
     tied: Optional[Dict[str, List[str]]] = None,
+    dim0: Union[str, Sequence[str], None] = None,
 ) -> CheckpointReport:
     """Report every tensor of a state dict; judge the eligible weights against ``pattern`` if given.
 
@@ -150,11 +152,12 @@ def report_state_dict(
     Weights that the pruning rules leave dense (1-D, embeddings, norms, ``exclude``, tied copies)
     are listed with their sparsity but not judged. ``ragged`` is ``prune``'s choice (one of
     ``"error"``, ``"skip"``, ``"pad"``) and means the same here (see the module docstring).
-    A value that is not a tensor is a :class:`ConvertError` naming the key.
+    A value that is not a tensor is a :class:`ConvertError` naming the key. ``dim0`` names 2-D
+    tensors grouped along dim 0 (HF ``Conv1D``), as in :func:`nmsparse.convert.prune_state_dict`.
     """
     p = NMPattern.parse(pattern) if pattern is not None else None
     check_ragged_choice(ragged, "report")
-    selector = Selector(include, exclude, "report")
+    selector = Selector(include, exclude, "report", dim0)
     rows = []
     for name, t in check_state_dict(tensors, "report").items():
         shape = tuple(t.shape)
@@ -171,6 +174,7 @@ def report_state_dict(
             row.reason = row.reason.replace("dense: ", "not checked: ", 1)
             continue
         row.checked = True
+        row.group_dim = plan.dim
         if p is None:
             row.densest = densest_patterns(t, ms)
             continue
@@ -198,9 +202,11 @@ def report_checkpoint(
     exclude: Union[str, Sequence[str], None] = None,
     ms: Sequence[int] = DEFAULT_MS,
     ragged: str = "error",
+    dim0: Union[str, Sequence[str], None] = None,
 ) -> CheckpointReport:
     """Read a checkpoint (any format of :mod:`nmsparse.convert.formats`) one tensor at a time and
-    :func:`report_state_dict` each, so memory does not grow with the checkpoint.
+    :func:`report_state_dict` each, so memory does not grow with the checkpoint. ``dim0`` as in
+    :func:`nmsparse.convert.prune_checkpoint` (same default for a Hugging Face Conv1D family).
 
     Examples
     --------
@@ -208,12 +214,16 @@ def report_checkpoint(
     >>> [w.name for w in rep.broken]                             # doctest: +SKIP
     []
     """
+    from .stream import resolve_dim0  # the one default shared with prune_checkpoint
+
     stream = iter_tensors(path)
+    dim0, _ = resolve_dim0(Path(path), stream.format, dim0)
     p = NMPattern.parse(pattern) if pattern is not None else None
     check_ragged_choice(ragged, "report")
     rep = CheckpointReport(str(p) if p is not None else None, [], str(path), stream.format)
     for name, t in stream.tensors:
-        one = report_state_dict({name: t}, p, include=include, exclude=exclude, ms=ms, ragged=ragged, tied=stream.tied)
+        one = report_state_dict({name: t}, p, include=include, exclude=exclude, ms=ms, ragged=ragged, tied=stream.tied,
+                                dim0=dim0)
         rep.weights += one.weights
         del t, one  # let it go before the next one is read
     return rep

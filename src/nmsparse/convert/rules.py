@@ -31,6 +31,12 @@ pattern (``ragged``: the grouped axis, or for transposable patterns the row coun
 multiple of m) is handled by ``ragged``: ``"error"`` (default; nothing is written, and the
 message names the layer and the fixes), ``"skip"`` (left dense, reason in the table) or ``"pad"``
 (pruned with padding: a partial group keeps at most n, see :func:`nmsparse.find_mask`).
+
+Where groups run: along the last axis of a 2-D weight (``nn.Linear`` stores ``(out, in)``), except
+for tensors named by ``dim0`` (regexes, matched like ``include``), grouped along dim 0: Hugging
+Face's ``Conv1D`` (GPT-2 family) stores ``(in, out)``. A checkpoint carries no module types, so
+for a Hugging Face folder whose ``config.json`` ``model_type`` is a Conv1D family
+(:data:`CONV1D_FAMILIES`) the default is :data:`CONV1D_NAMES`; a bare file needs ``dim0`` given.
 """
 
 from __future__ import annotations
@@ -47,7 +53,18 @@ from ..pattern import NMPattern
 from ..errors import ConvertError
 from ..selection import NameFilter, Patterns
 
-__all__ = ["Selector", "RAGGED_CHOICES", "ragged_problem", "is_embedding_name", "WeightPlan", "plan_weight"]
+__all__ = ["Selector", "RAGGED_CHOICES", "ragged_problem", "is_embedding_name", "WeightPlan", "plan_weight",
+           "CONV1D_FAMILIES", "CONV1D_NAMES", "default_dim0"]
+
+# transformers model types whose projections are Conv1D (stored (in, out)); in each of them every
+# Conv1D is one of these modules and no other layer has these names (checked in transformers' sources).
+CONV1D_FAMILIES = ("gpt2", "openai-gpt", "imagegpt", "decision_transformer")
+CONV1D_NAMES = r"(.*\.)?(c_attn|q_attn|c_proj|c_fc)"
+
+
+def default_dim0(model_type: Optional[str]) -> Optional[str]:
+    """The ``dim0`` rule for a Hugging Face ``model_type``: :data:`CONV1D_NAMES` for a Conv1D family."""
+    return CONV1D_NAMES if model_type in CONV1D_FAMILIES else None
 
 RAGGED_CHOICES = ("error", "skip", "pad")
 # Full-match on one name component (see the module docstring); never a substring of the whole name.
@@ -72,10 +89,17 @@ class Selector:
         module docstring); an invalid one raises :class:`~nmsparse.errors.PatternError` naming ``where``.
     where : str
         Caller's name for error messages.
+    dim0 : str or list of str, optional
+        Tensors (or their modules) grouped along dim 0 instead of the last axis (HF ``Conv1D``).
     """
 
-    def __init__(self, include: Patterns = None, exclude: Patterns = None, where: str = "prune"):
+    def __init__(self, include: Patterns = None, exclude: Patterns = None, where: str = "prune", dim0: Patterns = None):
         self._filter = NameFilter(include, exclude, where=where)
+        self._dim0 = NameFilter(dim0, None, where=f"{where} (dim0)")
+
+    def group_dim(self, name: str, shape: Sequence[int]) -> Optional[int]:
+        """``0`` for a 2-D tensor named by ``dim0``, else ``None`` (the default layout)."""
+        return 0 if len(shape) == 2 and self._dim0.include and self._dim0.included(module_name(name), name) else None
 
     def skip_reason(self, name: str, shape: Sequence[int], dtype: torch.dtype) -> Optional[str]:
         """``None`` if the tensor is to be pruned, else a short reason it stays dense."""
@@ -128,10 +152,10 @@ def is_embedding_name(name: str) -> bool:
     return any(_PATCH_STEM.fullmatch(part) for part in parts[:-1])
 
 
-def ragged_problem(name: str, shape: Tuple[int, ...], pattern: NMPattern) -> Optional[str]:
-    """Why ``pattern`` does not fit a weight of ``shape`` (the grouped axis or, if transposable, the
-    row count is not a multiple of m), or ``None`` if it fits."""
-    layout = matrix_layout(shape, where=name)
+def ragged_problem(name: str, shape: Tuple[int, ...], pattern: NMPattern, dim: Optional[int] = None) -> Optional[str]:
+    """Why ``pattern`` does not fit a weight of ``shape`` grouped along ``dim`` (the grouped axis or,
+    if transposable, the row count is not a multiple of m), or ``None`` if it fits."""
+    layout = matrix_layout(shape, dim, where=name)
     if not layout.is_ragged(pattern.m, pattern.transposable):
         return None
     if layout.group_len % pattern.m:
@@ -151,12 +175,14 @@ class WeightPlan:
 
     ``reason`` is why it stays dense (``None``: it is pruned / checked); ``problem`` is why its
     shape does not fit the pattern (:func:`ragged_problem`; ``None``: it fits); ``pad`` says it is
-    solved padded (``ragged="pad"`` and a problem).
+    solved padded (``ragged="pad"`` and a problem); ``dim`` is the grouped axis (``0`` for a
+    ``dim0`` tensor such as HF ``Conv1D``, ``None``: the default layout).
     """
 
     reason: Optional[str]
     problem: Optional[str] = None
     pad: bool = False
+    dim: Optional[int] = None
 
 
 def plan_weight(
@@ -175,10 +201,11 @@ def plan_weight(
         reason = f"dense: tied weights: shares storage with {tied[name][0]} (pruning one copy would untie them)"
     if reason is not None:
         return WeightPlan(reason)
-    problem = ragged_problem(name, shape, pattern)
+    dim = selector.group_dim(name, shape)
+    problem = ragged_problem(name, shape, pattern, dim)
     if problem is not None and ragged == "skip":
-        return WeightPlan(f"dense: shape does not fit {pattern} (--ragged skip): {problem}", problem)
-    return WeightPlan(None, problem, problem is not None and ragged == "pad")
+        return WeightPlan(f"dense: shape does not fit {pattern} (--ragged skip): {problem}", problem, dim=dim)
+    return WeightPlan(None, problem, problem is not None and ragged == "pad", dim)
 
 
 def ragged_error(where: str, name: str, shape: Tuple[int, ...], problem: str, pattern: NMPattern) -> ShapeError:

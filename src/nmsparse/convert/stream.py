@@ -21,7 +21,7 @@ import torch
 from .._progress import Progress
 from . import _safetensors as st
 from ._atomic import atomic_write_file, atomic_write_dir, check_output
-from ._hf import copy_other_files, index_text, INDEX_NAME, read_layout
+from ._hf import conv1d_rule, copy_other_files, index_text, INDEX_NAME, read_layout
 from ._torchfile import find_state_dict, get_path, load_torch, rebuild_root, save_torch, tied_groups
 from .formats import detect_format, output_kind
 from .prune import PrunePlan, PruneResult, json_path_for, plan_pruning
@@ -41,6 +41,7 @@ def prune_checkpoint(
     ragged: str = "error",
     force: bool = False,
     progress: bool = False,
+    dim0: Optional[Union[str, List[str]]] = None,
 ) -> PruneResult:
     """Prune the checkpoint ``src`` to ``pattern`` and write ``out`` in the same format, atomically,
     one tensor at a time (see the module docstring).
@@ -50,6 +51,11 @@ def prune_checkpoint(
     is checked before anything is written; on any error nothing is written. ``force`` allows
     replacing an existing OUT of the same kind (a file by a file, a folder by a folder), including
     the input itself. The result's ``tensors`` is empty: the pruned weights are in OUT.
+
+    ``dim0`` (regexes, matched like ``include``) names 2-D tensors grouped along dim 0, Hugging
+    Face ``Conv1D`` weights stored ``(in, out)``. Default: for a Hugging Face folder whose
+    ``config.json`` ``model_type`` is a Conv1D family (GPT-2, ...), its Conv1D layers
+    (:func:`nmsparse.convert.rules.default_dim0`, said in the notes); none for a bare file.
 
     Examples
     --------
@@ -61,7 +67,8 @@ def prune_checkpoint(
     fmt = detect_format(src)
     out = check_output(src, out, output_kind(fmt), force)
     json_path = check_output(src, json_path_for(out), "file", force)
-    options = dict(method=method, include=include, exclude=exclude, ragged=ragged)
+    dim0, dim0_notes = resolve_dim0(src, fmt, dim0)
+    options = dict(method=method, include=include, exclude=exclude, ragged=ragged, dim0=dim0)
     if fmt == "safetensors":
         header = st.read_header(src)
         plan = plan_pruning({e.name: (e.shape, e.dtype) for e in header.entries}, pattern, **options)
@@ -86,7 +93,7 @@ def prune_checkpoint(
 
         with Progress(len(plan.todo), f"pruning to {plan.pattern}", enabled=progress) as bar:
             stale = atomic_write_dir(out, fill, force=force)
-        notes = layout.notes
+        notes = layout.notes + dim0_notes
     else:
         plan, notes, stale = _prune_torch_file(src, out, pattern, options, force, progress)
     if stale:
@@ -97,6 +104,17 @@ def prune_checkpoint(
     atomic_write_file(json_path, lambda tmp: tmp.write_text(text, encoding="utf-8"), force=True)
     result.json_path = str(json_path)
     return result
+
+
+def resolve_dim0(src: Path, fmt: str, dim0):
+    """``(dim0, notes)``: the caller's rule, else a Hugging Face Conv1D family's (see prune_checkpoint)."""
+    if dim0 is not None or fmt != "hf-folder":
+        return dim0, []
+    rule = conv1d_rule(src)
+    if rule is None:
+        return None, []
+    return rule, [f"config.json model_type is a Conv1D family: tensors matching '{rule}' (HF Conv1D, stored "
+                  "(in, out)) are grouped along dim 0, their input features"]
 
 
 def _stream_file(src: Path, header: st.Header, dest: Path, plan: PrunePlan, extra: Dict[str, str], bar) -> None:
