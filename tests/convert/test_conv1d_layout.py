@@ -92,3 +92,12 @@ def test_default_dim0_families():
     assert default_dim0("llama") is None and default_dim0(None) is None
     for family in CONV1D_FAMILIES:
         assert default_dim0(family) is not None
+
+
+def test_report_densest_patterns_along_dim0(gpt2_folder, tmp_path):
+    out = tmp_path / "out"
+    prune_checkpoint(gpt2_folder, out, "2:4")
+    rep = {w.name: w for w in report_checkpoint(out).weights if w.checked}
+    assert rep["transformer.h.0.mlp.c_fc.weight"].densest[4].startswith("2:4")
+    flat = {w.name: w for w in report_checkpoint(out, dim0=[]).weights if w.checked}
+    assert not flat["transformer.h.0.mlp.c_fc.weight"].densest[4].startswith("2:4")

@@ -166,7 +166,7 @@ def report_state_dict(
         rows.append(row)
         if p is None:
             row.reason = selector.skip_reason(name, shape, t.dtype)
-            plan = WeightPlan(row.reason)
+            plan = WeightPlan(row.reason, dim=selector.group_dim(name, shape))
         else:
             plan = plan_weight(selector, name, shape, t.dtype, p, ragged, tied)
             row.reason = plan.reason
@@ -176,7 +176,8 @@ def report_state_dict(
         row.checked = True
         row.group_dim = plan.dim
         if p is None:
-            row.densest = densest_patterns(t, ms)
+            # dim 0 of a 2-D weight is the last axis of its transpose, and m x m tiles map to tiles
+            row.densest = densest_patterns(t.t() if plan.dim == 0 else t, ms)
             continue
         row.problem = obey_problem(t, p, plan)
         row.obeys = row.problem is None
