@@ -181,3 +181,39 @@ def test_state_dict_round_trip_and_a_last_dim_mask_is_refused():
     sd[key] = bad
     with pytest.raises(CheckpointError, match="does not obey"):
         other.load_state_dict(sd)
+
+
+class Shard:  # stands in for torch's Shard(0) placement (plan_for reads only these)
+    def is_replicate(self):
+        return False
+
+    def is_shard(self, dim=None):
+        return dim in (None, 0)
+
+
+class _Mesh:
+    def size(self, dim):
+        return 2
+
+
+class _ShardedWeight:
+    """What plan_for reads of an FSDP2 DTensor: shape, placements, mesh sizes."""
+
+    def __init__(self, shape):
+        self.shape, self.ndim, self.placements, self.device_mesh = torch.Size(shape), len(shape), (Shard(),), _Mesh()
+
+
+@pytest.mark.parametrize("pattern, group_dim, mode", [
+    ("2:4", None, "shard-local"),   # nn.Linear: groups within a row, rows sharded
+    ("2:4", 0, "gathered"),         # HF Conv1D: groups run down the sharded axis
+    ("2:4T", 0, "shard-local"),     # 4x4 tiles: 16 rows per rank hold whole tiles either way
+    ("2:4T", None, "shard-local"),
+])
+def test_fsdp2_plan_gathers_row_wise_conv1d(monkeypatch, pattern, group_dim, mode):
+    from nmsparse.nn import distributed
+
+    monkeypatch.setattr(distributed, "is_dtensor", lambda t: True)
+    plan = distributed.plan_for(_ShardedWeight((32, 96)), nms.NMPattern.parse(pattern), group_dim)
+    assert plan.mode == mode, plan.reason
+    if mode == "gathered":
+        assert "dim 0" in plan.reason
