@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import nmsparse as nms
+from nmsparse.layout import group_dim_of, is_hf_conv1d
 from _harness import Case, parametrize, run_case
 from nmsparse import convert, regularizers as R, sift
 
@@ -29,6 +30,14 @@ with torch.random.fork_rng(devices=[]):  # building the templates must not shift
     NAN_LIN = nn.Linear(16, 16)
     with torch.no_grad():
         NAN_LIN.weight[2, 3] = float("nan")
+    try:  # Hugging Face Conv1D (GPT-2) stores (in, out): its masks run along dim 0
+        import transformers
+
+        GPT2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            n_layer=1, n_embd=16, n_head=2, vocab_size=32, n_positions=16,
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))  # no dropout: train-mode passes leave the RNG alone
+    except ImportError:
+        GPT2 = None
 X = torch.randn(4, 16, generator=G)
 XC = torch.randn(2, 8, 6, 6, generator=G)
 
@@ -57,10 +66,12 @@ MODELS = {
     "mlp frozen (requires_grad False)": (_variant(MLP, frozen=True), X),
     "cnn channels_last": (_variant(CNN, channels_last=True), XC.contiguous(memory_format=torch.channels_last)),
 }
+if GPT2 is not None:
+    MODELS["gpt2 (HF Conv1D)"] = (_variant(GPT2), torch.randint(0, 32, (2, 8), generator=G))
 
 
 def _layers(model):
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)) or is_hf_conv1d(m)]
 
 
 def _sparsified(make, x, pattern, steps):
@@ -83,8 +94,10 @@ def _obeys(pattern):
             w = layer.weight.detach()
             if isinstance(pattern, float):
                 continue
-            if nms.is_valid_mask(w != 0, pattern):
+            if nms.is_valid_mask(w != 0, pattern, dim=group_dim_of(layer)):
                 checked += 1
+            elif is_hf_conv1d(layer):  # every Conv1D is a default candidate and must obey along dim 0
+                raise AssertionError(f"{name}: Conv1D weight does not obey {pattern} along dim 0")
         if not isinstance(pattern, float):
             assert checked >= 1, "no layer obeys the pattern after sparsify_"
         rows = nms.summary(model)

@@ -25,7 +25,8 @@ from ...errors import ConvertError
 from ...pattern import NMPattern
 from ...selection import NameFilter
 from ..rules import is_embedding_name, ragged_error, ragged_problem
-from .hessian import is_hf_conv1d, view_problem
+from ...layout import is_hf_conv1d
+from .hessian import view_problem
 
 __all__ = ["Target", "select_targets"]
 
