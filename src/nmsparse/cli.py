@@ -130,6 +130,9 @@ def _cmd_diversity(args: argparse.Namespace) -> int:
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
+    if args.calibration is not None and args.dim0:
+        print("nmsparse prune: error: --calibration finds Conv1D layers by type; drop --dim0.", file=sys.stderr)
+        return 2
     if args.calibration is not None:
         return _cmd_prune_calibrated(args)
     if args.algorithm != "magnitude":
@@ -182,8 +185,8 @@ def _cmd_prune_calibrated(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .convert import report_checkpoint
 
-    rep = report_checkpoint(args.checkpoint, args.pattern, include=args.include, exclude=args.exclude, ragged=args.ragged,
-                            dim0=args.dim0)
+    rep = report_checkpoint(args.checkpoint, args.pattern, include=args.include, exclude=args.exclude,
+                            ragged=args.ragged, dim0=args.dim0)
     rows = []
     shown = [w for w in rep.weights if w.checked or len(w.shape) >= 2 and "not floating" not in (w.reason or "")]
     for w in shown:
@@ -220,13 +223,8 @@ _INCLUDE_HELP = (
     "{verb} only tensors whose name (fc1.weight) or module name (fc1) the regex matches IN FULL "
     "(replaces the name rules); repeat for several"
 )
-_DIM0_HELP = (
-    "group the 2-D tensors whose name or module name the regex matches in full along dim 0 instead of the last axis "
-    "(Hugging Face Conv1D, stored (in, out): GPT-2 family); repeat for several. Default: for a Hugging Face folder "
-    "whose config.json model_type is gpt2, openai-gpt, imagegpt or decision_transformer, its Conv1D layers "
-    "(c_attn, q_attn, c_proj, c_fc); none for a bare .safetensors/torch file, which carries no module types. "
-    "With --calibration the model is loaded and its Conv1D layers are found by type"
-)
+_DIM0_HELP = ("group along dim 0 the 2-D tensors the regex matches in full (HF Conv1D stores (in, out)); repeatable; "
+              "default: c_attn, q_attn, c_proj, c_fc of a GPT-2-family Hugging Face folder (config.json), none for a file")
 _EXCLUDE_HELP = (
     "{verb} tensors whose name or module name the regex matches in full (fc2 spares fc2, not fc20; "
     "fc2.* for a prefix); repeat for several"

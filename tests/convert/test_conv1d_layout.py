@@ -101,3 +101,12 @@ def test_report_densest_patterns_along_dim0(gpt2_folder, tmp_path):
     assert rep["transformer.h.0.mlp.c_fc.weight"].densest[4].startswith("2:4")
     flat = {w.name: w for w in report_checkpoint(out, dim0=[]).weights if w.checked}
     assert not flat["transformer.h.0.mlp.c_fc.weight"].densest[4].startswith("2:4")
+
+
+def test_dim0_with_calibration_is_refused(gpt2_folder, tmp_path, capsys):
+    text = tmp_path / "calib.txt"
+    text.write_text("hello world\n", encoding="utf-8")
+    code = main(["prune", str(gpt2_folder), "-o", str(tmp_path / "o"), "--pattern", "2:4", "--calibration", str(text),
+                 "--algorithm", "wanda", "--dim0", "c_attn"])
+    assert code == 2 and "--dim0" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
