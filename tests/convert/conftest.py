@@ -1,12 +1,8 @@
 """Small tensors only: one torch thread avoids OpenMP oversubscription on shared CI machines."""
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):  # the shared fixture in tests/conftest.py
     yield
-    torch.set_num_threads(before)

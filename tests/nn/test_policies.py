@@ -128,13 +128,7 @@ def data():
     return DigitsData(full.x_train[:320], full.y_train[:320], full.x_test[:64], full.y_test[:64])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny matmuls: one thread avoids OpenMP oversubscription on a shared machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.mark.parametrize("method, pattern", [("set", None), ("rigl", None), ("rigl", "2:4"), ("set", "4:8T")])
