@@ -94,6 +94,17 @@ def _adaprune(include, exclude, tmp_path):
     return {fit.name for fit in model.adaprune_report.layers}
 
 
+def _prune_(include, exclude, tmp_path, algorithm="magnitude"):
+    calib = [torch.randn(8, 16, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    calibration = None if algorithm == "magnitude" else calib
+    model = nms.prune_(Net(), "2:4", calibration=calibration, algorithm=algorithm, include=include, exclude=exclude)
+    return {n for n, m in model.named_modules() if hasattr(m, "parametrizations")}
+
+
+def _prune_wanda(include, exclude, tmp_path):
+    return _prune_(include, exclude, tmp_path, algorithm="wanda")
+
+
 def _sift(include, exclude, tmp_path):
     model = transform(Net(), "doped", 0.5, include=include, exclude=exclude)
     return set(model.sift_info["layers"])
@@ -113,6 +124,8 @@ ENTRY_POINTS = {
     "report_checkpoint": (_report_checkpoint, set(LAYERS)),
     "prune CLI": (_prune_cli, set(LAYERS)),
     "adaprune": (_adaprune, set(LAYERS)),
+    "prune_": (_prune_, set(LAYERS)),
+    "prune_ (wanda)": (_prune_wanda, set(LAYERS)),
     "sift.transform": (_sift, set(LAYERS) - {"fc1", "head"}),
     "WGSEFRegularizer": (_wgsef, set(LAYERS)),
 }
@@ -162,7 +175,7 @@ def test_invalid_pattern_is_a_pattern_error_naming_the_entry_point(entry, bad, a
     select, _ = ENTRY_POINTS[entry]
     kwargs = {"include": None, "exclude": None, arg: bad}
     where = {"sparsify_": "sparsify_", "prune_state_dict": "prune", "report_state_dict": "report",
-             "report_checkpoint": "report", "adaprune": "adaprune", "sift.transform": "transform",
+             "report_checkpoint": "report", "adaprune": "adaprune", "prune_": "prune_", "prune_ (wanda)": "prune_", "sift.transform": "transform",
              "WGSEFRegularizer": "WGSEFRegularizer"}[entry]
     with pytest.raises(PatternError, match=rf"^{re.escape(where)}: {arg} "):
         select(kwargs["include"], kwargs["exclude"], tmp_path)
