@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from nmsparse.errors import NMSparseError
+from nmsparse.testing import write_hf_folder
 
 
 def state(seed: int = 0) -> Dict[str, torch.Tensor]:
@@ -138,24 +139,11 @@ def raw_st(world: World, header: dict, data: bytes, name="m.safetensors", pad: b
 
 def hf_folder(world: World, shards: int = 2, sd=None, name="model", index_edit=None, files: Optional[Dict[str, str]] = None) -> Path:
     folder = world.root / name
-    folder.mkdir()
-    (folder / "config.json").write_text('{"model_type": "toy"}')
-    sd = sd or state()
-    if shards == 0:
-        save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
-        return folder
-    names = list(sd)
-    weight_map = {}
-    shard_names = (files or {}).get("names") or [f"model-{i + 1:05d}-of-{shards:05d}.safetensors" for i in range(shards)]
-    for i in range(shards):
-        part = {k: sd[k] for k in names[i::shards]}
-        save_file(part, str(folder / shard_names[i]), metadata={"format": "pt"})
-        weight_map.update({k: shard_names[i] for k in part})
-    index = {"metadata": {"total_size": 0}, "weight_map": weight_map}
-    if index_edit is not None:
-        index = index_edit(world, folder, index)
-    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
-    return folder
+    edit = None if index_edit is None else (lambda index: index_edit(world, folder, index))
+    return write_hf_folder(
+        folder, sd or state(), shards, shard_names=(files or {}).get("names"), index_metadata={"total_size": 0},
+        file_metadata={"format": "pt"}, sort=False, index_edit=edit,
+    )
 
 
 def torch_file(world: World, obj=None, name="m.pt", **kwargs) -> Path:

@@ -9,6 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from nmsparse.convert import CheckpointError, detect_format, read_checkpoint, write_checkpoint
 from nmsparse.convert import formats
+from nmsparse.testing import write_hf_folder
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
@@ -32,20 +33,8 @@ def _same(a, b):
 
 
 def _hf_folder(path, sd, shards):
-    path.mkdir()
-    (path / "config.json").write_text('{"model_type": "toy"}')
+    write_hf_folder(path, sd, 0 if shards == 1 else shards, index_metadata={"total_size": 0}, file_metadata={"format": "pt"})
     (path / "pytorch_model.bin").write_bytes(b"dense copy")
-    if shards == 1:
-        save_file(sd, str(path / "model.safetensors"), metadata={"format": "pt"})
-        return
-    names = sorted(sd)
-    weight_map = {}
-    for i in range(shards):
-        fname = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
-        part = {k: sd[k] for k in names[i::shards]}
-        save_file(part, str(path / fname), metadata={"format": "pt"})
-        weight_map.update({k: fname for k in part})
-    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map}))
 
 
 def test_safetensors_round_trip_keeps_dtypes_and_metadata(tmp_path):

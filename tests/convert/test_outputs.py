@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 import nmsparse
 from nmsparse.convert import _atomic, _hf, prune_checkpoint, read_checkpoint, report_checkpoint
 from nmsparse.errors import CheckpointError
+from nmsparse.testing import write_hf_folder
 
 SRC = str(Path(nmsparse.__file__).resolve().parents[1])
 
@@ -38,16 +39,8 @@ def _write(kind, folder: Path, sd) -> Path:
     if kind == "file":
         save_file(sd, str(folder / "in.safetensors"))
         return folder / "in.safetensors"
-    model = folder / "model"
-    model.mkdir()
-    names = sorted(sd)
-    weight_map = {}
-    for i in range(2):
-        fname = f"model-{i + 1}-of-2.safetensors"
-        save_file({k: sd[k] for k in names[i::2]}, str(model / fname))
-        weight_map.update({k: fname for k in names[i::2]})
-    (model / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
-    return model
+    names = [f"model-{i + 1}-of-2.safetensors" for i in range(2)]
+    return write_hf_folder(folder / "model", sd, 2, shard_names=names, config=None)
 
 
 def _prune_process(src: Path, out: Path, *extra):

@@ -16,6 +16,7 @@ from nmsparse.convert import _safetensors as st
 from nmsparse.convert import formats, iter_tensors, prune_checkpoint, read_checkpoint, report_checkpoint
 from nmsparse.convert._hf import read_layout
 from nmsparse.errors import CheckpointError
+from nmsparse.testing import write_hf_folder
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.int8,
           torch.uint8, torch.bool, torch.int16, torch.float8_e4m3fn]
@@ -79,20 +80,13 @@ def test_reader_refuses_what_the_reference_refuses(tmp_path, header, data, needl
 
 
 def _hf(tmp_path, n=6, shards=3):
-    folder = tmp_path / "model"
-    folder.mkdir()
-    (folder / "config.json").write_text("{}")
     g = torch.Generator().manual_seed(1)
     sd = {f"layers.{i}.fc.weight": torch.randn(16, 32, generator=g).bfloat16() for i in range(n)}
     sd.update({f"layers.{i}.fc.bias": torch.randn(16, generator=g) for i in range(n)})
     sd["embed.weight"] = torch.randn(20, 8, generator=g)
-    names, weight_map = sorted(sd), {}
-    for i in range(shards):
-        fname = f"model-{i + 1}-of-{shards}.safetensors"
-        part = {k: sd[k] for k in names[i::shards]}
-        save_file(part, str(folder / fname), metadata={"format": "pt"})
-        weight_map.update({k: fname for k in part})
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": 1}, "weight_map": weight_map}))
+    names = [f"model-{i + 1}-of-{shards}.safetensors" for i in range(shards)]
+    folder = write_hf_folder(tmp_path / "model", sd, shards, shard_names=names, config="{}", index_metadata={"total_size": 1},
+                             file_metadata={"format": "pt"})
     return folder, sd
 
 

@@ -3,6 +3,7 @@
 Library code never imports this package. scipy is needed for the LP oracle (dev extra).
 """
 
+from .checkpoints import write_hf_folder
 from .comm import CollectiveBytes
 from .oracles import (
     brute_force_rowwise,
@@ -17,4 +18,5 @@ __all__ = [
     "brute_force_transposable",
     "lp_transposable_objective",
     "transposable_tile_patterns",
+    "write_hf_folder",
 ]
