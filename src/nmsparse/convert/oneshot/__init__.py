@@ -1,7 +1,6 @@
 """Calibrated one-shot pruning: ``prune_`` with magnitude, Wanda, SparseGPT, AdaPrune and chains,
 for row-wise N:M, transposable N:M and unstructured densities. See :func:`prune_` and docs/convert.md."""
 
-from .attach import attach_mask_
 from .driver import prune_
 from .options import ALGORITHMS, REFINEMENTS, parse_algorithm
 from .hessian import MatrixView, inverse_cholesky
@@ -11,6 +10,6 @@ from .sparsegpt import sparsegpt
 from .wanda import wanda_scores
 
 __all__ = [
-    "prune_", "PruneReport", "LayerPrune", "ALGORITHMS", "REFINEMENTS", "parse_algorithm", "attach_mask_",
+    "prune_", "PruneReport", "LayerPrune", "ALGORITHMS", "REFINEMENTS", "parse_algorithm",
     "sparsegpt", "wanda_scores", "lsq_refit", "inverse_cholesky", "MatrixView",
 ]

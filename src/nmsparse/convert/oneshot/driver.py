@@ -21,11 +21,12 @@ from ..._progress import Progress
 from ...errors import ConvertError, NMSparseError, ScoreError
 from ...masks import find_mask, unstructured_mask
 from ...masks.methods import resolve_method
+from ...nn.attach import attach_mask_
+from ...nn.entries import guard_loads
 from ...pattern import NMPattern, PatternLike
 from ..calibration import as_batches, reestimate_batchnorm
 from ..rules import check_ragged_choice
 from .adafit import check_adaprune_options, fit_layer, stack_samples
-from .attach import attach_mask_, register_on_model
 from .capture import dense_outputs, iterate_layers
 from .hessian import InputStats, MatrixView
 from .lsq import lsq_refit
@@ -219,7 +220,8 @@ def prune_(
     if attach_masks:
         for t, mask in masks:
             attach_mask_(t.module, "weight", mask, spec, gradient="masked", update="static", name=t.name)
-            register_on_model(model, t.name, t.module, "weight")
+        if masks:
+            guard_loads(model)  # model.load_state_dict checks every mask before copying any tensor
     rep.seconds = time.perf_counter() - start
     return model
 
