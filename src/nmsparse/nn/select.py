@@ -11,9 +11,8 @@ A layer chosen only by default and unable to take the pattern is skipped with a 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -21,12 +20,10 @@ from torch.nn.utils import parametrize
 
 from ..layout import group_dim_of, is_hf_conv1d, matrix_layout
 from ..pattern import NMPattern
-from ..selection import compile_patterns as _compile
+from ..selection import Patterns, compile_patterns, matches_any
 
 DEFAULT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-Patterns = Union[None, str, Sequence[str]]
 
 
 @dataclass
@@ -44,29 +41,21 @@ class Candidate:
     tied_names: list = field(default_factory=list)  # the other holders' names (tied weights)
 
 
-def compile_patterns(patterns: Patterns, argname: str) -> List[re.Pattern]:
-    return _compile(patterns, argname, "sparsify_")
-
-
-def _matches(regexes: List[re.Pattern], *names: str) -> bool:
-    return any(r.fullmatch(n) for r in regexes for n in names)
-
-
 def find_candidates(model: nn.Module, include: Patterns, exclude: Patterns) -> List[Candidate]:
     """Every parameter ``sparsify_`` considers, in module order, with its selection state."""
-    inc = compile_patterns(include, "include")
-    exc = compile_patterns(exclude, "exclude")
+    inc = compile_patterns(include, "include", "sparsify_")
+    exc = compile_patterns(exclude, "exclude", "sparsify_")
     found: List[Candidate] = []
     for mname, module in model.named_modules():
         for pname in _own_parameter_names(module):
             full = f"{mname}.{pname}" if mname else pname
             default = (isinstance(module, DEFAULT_TYPES) or is_hf_conv1d(module)) and pname == "weight"
-            explicit = bool(inc) and _matches(inc, full) or (default and bool(inc) and _matches(inc, mname))
+            explicit = bool(inc) and matches_any(inc, full) or (default and bool(inc) and matches_any(inc, mname))
             if not (explicit or (default and not inc)):
                 continue
             shape = tuple(_dense_param(module, pname).shape)
             cand = Candidate(full, mname, module, pname, shape, explicit)
-            if exc and _matches(exc, mname, full):
+            if exc and matches_any(exc, mname, full):
                 cand.reason = "excluded by exclude="
             found.append(cand)
     return found
