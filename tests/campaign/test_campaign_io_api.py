@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from _harness import Case, CliCase, parametrize, run_case, run_cli_case
+from test_campaign_writers import _readonly_dir  # imported here: inside a case its set-up would count as a side effect
 from _io_world import World, guarded, st_file, torch_file
 from nmsparse.convert import Checkpoint, prune_state_dict, read_checkpoint, report_state_dict, write_checkpoint
 from nmsparse.errors import CheckpointError, ConvertError
@@ -19,8 +20,8 @@ def _api_cases():
     cases = []
     for kind, value in NON_TENSORS.items():
         sd = {"fc.weight": torch.randn(8, 8), "extra": value}
-        cases.append(Case(f"prune_state_dict-non-tensor-{kind}", lambda sd=sd: prune_state_dict(sd, "2:4"), ConvertError, "'extra'.*not a (torch\.)?[Tt]ensor"))
-        cases.append(Case(f"report_state_dict-non-tensor-{kind}", lambda sd=sd: report_state_dict(sd, "2:4"), ConvertError, "'extra'.*not a (torch\.)?[Tt]ensor"))
+        cases.append(Case(f"prune_state_dict-non-tensor-{kind}", lambda sd=sd: prune_state_dict(sd, "2:4"), ConvertError, r"'extra'.*not a (torch\.)?[Tt]ensor"))
+        cases.append(Case(f"report_state_dict-non-tensor-{kind}", lambda sd=sd: report_state_dict(sd, "2:4"), ConvertError, r"'extra'.*not a (torch\.)?[Tt]ensor"))
 
         def write_st(world, src, value=value):
             ckpt = read_checkpoint(src)
@@ -28,7 +29,7 @@ def _api_cases():
             return write_checkpoint(ckpt, world.root / "out.safetensors")
 
         cases.append(Case(f"write_checkpoint-safetensors-non-tensor-{kind}", guarded(st_file, write_st, "out.safetensors"),
-                          CheckpointError, "'extra'.*not a (torch\.)?[Tt]ensor"))
+                          CheckpointError, r"'extra'.*not a (torch\.)?[Tt]ensor"))
     cases.append(Case("write_checkpoint-unknown-format",
                       lambda: write_checkpoint(Checkpoint(Path("x"), "onnx", {}), "/tmp/never-written.onnx"),
                       CheckpointError, "unknown format"))
@@ -79,8 +80,6 @@ def _under_file(world):
 
 
 def _readonly(world):
-    from test_campaign_writers import _readonly_dir
-
     return _readonly_dir(world) / "results"
 
 
