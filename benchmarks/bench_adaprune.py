@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _common import machine, print_table, write_jsonl  # noqa: E402
 
 import nmsparse as nms  # noqa: E402
-from nmsparse.convert import adaprune  # noqa: E402
+from nmsparse.oneshot import adaprune  # noqa: E402
 from nmsparse.examples import evaluate, load_digits_split, small_cnn, train  # noqa: E402
 
 KEEP_DENSE = ["conv1", "fc2"]

@@ -91,7 +91,7 @@ def run(cfg, args) -> None:
     for pattern in cfg["patterns"]:
         for algorithm in cfg["algorithms"] + cfg.get("extra", {}).get(pattern, ()):
             m = copy.deepcopy(model)
-            rep = nms.convert.PruneReport()
+            rep = nms.oneshot.PruneReport()
             t = time.perf_counter()
             nms.prune_(m, pattern, calibration=calib, algorithm=algorithm, exclude="head", report=rep, attach_masks=False)
             seconds = time.perf_counter() - t

@@ -18,7 +18,8 @@ from torch import nn
 
 import nmsparse as nms
 from nmsparse.cli import main
-from nmsparse.convert import adaprune, json_path_for, prune_state_dict, report_checkpoint, report_state_dict
+from nmsparse.convert import json_path_for, prune_state_dict, report_checkpoint, report_state_dict
+from nmsparse.oneshot import adaprune
 from nmsparse.errors import PatternError
 from nmsparse.regularizers import WGSEFRegularizer
 from nmsparse.selection import NameFilter

@@ -27,8 +27,8 @@ from .masks import (
 )
 from .nn import sparsify_, squash_, summary, update_masks_
 from .pattern import NMPattern
-from .convert.oneshot import prune_
-from . import convert, regularizers, sift  # noqa: E402  (nms.convert.adaprune, nms.regularizers.WGSEFRegularizer, nms.sift.transform)
+from .oneshot import prune_
+from . import convert, oneshot, regularizers, sift  # noqa: E402  (nms.convert.prune_checkpoint, nms.oneshot.adaprune, nms.regularizers.WGSEFRegularizer, nms.sift.transform)
 
 from ._version import __version__
 

@@ -165,7 +165,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _cmd_prune_calibrated(args: argparse.Namespace) -> int:
-    from .convert.oneshot.hf import prune_hf_folder
+    from .oneshot.hf import prune_hf_folder
 
     rep, notes, json_path = prune_hf_folder(
         args.input, args.output, args.pattern, calibration_file=args.calibration, algorithm=args.algorithm,

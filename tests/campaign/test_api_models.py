@@ -18,7 +18,7 @@ from torch import nn
 import nmsparse as nms
 from nmsparse.layout import group_dim_of, is_hf_conv1d
 from _harness import Case, parametrize, run_case
-from nmsparse import convert, regularizers as R, sift
+from nmsparse import convert, oneshot, regularizers as R, sift
 
 G = torch.Generator().manual_seed(5)
 with torch.random.fork_rng(devices=[]):  # building the templates must not shift the caller's RNG either
@@ -224,7 +224,7 @@ BAD_MODELS += [
 # AdaPrune: a small right result, and every bad argument clear.
 def _adapruned(pattern):
     model = _variant(MLP)()
-    convert.adaprune(model, [X, X * 0.5], pattern, iterations=2, batch_size=4, batchnorm=False)
+    oneshot.adaprune(model, [X, X * 0.5], pattern, iterations=2, batch_size=4, batchnorm=False)
     return model
 
 
@@ -233,23 +233,23 @@ for pattern in ("2:4", "2:4T"):
                       check=lambda m, p=pattern: _assert(all(nms.is_valid_mask(l.weight.detach() != 0, p) for _, l in _layers(m)))))
 C = nms.ConvertError
 BAD_MODELS += [
-    ("adaprune model None", lambda: convert.adaprune(None, [X], "2:4"), C, "nn.Module"),
-    ("adaprune calibration None", lambda: convert.adaprune(_variant(MLP)(), None, "2:4"), C, "iterable"),
-    ("adaprune calibration empty", lambda: convert.adaprune(_variant(MLP)(), [], "2:4"), C, "empty"),
-    ("adaprune calibration a tensor", lambda: convert.adaprune(_variant(MLP)(), X, "2:4"), C, "wrap it in a list"),
-    ("adaprune calibration strings", lambda: convert.adaprune(_variant(MLP)(), ["a"], "2:4"), C, "batch 0"),
-    ("adaprune calibration wrong shape", lambda: convert.adaprune(_variant(MLP)(), [torch.ones(4, 5)], "2:4", iterations=1), C, "batch 0"),
-    ("adaprune calibration wrong dtype", lambda: convert.adaprune(_variant(MLP)(), [torch.ones(4, 16, dtype=torch.long)], "2:4", iterations=1), C, "batch 0"),
-    ("adaprune calibration NaN", lambda: convert.adaprune(_variant(MLP)(), [torch.full((4, 16), float("nan"))], "2:4"), C, "NaN"),
-    ("adaprune calibration Inf in 2nd batch", lambda: convert.adaprune(_variant(MLP)(), [X, X / 0], "2:4"), C, "batch 1"),
-    ("adaprune lr negative", lambda: convert.adaprune(_variant(MLP)(), [X], "2:4", lr=-1), C, "lr"),
-    ("adaprune iterations -1", lambda: convert.adaprune(_variant(MLP)(), [X], "2:4", iterations=-1), C, "iterations"),
-    ("adaprune batch_size 0", lambda: convert.adaprune(_variant(MLP)(), [X], "2:4", batch_size=0), C, "batch_size"),
-    ("adaprune pattern bad", lambda: convert.adaprune(_variant(MLP)(), [X], "2:x"), nms.PatternError, "accepted forms"),
-    ("adaprune method unknown", lambda: convert.adaprune(_variant(MLP)(), [X], "2:4T", method="magic"), nms.MethodError, "magic"),
-    ("adaprune ragged unknown", lambda: convert.adaprune(_variant(MLP)(), [X], "2:4", ragged="maybe"), C, "ragged"),
-    ("adaprune scores unknown", lambda: convert.adaprune(_variant(MLP)(), [X], "2:4", scores="best"), C, "scores"),
-    ("adaprune ragged layer", lambda: convert.adaprune(nn.Sequential(copy.deepcopy(LIN6)), [torch.ones(2, 6)], "2:4"), nms.ShapeError, "--ragged"),
+    ("adaprune model None", lambda: oneshot.adaprune(None, [X], "2:4"), C, "nn.Module"),
+    ("adaprune calibration None", lambda: oneshot.adaprune(_variant(MLP)(), None, "2:4"), C, "iterable"),
+    ("adaprune calibration empty", lambda: oneshot.adaprune(_variant(MLP)(), [], "2:4"), C, "empty"),
+    ("adaprune calibration a tensor", lambda: oneshot.adaprune(_variant(MLP)(), X, "2:4"), C, "wrap it in a list"),
+    ("adaprune calibration strings", lambda: oneshot.adaprune(_variant(MLP)(), ["a"], "2:4"), C, "batch 0"),
+    ("adaprune calibration wrong shape", lambda: oneshot.adaprune(_variant(MLP)(), [torch.ones(4, 5)], "2:4", iterations=1), C, "batch 0"),
+    ("adaprune calibration wrong dtype", lambda: oneshot.adaprune(_variant(MLP)(), [torch.ones(4, 16, dtype=torch.long)], "2:4", iterations=1), C, "batch 0"),
+    ("adaprune calibration NaN", lambda: oneshot.adaprune(_variant(MLP)(), [torch.full((4, 16), float("nan"))], "2:4"), C, "NaN"),
+    ("adaprune calibration Inf in 2nd batch", lambda: oneshot.adaprune(_variant(MLP)(), [X, X / 0], "2:4"), C, "batch 1"),
+    ("adaprune lr negative", lambda: oneshot.adaprune(_variant(MLP)(), [X], "2:4", lr=-1), C, "lr"),
+    ("adaprune iterations -1", lambda: oneshot.adaprune(_variant(MLP)(), [X], "2:4", iterations=-1), C, "iterations"),
+    ("adaprune batch_size 0", lambda: oneshot.adaprune(_variant(MLP)(), [X], "2:4", batch_size=0), C, "batch_size"),
+    ("adaprune pattern bad", lambda: oneshot.adaprune(_variant(MLP)(), [X], "2:x"), nms.PatternError, "accepted forms"),
+    ("adaprune method unknown", lambda: oneshot.adaprune(_variant(MLP)(), [X], "2:4T", method="magic"), nms.MethodError, "magic"),
+    ("adaprune ragged unknown", lambda: oneshot.adaprune(_variant(MLP)(), [X], "2:4", ragged="maybe"), C, "ragged"),
+    ("adaprune scores unknown", lambda: oneshot.adaprune(_variant(MLP)(), [X], "2:4", scores="best"), C, "scores"),
+    ("adaprune ragged layer", lambda: oneshot.adaprune(nn.Sequential(copy.deepcopy(LIN6)), [torch.ones(2, 6)], "2:4"), nms.ShapeError, "--ragged"),
 ]
 CASES += [Case(cid, call, err, match) for cid, call, err, match in BAD_MODELS]
 

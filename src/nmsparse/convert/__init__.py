@@ -1,12 +1,10 @@
-"""Checkpoint conversion: read/write checkpoints, one-shot N:M pruning, pattern reports, calibrated
-one-shot pruning of models (``prune_``: magnitude, Wanda, SparseGPT, AdaPrune and chains).
+"""Checkpoint conversion: read/write checkpoints (safetensors, HF folders, torch weights-only files),
+streaming one-shot N:M pruning of state dicts and checkpoint files, pattern reports. Pruning *models*
+with calibration (``prune_``) lives in :mod:`nmsparse.oneshot`.
 
 See ``docs/convert.md``. ``n:m`` means n entries KEPT in every group of m; ``"n:mT"`` is transposable.
 """
 
-from .adaprune import AdaPruneReport, LayerFit, adaprune
-from .calibration import reestimate_batchnorm
-from .oneshot import LayerPrune, PruneReport, prune_
 from ..errors import CheckpointError, ConvertError
 from .formats import FORMATS, Checkpoint, detect_format, iter_tensors, read_checkpoint, write_checkpoint
 from .prune import LayerResult, PruneResult, json_path_for, prune_state_dict
@@ -15,13 +13,6 @@ from .report import CheckpointReport, WeightReport, densest_patterns, report_che
 from .rules import RAGGED_CHOICES, Selector
 
 __all__ = [
-    "adaprune",
-    "AdaPruneReport",
-    "LayerFit",
-    "reestimate_batchnorm",
-    "prune_",
-    "PruneReport",
-    "LayerPrune",
     "CheckpointError",
     "ConvertError",
     "FORMATS",

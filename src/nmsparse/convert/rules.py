@@ -1,6 +1,6 @@
 """Which weights get pruned, and what happens to a weight whose shape does not fit the pattern.
 
-Default rules (both for checkpoints and for :func:`nmsparse.convert.adaprune`):
+Default rules (both for checkpoints and for :func:`nmsparse.oneshot.adaprune`):
 
 * pruned: floating-point tensors with 2 dimensions (``nn.Linear``, ``(out, in)``) or 3-5
   dimensions (conv kernels ``(out, in, k...)``);

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import nmsparse as nms
-from nmsparse.convert import PruneReport
+from nmsparse.oneshot import PruneReport
 from nmsparse.errors import ConvertError
 
 from test_oneshot import TupleNet, batches, mlp
@@ -31,7 +31,7 @@ def test_bfloat16_model_and_bad_options():
 
 
 def test_adaprune_model_targets_are_the_dense_models_activations():
-    from nmsparse.convert.oneshot.capture import dense_outputs
+    from nmsparse.oneshot.capture import dense_outputs
 
     model = TupleNet()
     g = torch.Generator().manual_seed(2)

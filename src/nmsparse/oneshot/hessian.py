@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...errors import ConvertError
-from ...layout import is_hf_conv1d, matrix_layout
+from ..errors import ConvertError
+from ..layout import is_hf_conv1d, matrix_layout
 
 __all__ = ["MatrixView", "InputStats", "inverse_cholesky", "view_problem", "token_mask_of", "is_hf_conv1d"]
 

@@ -21,11 +21,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ...errors import ConvertError
-from ...pattern import NMPattern
-from ...selection import NameFilter
-from ..rules import is_embedding_name, ragged_error, ragged_problem
-from ...layout import is_hf_conv1d
+from ..errors import ConvertError
+from ..pattern import NMPattern
+from ..selection import NameFilter
+from ..convert.rules import is_embedding_name, ragged_error, ragged_problem
+from ..layout import is_hf_conv1d
 from .hessian import view_problem
 
 __all__ = ["Target", "select_targets"]

@@ -27,9 +27,9 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from ...diversity import kept_count
-from ...masks import find_mask
-from ...pattern import NMPattern
+from ..diversity import kept_count
+from ..masks import find_mask
+from ..pattern import NMPattern
 from .hessian import inverse_cholesky
 
 __all__ = ["sparsegpt", "zero_dead_inputs"]

@@ -19,10 +19,10 @@ from typing import List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from ...errors import CheckpointError, ConvertError
-from .._atomic import atomic_write_file, check_output
-from ..formats import read_checkpoint, write_checkpoint
-from ..prune import json_path_for
+from ..errors import CheckpointError, ConvertError
+from ..convert._atomic import atomic_write_file, check_output
+from ..convert.formats import read_checkpoint, write_checkpoint
+from ..convert.prune import json_path_for
 from .driver import prune_
 from .report import PruneReport
 

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 import nmsparse as nms
-from nmsparse.convert import ConvertError, adaprune, reestimate_batchnorm
+from nmsparse.errors import ConvertError
+from nmsparse.oneshot import adaprune, reestimate_batchnorm
 from nmsparse.errors import ShapeError
 
 

@@ -13,7 +13,7 @@ are re-estimated afterwards.
 
 This is ``nmsparse.prune_(..., algorithm="adaprune", attach_masks=False)`` with AdaPrune's
 defaults (non-sequential, BatchNorm re-estimation) and its report kept as ``model.adaprune_report``:
-one implementation (:mod:`nmsparse.convert.oneshot.adafit`).
+one implementation (:mod:`nmsparse.oneshot.adafit`).
 """
 
 from __future__ import annotations
@@ -148,8 +148,8 @@ def adaprune(
     >>> fit.name, fit.error_after < fit.error_before
     ('fc1', True)
     """
-    from .oneshot.driver import prune_  # lazily: oneshot imports this package's calibration helpers
-    from .oneshot.report import PruneReport
+    from .driver import prune_  # lazily: driver imports this module's report types
+    from .report import PruneReport
 
     if calibration is None:
         raise ConvertError("adaprune: calibration must be an iterable of batches of model inputs, got None; pass [x, ...].")

@@ -17,15 +17,15 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from ..._progress import Progress
-from ...errors import ConvertError, NMSparseError, ScoreError
-from ...masks import find_mask, unstructured_mask
-from ...masks.methods import resolve_method
-from ...nn.attach import attach_mask_
-from ...nn.entries import guard_loads
-from ...pattern import NMPattern, PatternLike
-from ..calibration import as_batches, reestimate_batchnorm
-from ..rules import check_ragged_choice
+from .._progress import Progress
+from ..errors import ConvertError, NMSparseError, ScoreError
+from ..masks import find_mask, unstructured_mask
+from ..masks.methods import resolve_method
+from ..nn.attach import attach_mask_
+from ..nn.entries import guard_loads
+from ..pattern import NMPattern, PatternLike
+from .calibration import as_batches, reestimate_batchnorm
+from ..convert.rules import check_ragged_choice
 from .adafit import check_adaprune_options, fit_layer, stack_samples
 from .capture import dense_outputs, iterate_layers
 from .hessian import InputStats, MatrixView
@@ -105,7 +105,7 @@ def prune_(
         errors; costs a dense copy of the model in memory and one more truncated pass per layer).
     scores : None, "magnitude", "support", dict or callable
         The scores of the magnitude-type mask (``"magnitude"`` and ``"adaprune"`` first steps);
-        see :func:`nmsparse.convert.adaprune`.
+        see :func:`nmsparse.oneshot.adaprune`.
     update_bias : bool
         SparseGPT: treat the bias as the weight of a constant-1 input, processed last and never
         pruned, so the OBS updates also correct the output's mean. Default ``False``: the

@@ -20,7 +20,7 @@ from typing import Dict, Iterator, List, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..calibration import run_batch
+from .calibration import run_batch
 from .hessian import InputStats, MatrixView, select_tokens, token_mask_of
 
 __all__ = ["iterate_layers", "dense_outputs"]

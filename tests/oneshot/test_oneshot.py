@@ -11,8 +11,8 @@ from hypothesis import given, settings, strategies as st
 from torch import nn
 
 import nmsparse as nms
-from nmsparse.convert import PruneReport
-from nmsparse.convert.oneshot import inverse_cholesky, lsq_refit, sparsegpt, wanda_scores
+from nmsparse.oneshot import PruneReport
+from nmsparse.oneshot import inverse_cholesky, lsq_refit, sparsegpt, wanda_scores
 from nmsparse.diversity import kept_count
 from nmsparse.errors import ConvertError, MethodError
 

@@ -1,6 +1,6 @@
 """AdaPrune's layer fit (Hubara et al., NeurIPS 2021, Sec. 5): Adam on the kept weights and the
 bias, the mask fixed, to reproduce the dense layer's outputs on calibration samples. The one
-implementation behind ``prune_(algorithm="adaprune")`` and :func:`nmsparse.convert.adaprune`.
+implementation behind ``prune_(algorithm="adaprune")`` and :func:`nmsparse.oneshot.adaprune`.
 
 Speed: ``nn.Linear`` layers call ``F.linear`` directly (no ``functional_call`` dispatch per step) and
 mini-batches walk one ``randperm`` per epoch instead of drawing a full ``randperm`` of every
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from ...errors import ConvertError
+from ..errors import ConvertError
 
 __all__ = ["check_adaprune_options", "fit_layer", "stack_samples"]
 

@@ -9,7 +9,7 @@ import torch
 
 import nmsparse as nms
 from nmsparse.cli import main
-from nmsparse.convert import PruneReport
+from nmsparse.oneshot import PruneReport
 
 transformers = pytest.importorskip("transformers")
 from safetensors import safe_open  # noqa: E402

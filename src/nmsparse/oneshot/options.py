@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from typing import List, Optional, Union
 
-from ...errors import ConvertError, MethodError
-from ...pattern import NMPattern
+from ..errors import ConvertError, MethodError
+from ..pattern import NMPattern
 
 __all__ = ["ALGORITHMS", "REFINEMENTS", "parse_algorithm", "parse_spec", "check_topk", "check_options"]
 
