@@ -98,7 +98,8 @@ def _adaprune(include, exclude, tmp_path):
 def _prune_(include, exclude, tmp_path, algorithm="magnitude"):
     calib = [torch.randn(8, 16, generator=torch.Generator().manual_seed(i)) for i in range(2)]
     calibration = None if algorithm == "magnitude" else calib
-    model = nms.prune_(Net(), "2:4", calibration=calibration, algorithm=algorithm, include=include, exclude=exclude)
+    model = nms.prune_(Net(), "2:4", calibration=calibration, algorithm=algorithm, include=include, exclude=exclude,
+                       attach_masks=True)
     return {n for n, m in model.named_modules() if hasattr(m, "parametrizations")}
 
 

@@ -144,7 +144,7 @@ def _mask_of(layer):
 def test_masks_are_valid_and_pruned_weights_are_positive_zero(algorithm, pattern):
     model = mlp(d_out=16)
     rep = PruneReport()
-    nms.prune_(model, pattern, calibration=batches(), algorithm=algorithm, report=rep, iterations=20)
+    nms.prune_(model, pattern, calibration=batches(), algorithm=algorithm, report=rep, iterations=20, attach_masks=True)
     assert [r.name for r in rep.layers] == ["0.weight", "2.weight"]
     for i in (0, 2):
         mask = _mask_of(model[i])
@@ -159,7 +159,7 @@ def test_masks_are_valid_and_pruned_weights_are_positive_zero(algorithm, pattern
 @pytest.mark.parametrize("density", [0.5, 0.3, 0.13])
 def test_unstructured_densities_keep_exact_counts(algorithm, density):
     model = mlp()
-    nms.prune_(model, density, calibration=batches(), algorithm=algorithm, iterations=10, blocksize=8)
+    nms.prune_(model, density, calibration=batches(), algorithm=algorithm, iterations=10, blocksize=8, attach_masks=True)
     for i in (0, 2):
         mask = _mask_of(model[i])
         assert int(mask.sum()) == kept_count(mask.numel(), density)
@@ -183,7 +183,7 @@ def test_every_layer_beats_magnitude_and_reports_true_errors(pattern):
 def test_wanda_mask_is_the_pattern_mask_of_hand_computed_scores():
     model, dense = mlp(), mlp()
     calib = batches()
-    nms.prune_(model, "2:4T", calibration=calib, algorithm="wanda", sequential=False)
+    nms.prune_(model, "2:4T", calibration=calib, algorithm="wanda", sequential=False, attach_masks=True)
     norms = torch.cat(calib).double().pow(2).sum(0).sqrt()
     w = dense[0].weight.detach()
     expected = nms.find_mask(w, "2:4T", scores=w.double().abs() * norms)
@@ -193,23 +193,23 @@ def test_wanda_mask_is_the_pattern_mask_of_hand_computed_scores():
 
 def test_magnitude_needs_no_calibration_and_others_do():
     model, dense = mlp(), mlp()
-    nms.prune_(model, "2:4T")
+    nms.prune_(model, "2:4T", attach_masks=True)
     assert torch.equal(_mask_of(model[0]), nms.find_mask(dense[0].weight.detach(), "2:4T"))
     for algorithm in ("wanda", "sparsegpt", "adaprune", "magnitude+lsq"):
         with pytest.raises(ConvertError, match="needs calibration data"):
-            nms.prune_(mlp(), "2:4", algorithm=algorithm)
+            nms.prune_(mlp(), "2:4", algorithm=algorithm, attach_masks=True)
     with pytest.raises(MethodError, match="known: magnitude, wanda, sparsegpt, adaprune"):
-        nms.prune_(mlp(), "2:4", calibration=batches(), algorithm="obs")
+        nms.prune_(mlp(), "2:4", calibration=batches(), algorithm="obs", attach_masks=True)
     with pytest.raises(MethodError, match="cannot refine"):
-        nms.prune_(mlp(), "2:4", calibration=batches(), algorithm="sparsegpt+wanda")
+        nms.prune_(mlp(), "2:4", calibration=batches(), algorithm="sparsegpt+wanda", attach_masks=True)
 
 
 def test_update_bias_moves_the_bias():
     calib = batches()
     plain, moved = mlp(), mlp()
     rp, rm = PruneReport(), PruneReport()
-    nms.prune_(plain, "2:4", calibration=calib, algorithm="sparsegpt", report=rp, sequential=False)
-    nms.prune_(moved, "2:4", calibration=calib, algorithm="sparsegpt", report=rm, sequential=False, update_bias=True)
+    nms.prune_(plain, "2:4", calibration=calib, algorithm="sparsegpt", report=rp, sequential=False, attach_masks=True)
+    nms.prune_(moved, "2:4", calibration=calib, algorithm="sparsegpt", report=rm, sequential=False, update_bias=True, attach_masks=True)
     assert torch.equal(plain[0].bias, mlp()[0].bias) and not torch.equal(moved[0].bias, mlp()[0].bias)
     nms.check_mask(_mask_of(moved[2]), "2:4", exact=True)
 
@@ -308,7 +308,7 @@ def test_include_exclude_full_match_and_tied_weights():
 def test_requires_grad_parameters_get_masked_gradients_and_squash():
     model = mlp()
     assert all(p.requires_grad for p in model.parameters())
-    nms.prune_(model, "2:4T", calibration=batches(), algorithm="sparsegpt")
+    nms.prune_(model, "2:4T", calibration=batches(), algorithm="sparsegpt", attach_masks=True)
     model(torch.randn(4, 16)).sum().backward()
     orig = model[0].parametrizations.weight.original
     assert torch.all(orig.grad[~_mask_of(model[0])] == 0)
@@ -321,8 +321,8 @@ def test_chain_refines_with_the_mask_fixed():
     calib = batches()
     a, b = mlp(), mlp()
     ra, rb = PruneReport(), PruneReport()
-    nms.prune_(a, "2:4T", calibration=calib, algorithm="sparsegpt", report=ra)
-    nms.prune_(b, "2:4T", calibration=calib, algorithm="sparsegpt+adaprune", report=rb, iterations=50, lr=1e-2)
+    nms.prune_(a, "2:4T", calibration=calib, algorithm="sparsegpt", report=ra, attach_masks=True)
+    nms.prune_(b, "2:4T", calibration=calib, algorithm="sparsegpt+adaprune", report=rb, iterations=50, lr=1e-2, attach_masks=True)
     assert torch.equal(_mask_of(a[0]), _mask_of(b[0]))
     assert rb.layers[0].error_after <= ra.layers[0].error_after + 1e-12
 

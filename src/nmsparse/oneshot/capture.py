@@ -15,7 +15,7 @@ input at masked positions are left out.
 
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -23,10 +23,10 @@ from torch import nn
 from .calibration import run_batch
 from .hessian import InputStats, MatrixView, select_tokens, token_mask_of
 
-__all__ = ["iterate_layers", "dense_outputs"]
+__all__ = ["iterate_layers", "iterate_runs", "dense_outputs", "StopPass"]
 
 
-class _Stop(Exception):
+class StopPass(Exception):
     """Raised by a hook to end a forward pass once the wanted layers have run."""
 
 
@@ -36,14 +36,25 @@ def iterate_layers(
 ) -> Iterator[Tuple[str, InputStats]]:
     """Yield ``(name, stats)`` per layer, in the order the model first calls them; a layer is
     pruned by the caller before the generator resumes. Layers never called are not yielded."""
+    masks = [token_mask_of(b) for b in batches]
+    yield from iterate_runs(lambda i: _run(model, batches[i], i, where), len(batches), masks, views,
+                            sequential=sequential, keep_samples=keep_samples)
+
+
+def iterate_runs(
+    run: Callable[[int], None], count: int, token_masks: Sequence[Optional[torch.Tensor]], views: Dict[str, MatrixView],
+    *, sequential: bool, keep_samples: bool,
+) -> Iterator[Tuple[str, InputStats]]:
+    """:func:`iterate_layers` for any forward: ``run(i)`` computes calibration batch ``i`` (the whole
+    model, or one block on its cached inputs); ``token_masks[i]`` marks batch i's real tokens."""
     if not sequential:
-        stats, order = _pass(model, views, batches, keep_samples, False, where)
+        stats, order = _pass(run, count, token_masks, views, keep_samples, False)
         for name in order:
             yield name, stats.pop(name)
         return
     remaining = dict(views)
     while remaining:
-        stats, order = _pass(model, remaining, batches, keep_samples, True, where)
+        stats, order = _pass(run, count, token_masks, remaining, keep_samples, True)
         if not order:
             return
         for name in order:
@@ -52,11 +63,11 @@ def iterate_layers(
 
 
 def _run(model, batch, i: int, where: str) -> None:
-    run_batch(model, batch, i, where, passthrough=(_Stop,))
+    run_batch(model, batch, i, where, passthrough=(StopPass,))
 
 
 @torch.no_grad()
-def _pass(model, views, batches, keep_samples, group: bool, where: str) -> Tuple[Dict[str, InputStats], List[str]]:
+def _pass(run, count, token_masks, views, keep_samples, group: bool) -> Tuple[Dict[str, InputStats], List[str]]:
     stats = {name: InputStats(view, keep_samples) for name, view in views.items()}
     order: List[str] = []
     state = {"x0": None, "members": None, "token_mask": None}
@@ -72,9 +83,9 @@ def _pass(model, views, batches, keep_samples, group: bool, where: str) -> Tuple
                     if not order:
                         state["x0"] = x
                     elif x is not state["x0"] or name in order:
-                        raise _Stop
+                        raise StopPass
                 elif name not in members:
-                    raise _Stop
+                    raise StopPass
             if name not in order:
                 order.append(name)
             stats[name].add(x, state["token_mask"])
@@ -83,11 +94,11 @@ def _pass(model, views, batches, keep_samples, group: bool, where: str) -> Tuple
 
     handles = [view.module.register_forward_hook(hook_for(name)) for name, view in views.items()]
     try:
-        for i, batch in enumerate(batches):
-            state["token_mask"] = token_mask_of(batch)
+        for i in range(count):
+            state["token_mask"] = token_masks[i]
             try:
-                _run(model, batch, i, where)
-            except _Stop:
+                run(i)
+            except StopPass:
                 pass
             if group and state["members"] is None:
                 state["members"] = set(order)
@@ -117,7 +128,7 @@ def dense_outputs(dense: nn.Module, module_name: str, batches: Sequence, flatten
             y = select_tokens(y, state["token_mask"])
             y = y.reshape(-1, y.shape[-1])
         outs.append(y.clone())
-        raise _Stop
+        raise StopPass
 
     handle = module.register_forward_hook(hook)
     try:
@@ -125,7 +136,7 @@ def dense_outputs(dense: nn.Module, module_name: str, batches: Sequence, flatten
             state["token_mask"] = token_mask_of(batch)
             try:
                 _run(dense, batch, i, "adaprune")
-            except _Stop:
+            except StopPass:
                 pass
     finally:
         handle.remove()

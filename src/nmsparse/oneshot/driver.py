@@ -27,11 +27,12 @@ from ..pattern import NMPattern, PatternLike
 from .calibration import as_batches, reestimate_batchnorm
 from ..convert.rules import check_ragged_choice
 from .adafit import check_adaprune_options, fit_layer, stack_samples
-from .capture import dense_outputs, iterate_layers
+from .capture import dense_outputs
 from .hessian import InputStats, MatrixView
 from .lsq import lsq_refit
+from .pipeline import iterate_pipeline
 from .options import ALGORITHMS, REFINEMENTS, check_options, check_topk, parse_algorithm, parse_spec
-from .report import LayerPrune, PruneReport
+from .report import LayerPrune, PipelineInfo, PruneReport
 from .select import Target, select_targets
 from .sparsegpt import sparsegpt, zero_dead_inputs
 from .wanda import wanda_scores
@@ -62,11 +63,13 @@ def prune_(
     update_bias: bool = False,
     adaprune_target: str = "layer",
     ragged: str = "error",
-    attach_masks: bool = True,
+    attach_masks: bool = False,
     batchnorm: bool = False,
     report: Optional[PruneReport] = None,
     progress: bool = False,
+    blocks=None,
     where: str = "prune_",
+    _on_block=None,
 ) -> nn.Module:
     """Prune ``model``'s ``nn.Linear`` / ``nn.Conv`` / HF ``Conv1D`` weights in one shot, in place.
 
@@ -114,14 +117,20 @@ def prune_(
         A weight whose shape does not fit the pattern: raise naming it, leave it dense, or pad
         (partial groups keep at most n).
     attach_masks : bool
-        Attach each mask as a static :class:`~nmsparse.nn.NMMask` with a masked gradient, so
-        fine-tuning keeps it (``squash_`` bakes it in). ``False``: plain weights, +0.0 where pruned.
+        Default ``False``: plain weights with +0.0 where pruned, so the model saves and loads as the
+        plain model it is (``save_pretrained`` / ``from_pretrained``, ``torch.save(model.state_dict())``).
+        ``True``: also attach each mask as a static :class:`~nmsparse.nn.NMMask` with a masked
+        gradient, for fine-tuning (``squash_`` bakes it in); :func:`nmsparse.nn.reattach_masks_`
+        does the same later, from the zeros of a pruned model or checkpoint.
     batchnorm : bool
         Re-estimate BatchNorm statistics on the calibration data afterwards.
     report : PruneReport, optional
         Filled in place with one :class:`LayerPrune` per pruned weight and the skipped layers.
     progress : bool
         A progress bar on stderr.
+    blocks : str, list of str or (), optional
+        The stacks of repeated blocks for the block-wise pipeline (``"model.layers"``); default:
+        detected (:mod:`nmsparse.oneshot.blocks`); ``()``: truncated passes from the model's input only.
 
     Returns
     -------
@@ -131,8 +140,15 @@ def prune_(
 
     Notes
     -----
-    Memory: the model, plus per layer the fp64 Gram matrix ``(in+1)²`` of its inputs (all layers at
-    once with ``sequential=False``) and, for AdaPrune, that layer's calibration inputs and outputs.
+    Pipeline (:mod:`nmsparse.oneshot.pipeline`): a model with a stack of repeated blocks (HF
+    ``model.layers``, GPT-2's ``h``, BERT's ``encoder.layer``) is calibrated block by block from cached
+    block inputs, about ``(groups + 1)·B`` block forwards per batch for B blocks (5·B for a Llama
+    block with ``sequential=True``, 2·B without); other models by truncated passes from the input.
+    ``report.pipeline`` says which was used and counts the block forwards.
+
+    Memory: the model, the cached hidden states of every calibration batch at one block boundary,
+    and per layer the fp64 Gram matrix ``(in+1)²`` of its inputs (a block's layers at once with
+    ``sequential=False``) and, for AdaPrune, that layer's calibration inputs and outputs.
 
     Examples
     --------
@@ -171,6 +187,7 @@ def prune_(
     rep.pattern = str(spec) if isinstance(spec, NMPattern) else f"{spec:g}"
     rep.algorithm, rep.method, rep.sequential = "+".join(steps), method_name, bool(sequential)
     rep.layers, rep.skipped, rep.batchnorm = [], list(skipped), 0
+    rep.pipeline = PipelineInfo()
     if adaprune_target not in ("layer", "model"):
         raise ConvertError(f"{where}: adaprune_target must be 'layer' or 'model', got {adaprune_target!r}.")
     opts = dict(method=method_name, damp=float(damp), blocksize=blocksize, update_bias=bool(update_bias), iterations=iterations, lr=lr,
@@ -192,17 +209,20 @@ def prune_(
             if batches is None:
                 layer_stats = ((t.name, None) for t in targets)
             else:
-                layer_stats = iterate_layers(
-                    model, views, batches, sequential=sequential, keep_samples="adaprune" in steps, where=where
+                layer_stats = iterate_pipeline(
+                    model, views, batches, sequential=sequential, keep_samples="adaprune" in steps, where=where,
+                    blocks=blocks, on_block=_on_block, info=rep.pipeline,
                 )
             seen = set()
             for name, stats in layer_stats:
                 t = by_name[name]
                 seen.add(name)
-                originals[name] = _snapshot(t.module)
+                if _on_block is None:  # streamed blocks are never restored: nothing is written on an error
+                    originals[name] = _snapshot(t.module)
                 row, mask = _prune_layer(t, views[name], stats, steps, spec, opts)
                 rep.layers.append(row)
-                masks.append((t, mask))
+                if attach_masks:
+                    masks.append((t, mask))
                 bar.advance()
         for t in targets:
             if t.name not in seen:

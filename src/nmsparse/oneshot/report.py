@@ -5,7 +5,24 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional, Tuple
 
-__all__ = ["LayerPrune", "PruneReport"]
+__all__ = ["LayerPrune", "PruneReport", "PipelineInfo"]
+
+
+@dataclass
+class PipelineInfo:
+    """How the calibration statistics were gathered (:mod:`nmsparse.oneshot.pipeline`): ``mode``
+    ("block-wise", "truncated", or "none" without calibration), the block lists used
+    (``"model.layers (30 blocks)"``), lists not used and why, and ``block_forwards``: the real block
+    calls made, all batches together (stand-ins for finished blocks do not count)."""
+
+    mode: str = "none"
+    block_lists: List[str] = field(default_factory=list)
+    fallbacks: List[Tuple[str, str]] = field(default_factory=list)
+    block_forwards: int = 0
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "block_lists": list(self.block_lists),
+                "fallbacks": [list(f) for f in self.fallbacks], "block_forwards": self.block_forwards}
 
 
 @dataclass
@@ -75,11 +92,14 @@ class PruneReport:
     skipped: List[Tuple[str, str]] = field(default_factory=list)
     batchnorm: int = 0
     seconds: float = 0.0
+    pipeline: PipelineInfo = field(default_factory=PipelineInfo)
+    calibration: Optional[dict] = None  # what was used: {"batches", "windows", "tokens", ...}
 
     def format_table(self) -> List[str]:
         """Aligned text lines: one per pruned layer, then the layers left dense with the reason."""
         fmt = lambda v: "-" if v is None else f"{v:.4g}"
-        lines = [f"{'layer':<32} {'shape':>12} {'kept |W|':>8} {'err magn.':>10} {'err before':>10} {'err after':>10} {'s':>7}"]
+        lines = ["relative output errors ||Y'-Y||²/||Y||², measured on the calibration data"] if self.layers else []
+        lines += [f"{'layer':<32} {'shape':>12} {'kept |W|':>8} {'err magn.':>10} {'err before':>10} {'err after':>10} {'s':>7}"]
         for r in self.layers:
             shape = "x".join(map(str, r.shape))
             lines.append(
@@ -92,6 +112,7 @@ class PruneReport:
     def to_dict(self) -> dict:
         return {
             "pattern": self.pattern, "algorithm": self.algorithm, "method": self.method, "sequential": self.sequential,
-            "seconds": self.seconds, "batchnorm": self.batchnorm,
+            "seconds": self.seconds, "batchnorm": self.batchnorm, "pipeline": self.pipeline.to_dict(),
+            "calibration": self.calibration,
             "layers": [r.to_dict() for r in self.layers], "skipped": [list(s) for s in self.skipped],
         }
