@@ -248,7 +248,8 @@ def record_blocks(
                 cap.problem = format_problem(cap.example)
                 if cap.problem is not None:
                     raise StopPass
-            out = output_like(cap.example, hidden)
+            # A fresh tensor object (same storage), so the next block can tell it from its own input.
+            out = output_like(cap.example, hidden.view_as(hidden))
             state["last"][bl.name] = (k, output_hidden(out))
             return out
 
@@ -261,6 +262,12 @@ def record_blocks(
                 run_model(i)
             except StopPass:
                 pass
+            except Exception as err:  # the model uses its blocks other than by calling them (b.mlp(x), ...)
+                cause = err.__cause__ or err
+                why = f"the forward pass fails with its blocks stood in for ({type(cause).__name__}: {str(cause)[:80]})"
+                for cap in caps.values():
+                    cap.problem = cap.problem or why
+                break
     for cap in caps.values():
         if cap.problem is None and cap.order >= 0 and any(len(x) != count for x in cap.inputs):
             cap.problem = "not every block of the list runs on every batch"

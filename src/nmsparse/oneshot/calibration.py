@@ -64,14 +64,16 @@ def call_model(model: nn.Module, batch) -> object:
 
 
 def run_batch(model: nn.Module, batch: object, i: int, where: str, passthrough: tuple = ()) -> None:
-    """Call ``model`` on calibration batch ``i``; a model that rejects it (shape, dtype, arguments)
-    is a :class:`ConvertError` naming the batch. Exceptions in ``passthrough`` (e.g. a hook's
-    early-stop signal) and library errors propagate unchanged."""
+    """Call ``model`` on calibration batch ``i``. One rule for the user's code: *any* exception it
+    raises (shape, dtype, arguments, an AttributeError or a StopIteration in a custom forward)
+    becomes a :class:`ConvertError` naming the batch, with the original as ``__cause__``.
+    Exceptions in ``passthrough`` (e.g. a hook's early-stop signal) and library errors propagate
+    unchanged."""
     try:
         call_model(model, batch)
     except (NMSparseError,) + tuple(passthrough):
         raise
-    except (RuntimeError, TypeError, ValueError, IndexError, KeyError) as err:
+    except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ConvertError(
             f"{where}: the model failed on calibration batch {i} ({type(err).__name__}: {first[:200]}); "

@@ -78,6 +78,12 @@ def iterate_pipeline(
             finally:
                 for h in early["handles"]:
                     h.remove()
+            broken = [c for c in caps if c.problem is not None]
+            for c in broken:
+                rejected.add(c.blocks.name)
+                info.fallbacks.append((c.blocks.name, c.problem))
+            if broken:
+                continue  # record the others again: a failed pass tells nothing about them
             if early["names"]:  # layers that run before every block: prune them first, then record again
                 first = {n: remaining.pop(n) for n in early["names"]}
                 with stubbed(finished, replay), stubbed(todo, stop_stub):
@@ -86,10 +92,6 @@ def iterate_pipeline(
             cap = caps[0]
             if cap.order < 0:
                 break  # no remaining block list runs on the calibration data
-            if cap.problem is not None:
-                rejected.add(cap.blocks.name)
-                info.fallbacks.append((cap.blocks.name, cap.problem))
-                continue
             info.mode = "block-wise"
             info.block_lists.append(f"{cap.blocks.name} ({len(cap.blocks)} blocks)")
             more = any(bl.name not in done and bl.name != cap.blocks.name and bl.name not in rejected for bl in todo)
