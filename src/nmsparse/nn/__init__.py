@@ -4,6 +4,7 @@ update_masks_, squash_, summary; state-dict helpers; sparse linear products (GPU
 a CPU reference)."""
 
 from .attach import attach_mask_
+from .reattach import reattach_masks_
 from .distributed import RefreshPlan
 from .driver import track_optimizers, watch_optimizer_
 from .fsdp import refresh_plan
@@ -18,6 +19,7 @@ from .summary import SparsitySummary, kept_and_density, summary
 __all__ = [
     "sparsify_",
     "attach_mask_",
+    "reattach_masks_",
     "set_update_",
     "update_masks_",
     "squash_",
