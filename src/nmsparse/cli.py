@@ -141,8 +141,12 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         return 2
     from .convert import prune_checkpoint
 
+    if args.eval is not None:
+        print("nmsparse prune: error: --eval runs the model, which needs --calibration (a Hugging Face folder); "
+              "use `nmsparse eval` on a folder instead.", file=sys.stderr)
+        return 2
     res = prune_checkpoint(
-        args.input, args.output, args.pattern, method=args.method, include=args.include, exclude=args.exclude,
+        args.input, args.output, _pattern_arg(args.pattern), method=args.method, include=args.include, exclude=args.exclude,
         ragged=args.ragged, force=args.force, progress=not args.quiet, dim0=args.dim0,
     )
     # 1-D and non-float tensors (biases, norms, counters) are counted in the summary; all rows are in the JSON.
@@ -158,27 +162,84 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     for line in format_table(rows, columns):
         print(line)
     print(f"\n{res.summary()}.")
-    for note in res.notes:
+    for note in res.notes + _unmatched_selection(args, [r.name for r in res.layers]):
         print(f"note: {note}")
     print(f"wrote {res.output} and {res.json_path}")
+    if not res.pruned:
+        print(f"nmsparse prune: error: no tensor of {args.input} was pruned (see the table for why); OUT is a copy. "
+              "Check --pattern, --include/--exclude and --ragged.", file=sys.stderr)
+        return 1
     return 0
 
 
 def _cmd_prune_calibrated(args: argparse.Namespace) -> int:
     from .oneshot.hf import prune_hf_folder
 
+    if args.eval is not None:
+        _print_eval("IN", args.input, args.eval, args)
     rep, notes, json_path = prune_hf_folder(
-        args.input, args.output, args.pattern, calibration_file=args.calibration, algorithm=args.algorithm,
+        args.input, args.output, _pattern_arg(args.pattern), calibration_file=args.calibration, algorithm=args.algorithm,
         method=args.method, include=args.include, exclude=args.exclude, samples=args.samples, seq_len=args.seq_len,
-        ragged=args.ragged, force=args.force, progress=not args.quiet,
+        allow_short=args.allow_short, ragged=args.ragged, force=args.force, progress=not args.quiet,
     )
     for line in rep.format_table():
         print(line)
-    print(f"\npruned {len(rep.layers)} weights to {rep.pattern} with {rep.algorithm} in {rep.seconds:.1f} s "
-          f"(errors: relative output error on the calibration tokens; {len(rep.skipped)} left dense).")
-    for note in notes:
+    dense = len(rep.skipped)
+    pipe = rep.pipeline
+    how = f"block-wise over {', '.join(pipe.block_lists)}" if pipe.mode == "block-wise" else "with truncated passes"
+    print(f"\npruned {len(rep.layers)} weights to {rep.pattern} with {rep.algorithm} in {rep.seconds:.1f} s, {how} "
+          f"({pipe.block_forwards} block forwards); {dense} weight{'s' if dense != 1 else ''} left dense.")
+    for name, why in pipe.fallbacks:
+        print(f"note: {name} was not pruned block-wise: {why}")
+    for note in notes + _unmatched_selection(args, [r.name for r in rep.layers] + [n for n, _ in rep.skipped]):
         print(f"note: {note}")
     print(f"wrote {args.output} and {json_path}")
+    if args.eval is not None:
+        _print_eval("OUT", args.output, args.eval, args)
+    return 0
+
+
+def _print_eval(label: str, folder, text, args) -> None:
+    from .apps.hf_eval import evaluate_folder
+
+    res = evaluate_folder(folder, text, seq_len=args.seq_len, windows=args.eval_windows, allow_short=True, where="prune")
+    print(f"{label} perplexity {res['perplexity']:.3f} on {res['tokens']} tokens of {text} ({res['windows']} windows x "
+          f"{res['seq_len']}, {res['seconds']:.1f} s)")
+
+
+def _unmatched_selection(args, names) -> list:
+    """A note for every --include/--exclude regex that matches no tensor (a typo prunes what you did not mean)."""
+    import re
+
+    out = []
+    for flag, regexes in (("--include", args.include), ("--exclude", args.exclude)):
+        for rx in regexes or []:
+            try:
+                compiled = re.compile(rx)
+            except re.error:
+                continue
+            modules = [n[: -len(".weight")] if n.endswith(".weight") else n for n in names]
+            if not any(compiled.fullmatch(n) for n in list(names) + modules):
+                out.append(f"{flag} {rx!r} matched no tensor (regexes match the whole name, e.g. 'model.layers.0.mlp.up_proj' "
+                           "or '.*up_proj')")
+    return out
+
+
+def _pattern_arg(text: str):
+    """--pattern: an n:m pattern string, or a density ('50%', '0.5') for unstructured pruning."""
+    from .pattern import parse_density_text
+
+    density = parse_density_text(text, "prune")
+    return text if density is None else density
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .apps.hf_eval import evaluate_folder
+
+    res = evaluate_folder(args.folder, args.text, seq_len=args.seq_len, windows=args.windows, allow_short=args.allow_short,
+                          progress=not args.quiet)
+    print(f"{args.folder}: perplexity {res['perplexity']:.3f} on {res['tokens']} tokens ({res['windows']} windows x "
+          f"{res['seq_len']} tokens of {args.text}) in {res['seconds']:.1f} s")
     return 0
 
 
@@ -312,7 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prune.add_argument("input", metavar="IN", help="a .safetensors file, a Hugging Face model folder, or a torch.save file")
     prune.add_argument("-o", "--output", required=True, metavar="OUT", help="where to write the pruned checkpoint")
-    prune.add_argument("--pattern", required=True, help='e.g. "2:4" (row-wise) or "4:8T" (transposable); n KEPT of every m')
+    prune.add_argument("--pattern", required=True,
+                       help=_literal('e.g. "2:4" (row-wise) or "4:8T" (transposable), n KEPT of every m; or a density '
+                                     'kept per tensor, unstructured: "50%" or 0.5'))
     prune.add_argument("--method", default=None, help="mask method (default: the optimal one; transposable: exact)")
     prune.add_argument("--include", metavar="REGEX", action="append", help=_INCLUDE_HELP.format(verb="prune"))
     prune.add_argument("--exclude", metavar="REGEX", action="append", help=_EXCLUDE_HELP.format(verb="leave dense"))
@@ -332,10 +395,32 @@ def build_parser() -> argparse.ArgumentParser:
         "tokenize FILE with its tokenizer and prune with calibration",
     )
     prune.add_argument("--samples", type=_positive_int, default=128, help="calibration windows (default 128)")
-    prune.add_argument("--seq-len", type=_positive_int, default=512, help="tokens per calibration window (default 512)")
+    prune.add_argument("--seq-len", type=_positive_int, default=512,
+                       help="tokens per calibration window (default 512; at most the model's context)")
+    prune.add_argument("--allow-short", action="store_true",
+                       help="a calibration text shorter than samples x seq-len tokens: use what there is (said in the "
+                       "output) instead of stopping")
+    prune.add_argument("--eval", metavar="FILE", default=None,
+                       help="with --calibration: print the perplexity of IN and OUT on this text file")
+    prune.add_argument("--eval-windows", type=_positive_int, default=32, metavar="N",
+                       help="windows of --seq-len tokens that --eval scores (default 32)")
     prune.add_argument("--force", action="store_true", help="replace an existing OUT (even IN itself)")
     prune.add_argument("--quiet", action="store_true", help="no progress bar")
     prune.set_defaults(func=_cmd_prune)
+
+    ev = sub.add_parser(
+        "eval", help="perplexity of a Hugging Face causal LM folder (dense or pruned) on a text file",
+        description="Load the model in folder FOLDER with transformers (pip install 'nmsparse[hf]'), tokenize TEXT with "
+        "its tokenizer, and print the perplexity over non-overlapping windows of --seq-len tokens, with the tokens "
+        "scored and the time taken: what pruning cost, without writing code.",
+    )
+    ev.add_argument("folder", metavar="FOLDER", help="a Hugging Face model folder (config.json, tokenizer, safetensors)")
+    ev.add_argument("--text", required=True, metavar="FILE", help="a UTF-8 text file to score")
+    ev.add_argument("--seq-len", type=_positive_int, default=512, help="tokens per window (default 512; at most the model's context)")
+    ev.add_argument("--windows", type=_positive_int, default=32, help="windows to score (default 32)")
+    ev.add_argument("--allow-short", action="store_true", help="a text shorter than windows x seq-len tokens: score what there is")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.set_defaults(func=_cmd_eval)
 
     report = sub.add_parser(
         "report", help="per-layer sparsity of a checkpoint; check a claimed pattern or find the one each weight obeys",

@@ -19,7 +19,7 @@ from typing import Union
 
 from .errors import PatternError
 
-__all__ = ["NMPattern", "PatternLike"]
+__all__ = ["NMPattern", "PatternLike", "parse_density_text"]
 
 _ACCEPTED = 'accepted forms: "n:m" (row-wise, e.g. "2:4") or "n:mT" (transposable, e.g. "4:8T"), with integers 1 <= n <= m'
 _PATTERN_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*([tT]?)\s*$")
@@ -116,3 +116,24 @@ class NMPattern:
 
 
 PatternLike = Union[str, NMPattern]
+
+
+_DENSITY_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(%?)\s*$")
+
+
+def parse_density_text(text: str, where: str = "pattern") -> "float | None":
+    """A density written on a command line: ``"50%"`` or ``"0.5"`` -> 0.5 (the fraction KEPT, in [0, 1]);
+    None for text that is not a number (an ``n:m`` pattern). A number out of range is a PatternError.
+
+    Examples
+    --------
+    >>> parse_density_text("50%"), parse_density_text("0.25"), parse_density_text("2:4")
+    (0.5, 0.25, None)
+    """
+    m = _DENSITY_RE.match(text) if isinstance(text, str) and len(text) <= 40 else None
+    if m is None:
+        return None
+    value = float(m.group(1)) / (100.0 if m.group(2) else 1.0)
+    if not 0.0 <= value <= 1.0:
+        raise PatternError(f"{where}: a density is the kept fraction in [0, 1] (or 0% to 100%), got {text!r}; write e.g. 0.5 or 50%.")
+    return value

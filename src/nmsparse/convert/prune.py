@@ -18,8 +18,8 @@ import torch
 
 from .._progress import Progress
 from .._version import __version__
-from ..errors import NMSparseError
-from ..masks import solve_mask
+from ..errors import MethodError, NMSparseError, PatternError
+from ..masks import solve_mask, unstructured_mask
 from ..masks.methods import resolve_method
 from ..pattern import NMPattern, PatternLike
 from .rules import Selector, check_ragged_choice, check_state_dict, plan_weight, ragged_error
@@ -172,7 +172,7 @@ class PrunePlan:
     weight is read, so a checkpoint can be pruned one tensor at a time). ``todo`` maps each
     tensor to prune to whether it is padded; ``rows`` holds every tensor's table row."""
 
-    pattern: NMPattern
+    pattern: Union[NMPattern, float]
     method: str
     rows: Dict[str, LayerResult]
     todo: Dict[str, bool]
@@ -203,8 +203,13 @@ def plan_pruning(
     """Decide what :func:`prune_state_dict` does from ``{name: (shape, dtype)}`` (one
     :func:`~nmsparse.convert.rules.plan_weight` per tensor); raises on a ragged weight
     (``ragged="error"``), a bad method, pattern or regex, before any solving."""
-    p = NMPattern.parse(pattern)
-    method_name = resolve_method(p, method, where)
+    p = _parse_spec(pattern, where)
+    if isinstance(p, NMPattern):
+        method_name = resolve_method(p, method, where)
+    elif method not in (None, "exact", "topk"):
+        raise MethodError(f"{where}: an unstructured density keeps the top-k of each tensor (method 'topk'), got method {method!r}.")
+    else:
+        method_name = "topk"
     check_ragged_choice(ragged, where)
     selector = Selector(include, exclude, where, dim0)
     tied = tied or {}
@@ -231,19 +236,34 @@ def _prune_one(name: str, t: torch.Tensor, p: NMPattern, method: str, pad: bool,
                dim: Optional[int] = None) -> torch.Tensor:
     t = t.detach()  # an nn.Parameter in, a plain tensor out: the pruned copy is not part of a graph
     w = t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+    start = time.perf_counter()
     try:
-        res = solve_mask(w, p, method=method, pad=pad, dim=dim)
+        if isinstance(p, NMPattern):
+            res = solve_mask(w, p, method=method, pad=pad, dim=dim)
+            mask, kept, total = res.mask, res.objective, res.info.get("score_total", 0.0)
+        else:
+            mask = unstructured_mask(w, p)
+            kept, total = float(w.abs()[mask].double().sum()), float(w.abs().double().sum())
     except NMSparseError as err:
         raise type(err)(f"layer {name}: {err}") from None
     # Keep the stored values bit for bit; +0.0 elsewhere (also where a kept value was -0.0).
-    new = torch.where(res.mask & (t != 0), t, torch.zeros((), dtype=t.dtype))
-    total = res.info.get("score_total", 0.0)
+    new = torch.where(mask & (t != 0), t, torch.zeros((), dtype=t.dtype))
     row.pruned = True
-    row.pattern = str(p) + (" (padded)" if pad else "") + (f" (groups along dim {dim})" if dim is not None else "")
-    row.kept_fraction = res.objective / total if total else 1.0
+    label = str(p) if isinstance(p, NMPattern) else f"{p:g}"
+    row.pattern = label + (" (padded)" if pad else "") + (f" (groups along dim {dim})" if dim is not None else "")
+    row.kept_fraction = kept / total if total else 1.0
     row.density = int(torch.count_nonzero(new)) / max(new.numel(), 1)
-    row.seconds = res.seconds
+    row.seconds = time.perf_counter() - start
     return new
+
+
+def _parse_spec(pattern, where: str):
+    """An NMPattern, or a float density in [0, 1] (the share of each tensor kept, unstructured)."""
+    if isinstance(pattern, float) and not isinstance(pattern, bool):
+        if not 0.0 <= pattern <= 1.0:
+            raise PatternError(f"{where}: a density is the kept fraction in [0, 1], got {pattern!r}; write e.g. 0.5.")
+        return pattern
+    return NMPattern.parse(pattern)
 
 
 def json_path_for(out: Union[str, Path]) -> Path:

@@ -202,6 +202,8 @@ def plan_weight(
     if reason is not None:
         return WeightPlan(reason)
     dim = selector.group_dim(name, shape)
+    if not isinstance(pattern, NMPattern):  # an unstructured density: top-k of the tensor, any shape fits
+        return WeightPlan(None, None, False, dim)
     problem = ragged_problem(name, shape, pattern, dim)
     if problem is not None and ragged == "skip":
         return WeightPlan(f"dense: shape does not fit {pattern} (--ragged skip): {problem}", problem, dim=dim)

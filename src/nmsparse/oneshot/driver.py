@@ -162,12 +162,9 @@ def prune_(
     start = time.perf_counter()
     if not isinstance(model, nn.Module):
         raise ConvertError(f"{where}: model must be a torch.nn.Module, got {type(model).__name__}.")
-    spec = parse_spec(pattern, where)
-    method_name = resolve_method(spec, method, where) if isinstance(spec, NMPattern) else check_topk(method, where)
-    steps = parse_algorithm(algorithm, where)
+    spec, method_name, steps = check_prune_arguments(pattern, algorithm, method, ragged, where)
     check_options(damp, blocksize, sequential, where)
     check_adaprune_options(iterations, lr, batch_size, where)
-    check_ragged_choice(ragged, where)
     calibrated = steps != ["magnitude"]
     if scores is not None and steps[0] not in ("magnitude", "adaprune"):
         raise ConvertError(
@@ -244,6 +241,16 @@ def prune_(
             guard_loads(model)  # model.load_state_dict checks every mask before copying any tensor
     rep.seconds = time.perf_counter() - start
     return model
+
+
+def check_prune_arguments(pattern, algorithm, method, ragged, where: str = "prune_"):
+    """``(spec, method, steps)`` of :func:`prune_`'s pattern, method and algorithm, checked before any
+    work (the command line calls it before it loads a model)."""
+    spec = parse_spec(pattern, where)
+    method_name = resolve_method(spec, method, where) if isinstance(spec, NMPattern) else check_topk(method, where)
+    steps = parse_algorithm(algorithm, where)
+    check_ragged_choice(ragged, where)
+    return spec, method_name, steps
 
 
 def _snapshot(module: nn.Module):

@@ -1,85 +1,178 @@
-"""Calibrated pruning of a Hugging Face model folder: what ``nmsparse prune --calibration`` runs.
+"""Calibrated pruning of a Hugging Face model folder in bounded memory: what ``nmsparse prune
+--calibration`` runs.
 
-The model is loaded with ``transformers`` (the optional extra ``nmsparse[hf]``) in float32 from the
-folder alone (``local_files_only``: nothing is downloaded), the text file is tokenized with the
-folder's own tokenizer and cut into ``samples`` windows of ``seq_len`` tokens spread evenly over the
-text, the model is pruned with :func:`nmsparse.prune_`, and OUT is written in IN's format through
-:mod:`nmsparse.convert.formats`: every tensor not pruned is written exactly as read (byte-identical),
-each pruned one in its own dtype with +0.0 where pruned, and the other files (config, tokenizer)
-are copied. Tied weights (an ``lm_head`` tied to the token embeddings) are left dense with the
-embeddings, and stay tied. Memory: the whole model in float32 plus the checkpoint as read.
+The model's skeleton is built from ``config.json`` with every parameter on the meta device (no
+memory; buffers such as rotary frequencies are computed as usual). Everything outside the stack
+of repeated blocks (embeddings, final norm, LM head) is loaded from the shards once; each block's
+tensors are loaded only when the block-wise pipeline (:mod:`nmsparse.oneshot.pipeline`) reaches
+it, pruned, written into OUT's shards and freed. Peak memory is about the non-block weights plus
+one block (in float32), the cached hidden states of the calibration windows and one layer's
+statistics: flat in the model's depth. A model without a stack of blocks is loaded whole.
+
+OUT is IN's layout: the same shards with the same headers (``nmsparse_pattern`` /
+``nmsparse_algorithm`` added to the metadata), every tensor not pruned byte-identical, each pruned
+one in its own dtype with +0.0 where pruned; the other files (config, tokenizer) are copied. It is
+written in a temporary folder and installed atomically; on any error nothing is written.
+
+Tied weights (an ``lm_head`` tied to the token embeddings) stay dense with the embeddings.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConvertError
-from ..convert._atomic import atomic_write_file, check_output
-from ..convert.formats import read_checkpoint, write_checkpoint
+from ..convert import _safetensors as st
+from ..convert._atomic import atomic_write_dir, atomic_write_file, check_output
+from ..convert._hf import INDEX_NAME, copy_other_files, index_text, read_layout
+from ..convert.formats import detect_format
 from ..convert.prune import json_path_for
-from .driver import prune_
+from .blocks import BlockList, find_block_lists
+from .calibration_text import Calibration, context_length, load_calibration, transformers_module
+from .driver import check_prune_arguments, prune_
 from .report import PruneReport
 
-__all__ = ["prune_hf_folder", "text_batches"]
+__all__ = ["prune_hf_folder", "build_skeleton", "ShardReader"]
 
 
-def _transformers():
+@contextlib.contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Every parameter registered inside goes to the meta device; buffers stay real."""
+    original = nn.Module.register_parameter
+
+    def register(module, name, param):
+        original(module, name, param)
+        if param is not None and param.device.type != "meta":
+            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = register
     try:
-        import transformers
-    except ImportError:
-        raise ConvertError(
-            "prune --calibration loads the model with the transformers library, which is not installed; "
-            "install the extra: pip install 'nmsparse[hf]'."
-        ) from None
-    return transformers
+        yield
+    finally:
+        nn.Module.register_parameter = original
 
 
-def text_batches(tokenizer, text: str, samples: int, seq_len: int, batch: int = 8) -> List[dict]:
-    """``samples`` windows of ``seq_len`` tokens at evenly spaced offsets of the tokenized text, as
-    dict batches ``{"input_ids", "attention_mask"}`` (a text shorter than one window gives one)."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(ids) < 2:
-        raise ConvertError(f"prune: the calibration text has {len(ids)} token(s); give a text file of at least a few sentences.")
-    length = min(seq_len, len(ids))
-    count = min(samples, len(ids) - length + 1)
-    ids = torch.tensor(ids, dtype=torch.long)
-    starts = torch.linspace(0, len(ids) - length, count).round().long() if count > 1 else torch.zeros(1, dtype=torch.long)
-    windows = ids[starts[:, None] + torch.arange(length)]
-    return [
-        {"input_ids": w, "attention_mask": torch.ones_like(w)} for w in windows.split(batch)
-    ]
-
-
-def _load_model(src: Path):
-    tf = _transformers()
+def build_skeleton(folder: Path):
+    """The model of ``folder`` (``AutoModelForCausalLM``, else ``AutoModel``) with meta parameters, in eval mode."""
+    tf = transformers_module()
+    try:
+        config = tf.AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    except (ValueError, OSError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{folder}: transformers cannot read config.json ({str(err).splitlines()[0][:200] if str(err) else type(err).__name__}); check the file.") from None
     errors = []
     for cls in (tf.AutoModelForCausalLM, tf.AutoModel):
         for kw in ({"dtype": torch.float32}, {"torch_dtype": torch.float32}):
             try:
-                return cls.from_pretrained(str(src), local_files_only=True, **kw)
+                with _parameters_on_meta():
+                    model = cls.from_config(config, **kw)
+                return model.eval(), config
             except TypeError as err:  # older/newer transformers name the dtype argument differently
                 errors.append(str(err))
-            except (ValueError, OSError, KeyError) as err:
+            except (ValueError, KeyError, AttributeError) as err:
                 errors.append(str(err).splitlines()[0] if str(err) else type(err).__name__)
                 break
-    raise CheckpointError(f"{src}: transformers cannot load a model from this folder ({errors[-1][:200]}); check config.json.")
+    raise CheckpointError(f"{folder}: transformers cannot build a model from config.json ({errors[-1][:200]}); check the file.")
 
 
-def _checkpoint_key(name: str, keys, model: nn.Module) -> Optional[str]:
-    if name in keys:
+class ShardReader:
+    """Reads single tensors from a folder's shards (headers checked once, data read on demand)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.layout = read_layout(folder)
+
+    def has(self, key: str) -> bool:
+        return key in self.layout.shard_of
+
+    def entry(self, key: str) -> Tuple[st.Header, st.Entry]:
+        header = self.layout.headers[self.layout.shard_of[key]]
+        return header, next(e for e in header.entries if e.name == key)
+
+    def read(self, key: str) -> torch.Tensor:
+        header, entry = self.entry(key)
+        with open(header.path, "rb") as fh:
+            return st.read_tensor(fh, header, entry)
+
+
+def _checkpoint_key(name: str, reader: ShardReader, prefix: str) -> Optional[str]:
+    if reader.has(name):
         return name
-    prefix = getattr(model, "base_model_prefix", "") or ""
-    if prefix and name.startswith(prefix + ".") and name[len(prefix) + 1 :] in keys:
-        return name[len(prefix) + 1 :]
-    if prefix and f"{prefix}.{name}" in keys:
+    if prefix and name.startswith(prefix + ".") and reader.has(name[len(prefix) + 1:]):
+        return name[len(prefix) + 1:]
+    if prefix and reader.has(f"{prefix}.{name}"):
         return f"{prefix}.{name}"
     return None
+
+
+class _Loader:
+    """Materialises parameters of the skeleton from the shards, and frees them again."""
+
+    def __init__(self, model: nn.Module, reader: ShardReader):
+        self.model, self.reader = model, reader
+        self.prefix = getattr(model, "base_model_prefix", "") or ""
+        self.holders: Dict[int, List[Tuple[nn.Module, str, str]]] = {}
+        for mname, module in model.named_modules(remove_duplicate=False):
+            for pname, p in module._parameters.items():
+                if p is not None:
+                    full = f"{mname}.{pname}" if mname else pname
+                    self.holders.setdefault(id(p), []).append((module, pname, full))
+
+    def load(self, modules: List[nn.Module]) -> None:
+        for p in {id(p): p for m in modules for p in m.parameters()}.values():
+            if not p.is_meta:
+                continue
+            holders = self.holders[id(p)]
+            key = next((k for k in (_checkpoint_key(h[2], self.reader, self.prefix) for h in holders) if k), None)
+            if key is None:
+                raise CheckpointError(f"{self.reader.folder}: no tensor for {holders[0][2]} in the shards; the folder does not "
+                                      "match its config.json. Re-save the model with save_pretrained.")
+            value = self.reader.read(key)
+            if tuple(value.shape) != tuple(p.shape):
+                raise CheckpointError(f"{self.reader.folder}: tensor {key} has shape {tuple(value.shape)}, the model expects "
+                                      f"{tuple(p.shape)}; the folder does not match its config.json.")
+            new = nn.Parameter(value.to(torch.float32), requires_grad=False)
+            for module, pname, _ in holders:
+                module._parameters[pname] = new
+            self.holders[id(new)] = holders
+
+    def free(self, module: nn.Module) -> None:
+        for sub in module.modules():
+            for pname, p in list(sub._parameters.items()):
+                if p is not None and not p.is_meta:
+                    holders = self.holders.pop(id(p))
+                    meta = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=False)
+                    for mod, name, _ in holders:
+                        mod._parameters[name] = meta
+                    self.holders[id(meta)] = holders
+
+
+class _ShardWriter:
+    """OUT's shards: IN's headers and bytes first, then each pruned tensor written over its own bytes."""
+
+    def __init__(self, reader: ShardReader, tmp: Path, extra: Dict[str, str]):
+        self.reader, self.tmp = reader, tmp
+        self.data_start: Dict[str, int] = {}
+        for name in reader.layout.files:
+            header = reader.layout.headers[name]
+            with open(header.path, "rb") as fin, open(tmp / name, "wb") as fout:
+                self.data_start[name] = st.write_header(fout, header.entries, {**header.metadata, **extra})
+                for entry in header.entries:
+                    st.copy_bytes(fin, header, entry, fout)
+
+    def write(self, key: str, tensor: torch.Tensor) -> None:
+        header, entry = self.reader.entry(key)
+        shard = self.reader.layout.shard_of[key]
+        value = tensor.detach().to(entry.dtype)
+        value = torch.where(value != 0, value, torch.zeros((), dtype=value.dtype)).contiguous()  # +0.0, never -0.0
+        with open(self.tmp / shard, "r+b") as fh:
+            fh.seek(self.data_start[shard] + entry.begin)
+            st.write_tensor(fh, entry, value)
 
 
 def prune_hf_folder(
@@ -94,46 +187,85 @@ def prune_hf_folder(
     exclude=None,
     samples: int = 128,
     seq_len: int = 512,
+    allow_short: bool = False,
     ragged: str = "error",
+    blocks=None,
     force: bool = False,
     progress: bool = False,
 ) -> Tuple[PruneReport, List[str], str]:
-    """Prune the model in folder ``src`` with calibration text and write ``out``; returns the
-    report, notes for the user and the path of the JSON report (``OUT.prune.json``)."""
+    """Prune the model in folder ``src`` with calibration text and write ``out`` (see the module
+    docstring); returns the report, notes for the user and the path of ``OUT.prune.json``.
+
+    Every argument is checked before any weight is read: the pattern or density, the algorithm,
+    the method, OUT, the folder's layout, and the calibration text, which must give ``samples``
+    windows of ``seq_len`` tokens without overlap (``allow_short``: use what there is, said in the
+    report); ``seq_len`` must fit the model's context (``max_position_embeddings``)."""
     src = Path(src)
-    out = check_output(src, out, "dir" if src.is_dir() else "file", force)
-    json_path = check_output(src, json_path_for(out), "file", force)
-    ckpt = read_checkpoint(src)
-    if ckpt.format != "hf-folder":
+    check_prune_arguments(pattern, algorithm, method, ragged, where="prune")
+    if detect_format(src) != "hf-folder":
         raise ConvertError(
-            f"prune: --calibration needs a Hugging Face model folder (config, tokenizer and safetensors weights); "
-            f"{src} is a {ckpt.format} checkpoint. Drop --calibration for magnitude pruning."
+            f"prune: --calibration needs a Hugging Face model folder (config.json, tokenizer and safetensors weights); "
+            f"{src} is not one. Drop --calibration for magnitude pruning."
         )
-    try:
-        text = Path(calibration_file).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{calibration_file}: cannot read the calibration text ({err}); pass a UTF-8 text file.") from None
-    tf = _transformers()
-    try:
-        tokenizer = tf.AutoTokenizer.from_pretrained(str(src), local_files_only=True)
-    except (ValueError, OSError, KeyError) as err:
-        raise CheckpointError(f"{src}: no usable tokenizer in the folder ({str(err)[:200]}); --calibration tokenizes with the folder's own tokenizer.") from None
-    batches = text_batches(tokenizer, text, samples, seq_len)
-    model = _load_model(src)
+    out = check_output(src, out, "dir", force)
+    json_path = check_output(src, json_path_for(out), "file", force)
+    reader = ShardReader(src)
+    model, config = build_skeleton(src)
+    calib = load_calibration(src, calibration_file, samples, seq_len, allow_short, context_length(config), where="prune")
     rep = PruneReport()
-    prune_(model, pattern, calibration=batches, algorithm=algorithm, method=method if method is not None else "exact",
-           include=include, exclude=exclude, ragged=ragged, attach_masks=False, report=rep, progress=progress, where="prune")
-    modules = dict(model.named_modules())
-    for row in rep.layers:
-        key = _checkpoint_key(row.name, ckpt.tensors, model)
-        if key is None:
-            raise ConvertError(f"prune: layer {row.name} of the loaded model has no tensor in {src}; cannot write it back.")
-        stored = ckpt.tensors[key]
-        new = modules[row.module_name].weight.detach().to(stored.dtype)
-        if tuple(new.shape) != tuple(stored.shape):
-            raise ConvertError(f"prune: layer {row.name} has shape {tuple(new.shape)} in the model but {tuple(stored.shape)} in {src}.")
-        ckpt.tensors[key] = torch.where(new != 0, new, torch.zeros((), dtype=new.dtype)).contiguous()
-    write_checkpoint(ckpt, out, force=force, extra_metadata={"nmsparse_pattern": rep.pattern, "nmsparse_algorithm": rep.algorithm})
-    text_out = json.dumps({"output": str(out), **rep.to_dict(), "notes": list(ckpt.notes)}, indent=1) + "\n"
+    rep.calibration = calib.to_dict()
+    notes: List[str] = list(reader.layout.notes) + calib.notes()
+    extra = {"nmsparse_pattern": str(pattern), "nmsparse_algorithm": str(algorithm)}
+
+    def fill(tmp: Path) -> None:
+        skipped = copy_other_files(src, tmp, set(reader.layout.files))
+        if skipped:
+            notes.append(f"not copied (not a regular file): {', '.join(skipped)}")
+        writer = _ShardWriter(reader, tmp, extra)
+        _prune_streamed(model, reader, writer, calib, rep, notes, pattern=pattern, algorithm=algorithm, method=method,
+                        include=include, exclude=exclude, ragged=ragged, blocks=blocks, progress=progress)
+        if reader.layout.index is not None:
+            (tmp / INDEX_NAME).write_text(index_text(reader.layout.index, reader.layout.total_size()), encoding="utf-8")
+
+    atomic_write_dir(out, fill, force=force)
+    text_out = json.dumps({"output": str(out), **rep.to_dict(), "notes": notes}, indent=1) + "\n"
     atomic_write_file(json_path, lambda tmp: tmp.write_text(text_out, encoding="utf-8"), force=True)
-    return rep, list(ckpt.notes), str(json_path)
+    return rep, notes, str(json_path)
+
+
+def _prune_streamed(model, reader: ShardReader, writer: _ShardWriter, calib: Calibration, rep: PruneReport, notes, *,
+                    pattern, algorithm, method, include, exclude, ragged, blocks, progress) -> None:
+    loader = _Loader(model, reader)
+    prunable = lambda block: any(isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D" for m in block.modules())  # noqa: E731
+    lists: List[BlockList] = [] if blocks == () else find_block_lists(model, prunable, blocks, "prune")
+    in_blocks = {id(m) for bl in lists for m in bl.modules.modules()}
+    outside = [m for m in model.modules() if id(m) not in in_blocks and m._parameters]
+    loader.load(outside)
+    if not lists:
+        loader.load([model])
+        notes.append("no stack of repeated blocks found: the whole model was loaded in memory")
+    written = set()
+
+    def write_layers(module: nn.Module) -> None:
+        for row in rep.layers:
+            layer = model.get_submodule(row.module_name)
+            if row.name in written or not any(layer is m for m in module.modules()):
+                continue
+            key = _checkpoint_key(row.name, reader, loader.prefix)
+            if key is None:
+                raise ConvertError(f"prune: layer {row.name} of the model has no tensor in {reader.folder}; cannot write it back.")
+            writer.write(key, layer.weight)
+            written.add(row.name)
+
+    def on_block(event: str, bl: BlockList, k: int) -> None:
+        block = bl.modules[k]
+        if event == "load":
+            loader.load([block])
+        else:
+            write_layers(block)
+            loader.free(block)
+
+    prune_(model, pattern, calibration=calib.batches, algorithm=algorithm, method=method if method is not None else "exact",
+           include=include, exclude=exclude, ragged=ragged, report=rep, progress=progress, where="prune",
+           blocks=[bl.name for bl in lists] if lists else (), _on_block=on_block if lists else None)
+    write_layers(model)  # layers outside the blocks (an untied LM head), or every layer of a model loaded whole

@@ -101,6 +101,10 @@ def iterate_pipeline(
             if info.mode == "none":
                 info.mode = "truncated"
             finished = [done[n][0] for n in done]
+            for bl in lists:  # blocks that truncated passes will run must be in memory
+                if bl.name not in done:
+                    for k in range(len(bl)):
+                        _notify(on_block, "load", bl, k)
             with stubbed(finished, replay):
                 yield from iterate_runs(run_model, count, masks, remaining, sequential=sequential, keep_samples=keep_samples)
     finally:
@@ -114,8 +118,7 @@ def _run_list(cap: Capture, remaining, masks, count, sequential, keep_samples, w
     hidden: List[torch.Tensor] = list(cap.hidden0)
     final = None
     for k, block in enumerate(bl.modules):
-        if k:
-            _notify(on_block, "load", bl, k)
+        _notify(on_block, "load", bl, k)
         mine = {id(m) for m in block.modules()}
         views = {n: v for n, v in remaining.items() if id(v.module) in mine}
         for n in views:
