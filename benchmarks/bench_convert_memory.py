@@ -11,6 +11,12 @@ after. Targets (issue 14): peak <= 900 MiB at 1 and 2 GiB, and the 2 GiB run <= 
 Run: ``python benchmarks/bench_convert_memory.py`` (about 10 minutes on 2 cores, 8 GiB of free
 disk); ``--quick`` uses 0.125 and 0.25 GiB. Prints a table and appends JSON lines to
 ``bench-results/convert_memory.jsonl``.
+
+``--calibrated``: peak RSS of *calibrated* pruning (``nmsparse prune --calibration``, SparseGPT 2:4,
+blocks streamed from the shards) against the model's depth, on bf16 Llama folders (hidden 1024,
+MLP 2816, 16 heads, 8 kv heads, vocab 32000, untied LM head; ``--depths``, default 6 12 24 48)
+generated here with random weights, 16 calibration windows of 128 tokens. Target (issue 19): the
+12-block run's peak <= 1.15x the 6-block run's.
 """
 
 from __future__ import annotations
@@ -89,6 +95,73 @@ def baseline_tree(args, work: Path):
     return dest / "src"
 
 
+def make_llama_folder(folder: Path, blocks: int) -> int:
+    """A bf16 Llama folder of ``blocks`` blocks (hidden 1024, MLP 2816) with a word-level tokenizer; returns its bytes."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = sorted(set(_calibration_text().split()))[:31990]
+    vocab = {"[UNK]": 0, "[PAD]": 1, **{w: i + 2 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    cfg = transformers.LlamaConfig(vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=blocks,
+                                   num_attention_heads=16, num_key_value_heads=8, max_position_embeddings=512,
+                                   tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg).to(torch.bfloat16)
+    model.save_pretrained(folder, max_shard_size="200MB")
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]").save_pretrained(folder)
+    del model
+    return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+
+
+def _calibration_text() -> str:
+    import sysconfig
+
+    parts = []
+    for name in ("argparse.py", "typing.py", "dataclasses.py", "inspect.py"):
+        with open(os.path.join(sysconfig.get_paths()["stdlib"], name), encoding="utf-8") as fh:
+            parts.append(fh.read())
+    return "\n".join(parts)
+
+
+def run_calibrated(args, work: Path) -> None:
+    text = work / "calib.txt"
+    text.write_text(_calibration_text(), encoding="utf-8")
+    rows = []
+    for blocks in args.depths:
+        folder = work / f"llama-{blocks}"
+        size = make_llama_folder(folder, blocks)
+        out = work / "out"
+        env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+        cmd = [sys.executable, "-c", _MEASURE, sys.executable, "-m", "nmsparse", "prune", str(folder), "-o", str(out),
+               "--pattern", "2:4", "--algorithm", "sparsegpt", "--calibration", str(text), "--samples", "16",
+               "--seq-len", "128", "--quiet"]
+        start = time.perf_counter()
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        last = res.stderr.strip().splitlines()[-1].split()
+        if last[0] != "maxrss_kib" or last[2] != "0":
+            raise SystemExit(f"prune failed:\n{res.stderr[-2000:]}")
+        rows.append({"blocks": blocks, "folder_mib": size / MIB, "rss_mib": int(last[1]) / 1024, "seconds": seconds})
+        print(f"{blocks} blocks done: {rows[-1]}", file=sys.stderr, flush=True)
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        for p in work.glob("out.prune.json"):
+            p.unlink()
+    for r in rows:
+        r["vs_first"] = r["rss_mib"] / rows[0]["rss_mib"]
+    print_table(rows, [("blocks", "blocks", "d"), ("folder_mib", "bf16 folder MiB", ".0f"),
+                       ("rss_mib", "peak RSS MiB", ".0f"), ("vs_first", f"vs {rows[0]['blocks']} blocks", ".2f"),
+                       ("seconds", "seconds", ".0f")])
+    by = {r["blocks"]: r for r in rows}
+    if 6 in by and 12 in by:
+        growth = by[12]["rss_mib"] / by[6]["rss_mib"]
+        print(f"\n12-block / 6-block peak RSS = {growth:.2f}x (target <= 1.15x): {'held' if growth <= 1.15 else 'MISSED'}")
+    write_jsonl(args.out, [dict(r, bench="calibrated_memory", machine=machine()) for r in rows])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=float, nargs="+", default=[1.0, 2.0], help="checkpoint sizes in GiB (default 1 2)")
@@ -99,7 +172,16 @@ def main(argv=None) -> int:
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--workdir", default=None, help="where to put the generated folders (default: a temporary folder)")
     ap.add_argument("--out", default=str(ROOT / "bench-results" / "convert_memory.jsonl"))
+    ap.add_argument("--calibrated", action="store_true", help="peak RSS of calibrated pruning against depth instead")
+    ap.add_argument("--depths", type=int, nargs="+", default=[6, 12, 24, 48], help="blocks per model for --calibrated")
     args = ap.parse_args(argv)
+    if args.calibrated:
+        work = Path(tempfile.mkdtemp(prefix="nms-cal-", dir=args.workdir))
+        try:
+            run_calibrated(args, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return 0
     sizes = [0.125, 0.25] if args.quick else args.sizes
     work = Path(tempfile.mkdtemp(prefix="nms-mem-", dir=args.workdir))
     try:

@@ -292,3 +292,26 @@ def test_blocks_option_names_a_module_list():
     rep = PruneReport()
     nms.prune_(_llama(2), "2:4", calibration=_batches(1), algorithm="wanda", blocks="model.layers", report=rep)
     assert rep.pipeline.block_lists == ["model.layers (2 blocks)"]
+
+
+@pytest.mark.parametrize("spec", ["2:4", "4:8", "1:4", "2:4T", "4:8T", 0.4, "fixed", "tail"])
+def test_compiled_obs_loop_equals_the_torch_loop(spec):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(200, 40, generator=g, dtype=torch.float64)
+    x[:, 5] = 0.0  # a dead input
+    h = x.T @ x
+    w = torch.randn(16, 40, generator=g, dtype=torch.float64)
+    real = torch.ones(16, 40, dtype=torch.bool)
+    real[:, 38:] = False  # padding columns
+    kw = dict(blocksize=16, real=real)
+    if spec == "fixed":
+        pattern, kw["mask"] = nms.NMPattern.parse("2:4"), nms.find_mask(w, "2:4")
+    elif spec == "tail":
+        pattern, kw["tail"] = nms.NMPattern.parse("2:4"), 4
+        kw["real"] = None
+    else:
+        pattern = spec if isinstance(spec, float) else nms.NMPattern.parse(spec)
+    a, ka = sparsegpt(w, h, pattern, compiled=True, **kw)
+    b, kb = sparsegpt(w, h, pattern, compiled=False, **kw)
+    assert torch.equal(ka, kb)
+    assert torch.equal(a, b)

@@ -251,13 +251,19 @@ def record_blocks(
             # A fresh tensor object (same storage), so the next block can tell it from its own input.
             out = output_like(cap.example, hidden.view_as(hidden))
             state["last"][bl.name] = (k, output_hidden(out))
+            if k == len(bl) - 1:
+                state["finished"].add(bl.name)
+                if len(state["finished"]) == len(caps) and i > 0:
+                    # Every list recorded: the rest of the model (an LM head) need not run. Batch 0 runs
+                    # to the end, to see that no block is called again later.
+                    raise StopPass
             return out
 
         return fn
 
     with stubbed(lists, recorder):
         for i in range(count):
-            state["batch"], state["last"] = i, {}
+            state["batch"], state["last"], state["finished"] = i, {}, set()
             try:
                 run_model(i)
             except StopPass:

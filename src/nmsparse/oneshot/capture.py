@@ -70,15 +70,17 @@ def _run(model, batch, i: int, where: str) -> None:
 def _pass(run, count, token_masks, views, keep_samples, group: bool) -> Tuple[Dict[str, InputStats], List[str]]:
     stats = {name: InputStats(view, keep_samples) for name, view in views.items()}
     order: List[str] = []
-    state = {"x0": None, "members": None, "token_mask": None}
+    state = {"x0": None, "members": None, "token_mask": None, "shared": {}, "seen": set()}
 
     def hook_for(name):
-        def hook(module, args, output):
+        # A pre-hook: the statistics need the layer's input only, so a pass can stop before the
+        # last member of its group runs (once the group is known, from the second batch on).
+        def hook(module, args):
             if not args or not isinstance(args[0], torch.Tensor):
                 return
             x = args[0]
+            members = state["members"]
             if group:
-                members = state["members"]
                 if members is None:  # first batch: the group is the leader and its same-input siblings
                     if not order:
                         state["x0"] = x
@@ -88,14 +90,18 @@ def _pass(run, count, token_masks, views, keep_samples, group: bool) -> Tuple[Di
                     raise StopPass
             if name not in order:
                 order.append(name)
-            stats[name].add(x, state["token_mask"])
+            stats[name].add(x, state["token_mask"], state["shared"])
+            if group and members is not None:
+                state["seen"].add(name)
+                if len(state["seen"]) == len(members):
+                    raise StopPass  # every member has its inputs: nothing after them is needed
 
         return hook
 
-    handles = [view.module.register_forward_hook(hook_for(name)) for name, view in views.items()]
+    handles = [view.module.register_forward_pre_hook(hook_for(name)) for name, view in views.items()]
     try:
         for i in range(count):
-            state["token_mask"] = token_masks[i]
+            state["token_mask"], state["shared"], state["seen"] = token_masks[i], {}, set()
             try:
                 run(i)
             except StopPass:

@@ -309,7 +309,7 @@ def _prune_layer(t: Target, view: MatrixView, stats: Optional[InputStats], steps
     _write(module, view, w, b, mask)
     w_final = view.weight_matrix()
     b_final = None if bias is None else bias.detach().double()
-    err = (lambda ww, bb: _relative_error(w0, b0, ww, bb, gram)) if gram is not None else (lambda ww, bb: None)
+    err = _error_meter(w0, b0, gram) if gram is not None else (lambda ww, bb: None)
     after = err(w_final, b_final)
     before = err(_masked(w0, mask), b0)
     abs0 = w0.abs()
@@ -411,13 +411,19 @@ def _write(module: nn.Module, view: MatrixView, w: torch.Tensor, b: Optional[tor
         module.bias.copy_(b.to(module.bias.dtype))
 
 
-def _relative_error(w0, b0, w, b, gram) -> float:
-    """``tr(ΔΘ G ΔΘᵀ) / tr(Θ₀ G Θ₀ᵀ)`` with ``Θ = [W b]``: the output error on the calibration rows."""
+def _error_meter(w0, b0, gram) -> Callable:
+    """``err(w, b) = tr(ΔΘ G ΔΘᵀ) / tr(Θ₀ G Θ₀ᵀ)`` with ``Θ = [W b]``: the relative output error on the
+    calibration rows. float32 products (a diagnostic; ΔΘ is a difference, so nothing cancels),
+    summed in float64; the reference term is computed once."""
     cols = w0.shape[1]
-    if b0 is None:
-        g, d, t0 = gram[:cols, :cols], w - w0, w0
-    else:
-        g, d, t0 = gram, torch.cat([w - w0, (b - b0)[:, None]], 1), torch.cat([w0, b0[:, None]], 1)
-    err = float(((d @ g) * d).sum())
-    ref = float(((t0 @ g) * t0).sum())
-    return max(err, 0.0) / ref if ref > 0 else max(err, 0.0)
+    g = (gram[:cols, :cols] if b0 is None else gram).float()
+    theta = lambda w, b: w if b0 is None else torch.cat([w, (b if b is not None else b0)[:, None]], 1)  # noqa: E731
+    t0 = theta(w0, b0).float()
+    ref = float(((t0 @ g) * t0).sum(dtype=torch.float64))
+
+    def err(w, b) -> float:
+        d = theta(w, b).float() - t0
+        e = max(float(((d @ g) * d).sum(dtype=torch.float64)), 0.0)
+        return e / ref if ref > 0 else e
+
+    return err

@@ -61,6 +61,8 @@ class MatrixView:
         self.layout = matrix_layout(self.shape)
         self.m, self.tiles = m, tiles
         self.rows, self.cols = self.layout.padded_shape(m, tiles)
+        # Layers of one kind fed the same tensor share its Gram (a conv's rows depend on its own kernel).
+        self.kind = f"conv{id(module)}" if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) else "matrix"
         self.in_pad = -(-self.layout.group_len // m) * m  # input channels per kernel position, padded
 
     # --- weights -------------------------------------------------------------------------------
@@ -161,11 +163,23 @@ class InputStats:
         self.samples: List[torch.Tensor] = []
         self.calls = 0
 
-    def add(self, x: torch.Tensor, token_mask: Optional[torch.Tensor]) -> None:
-        rows = self.view.rows_of(x, token_mask)
-        a = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
-        g = a.T @ a
-        self.gram = g if self.gram is None else self.gram.add_(g)
+    def add(self, x: torch.Tensor, token_mask: Optional[torch.Tensor], shared: Optional[dict] = None) -> None:
+        """Add one call's inputs. ``shared`` (one dict per batch) lets layers fed the very same tensor
+        (q/k/v, gate/up) compute its Gram once."""
+        key = (id(x), self.view.cols, self.view.kind)
+        hit = shared.get(key) if shared is not None else None
+        if hit is not None and hit[0] is x:
+            g = hit[1]
+        else:
+            rows = self.view.rows_of(x, token_mask)
+            a = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
+            # One batch's product in the input's precision (float32 for float32 models: half the cost
+            # of float64), accumulated over batches in float64.
+            a = a.double() if x.dtype == torch.float64 else a.float()
+            g = (a.T @ a).double()
+            if shared is not None:
+                shared[key] = (x, g)
+        self.gram = g.clone() if self.gram is None else self.gram.add_(g)
         self.calls += 1
         if self.keep_samples:
             self.samples.append(self.view.sample_of(x, token_mask))
@@ -198,10 +212,13 @@ def inverse_cholesky(h: torch.Tensor, damp: float, name: str) -> Tuple[torch.Ten
     tries = [float(damp)] + [x for x in (1e-4, 1e-3, 1e-2, 1e-1, 1.0) if x > damp]
     if mean > 0:
         for d in tries:
-            chol, info = torch.linalg.cholesky_ex(h + (d * mean) * eye)
+            # With J the index reversal, J(H+λI)J = L̃L̃ᵀ gives H+λI = RRᵀ with R = J L̃ J upper
+            # triangular, so (H+λI)⁻¹ = R⁻ᵀR⁻¹ and U = R⁻¹: one factorisation and one triangular
+            # inverse, instead of factorising, inverting and factorising the inverse again.
+            flipped, info = torch.linalg.cholesky_ex((h + (d * mean) * eye).flip(0, 1))
             if int(info) == 0:
-                upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(chol), upper=True)
-                if int(info) == 0 and bool(torch.isfinite(upper).all()):
+                upper = torch.linalg.solve_triangular(flipped.flip(0, 1), eye, upper=True)
+                if bool(torch.isfinite(upper).all()):
                     return upper, d
     raise ConvertError(
         f"layer {name}: H = XᵀX of its calibration inputs stays indefinite even with damping "
