@@ -1,12 +1,25 @@
 import itertools
+import math
+from fractions import Fraction
 
-import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 import nmsparse as nms
 from nmsparse.errors import ScoreError
+
+
+def _stated_kept_count(total, density):
+    # The library's stated rule (unstructured_mask, diversity.kept_count): k = floor(density * total
+    # + 1/2) in exact arithmetic on the float's exact binary value. Float arithmetic is not that
+    # rule: 0.3 * 5 + 0.5 rounds to 2.0 in floats, but 0.3 is 0.29999999999999998889... so k = 1.
+    return math.floor(Fraction(density) * total + Fraction(1, 2))
+
+
+def test_stated_rule_is_exact_not_float():
+    assert _stated_kept_count(5, 0.3) == 1 and math.floor(0.3 * 5 + 0.5) == 2
+    assert _stated_kept_count(30, 0.25) == 8  # 7.5 exactly: half rounds up
 
 
 @settings(max_examples=60, deadline=None)
@@ -14,10 +27,12 @@ from nmsparse.errors import ScoreError
     vals=st.lists(st.integers(-3, 3), min_size=1, max_size=10),
     density=st.floats(0, 1),
 )
+@example(vals=[1, 2, 3, 1, 2], density=0.3)  # the fresh-clone failure of a float oracle
+@example(vals=[1, -1, 1, 0], density=0.625)  # an exact half (2.5): rounds up to 3
 def test_topk_against_brute_force_with_ties(vals, density):
     w = torch.tensor(vals, dtype=torch.float32)
     mask = nms.unstructured_mask(w, density)
-    k = int(np.floor(density * len(vals) + 0.5))
+    k = _stated_kept_count(len(vals), density)
     assert int(mask.sum()) == k
     scores = [abs(v) for v in vals]
     # brute force: best sum, ties to the lexicographically smallest index set
