@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -140,11 +141,14 @@ for density in (0.0, 0.1, 0.25, 0.5, 0.9, 1.0):
     for wid, w in {"plain": W, "Parameter": nn.Parameter(W.clone()), "fp16": W.half(), "transposed": W.t(), "requires_grad": W.clone().requires_grad_()}.items():
         def check(mask, w=w, density=density):
             flat = w.detach().float().abs().reshape(-1)
-            k = int(math.floor(density * flat.numel() + 0.5))
+            # The stated rule, in exact arithmetic on the float's binary value (not float maths).
+            k = math.floor(Fraction(density) * flat.numel() + Fraction(1, 2))
             assert mask.dtype == torch.bool and mask.shape == w.shape and int(mask.sum()) == k and not mask.requires_grad
-            if 0 < k < flat.numel():
-                kept, dropped = flat[mask.reshape(-1)], flat[~mask.reshape(-1)]
-                assert float(kept.min()) >= float(dropped.max())
+            # Sorting oracle: the k largest, ties to the lower flat index.
+            order = sorted(range(flat.numel()), key=lambda i: (-float(flat[i]), i))[:k]
+            want = torch.zeros(flat.numel(), dtype=torch.bool)
+            want[order] = True
+            assert torch.equal(mask.reshape(-1), want), "not the k largest with ties to the lower index"
         CASES.append(Case(f"unstructured_mask {wid} density {density}", lambda w=w, d=density: nms.unstructured_mask(w, d), check=check))
 for cid, call, err, match in [
     ("density > 1", lambda: nms.unstructured_mask(W, 1.5), nms.ScoreError, r"\[0, 1\]"),

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import copy
 import math
+from fractions import Fraction
 
 import torch
 from torch import nn
 
 import nmsparse as nms
 from nmsparse.layout import group_dim_of, is_hf_conv1d
+from nmsparse.nn import sparsified_parameters
 from _harness import Case, parametrize, run_case
 from nmsparse import convert, oneshot, regularizers as R, sift
 
@@ -74,34 +76,80 @@ def _layers(model):
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)) or is_hf_conv1d(m)]
 
 
+def _dense_and_masks(model):
+    """{parameter name: (dense weight, mask)} of every masked weight, by the public helper."""
+    out = {}
+    for name, (module, pname) in sparsified_parameters(model).items():
+        plist = module.parametrizations[pname]
+        out[name] = (plist.original.detach().clone(), plist[0].mask.clone())
+    return out
+
+
 def _sparsified(make, x, pattern, steps):
+    """sparsify_ with a refresh every training pass, ``steps`` real training steps (forward,
+    backward, SGD step; a frozen model gets forwards only), then update_masks_ and squash_."""
     model = make()
     nms.sparsify_(model, pattern, update_every=1)
     model.train()
-    with torch.no_grad():
-        for _ in range(steps):
-            model(x)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.5) if params else None
+    for _ in range(steps):
+        out = model(x)
+        loss = getattr(out, "logits", out).float().pow(2).mean()
+        if opt is not None:
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    rows = [dict(r) for r in nms.summary(model).rows]
+    nms.update_masks_(model)
+    masks = _dense_and_masks(model)
     if steps:
-        nms.update_masks_(model)
         nms.squash_(model)
-    return model
+    return model, rows, masks
 
 
-def _obeys(pattern):
-    def check(model):
-        checked = 0
-        for name, layer in _layers(model):
+def _rule_mask(dense, pattern, row):
+    """The mask the refresh rule gives for ``dense``: top-k of |w| for a density, else the pattern's
+    mask by the layer's solver along its group dimension."""
+    if isinstance(pattern, float):
+        return nms.unstructured_mask(dense, pattern)
+    return nms.find_mask(dense, pattern, method=row["solver"], dim=row["group_dim"])
+
+
+def _obeys(pattern, steps):
+    def check(result):
+        model, rows, masks = result
+        by_name = {r["name"]: r for r in rows}
+        layers = _layers(model)
+        assert layers, "the model has no candidate layer"
+        for name, layer in layers:  # every candidate layer, not any one
+            pname = f"{name}.weight"
+            row = by_name.get(pname)
+            assert row is not None, f"{pname}: not in summary (sparsify_ left it out without a reason)"
+            assert row["status"] == "sparse" or row["status"].startswith("tied"), f"{pname}: {row['status']}"
+            assert (row["steps"], row["refreshes"]) == (steps, steps) or row["status"].startswith("tied"), \
+                f"{pname}: {row['steps']} training passes counted and {row['refreshes']} refreshes after {steps} steps"
             w = layer.weight.detach()
             if isinstance(pattern, float):
-                continue
-            if nms.is_valid_mask(w != 0, pattern, dim=group_dim_of(layer)):
-                checked += 1
-            elif is_hf_conv1d(layer):  # every Conv1D is a default candidate and must obey along dim 0
-                raise AssertionError(f"{name}: Conv1D weight does not obey {pattern} along dim 0")
-        if not isinstance(pattern, float):
-            assert checked >= 1, "no layer obeys the pattern after sparsify_"
-        rows = nms.summary(model)
-        assert rows is not None
+                k = math.floor(Fraction(pattern) * w.numel() + Fraction(1, 2))
+                assert int((w != 0).sum()) <= k, f"{pname}: {int((w != 0).sum())} non-zeros, density {pattern} keeps {k}"
+            else:
+                assert nms.is_valid_mask(w != 0, pattern, dim=group_dim_of(layer)), f"{pname}: weight does not obey {pattern}"
+            assert not torch.signbit(w[w == 0]).any(), f"{pname}: pruned entries must be +0.0"
+        for pname, (dense, mask) in masks.items():
+            row = by_name[pname]
+            if isinstance(pattern, float):
+                assert int(mask.sum()) == math.floor(Fraction(pattern) * mask.numel() + Fraction(1, 2)), pname
+            else:
+                nms.check_mask(mask, pattern, dim=row["group_dim"], exact=True)
+            # update_masks_ refreshed from the trained dense weights: the mask is the rule's mask of them.
+            assert torch.equal(mask, _rule_mask(dense, pattern, row)), f"{pname}: mask is not the refresh of the dense weights"
+        if steps:  # squash_ baked the masks in and removed every parametrization
+            assert not sparsified_parameters(model), "squash_ left masks attached"
+            for name, layer in layers:
+                dense, mask = masks.get(f"{name}.weight", (None, None))
+                if dense is not None:
+                    assert torch.equal(layer.weight.detach(), torch.where(mask, dense, torch.zeros((), dtype=dense.dtype))), name
     return check
 
 
@@ -110,7 +158,7 @@ for mid, (make, x) in MODELS.items():
     for pattern in ("2:4", "2:4T", "4:8T", 0.5):
         for steps in (0, 2):
             CASES.append(Case(f"sparsify_ {mid} {pattern} steps={steps}", lambda make=make, x=x, p=pattern, s=steps: _sparsified(make, x, p, s),
-                              check=_obeys(pattern)))
+                              check=_obeys(pattern, steps)))
 
 E = nms.NMSparseError
 BAD_MODELS = [
@@ -153,17 +201,27 @@ def _transformed(family, sparsity, pattern=None):
     return model, before, new
 
 
-def _transform_ok(result):
-    model, before, new = result
-    assert new is not model
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "transform changed its input"
-    assert new(X).shape == (4, 8)
+def _transform_ok(pattern):
+    def check(result):
+        model, before, new = result
+        assert new is not model
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "transform changed its input"
+        assert new(X).shape == (4, 8)
+        masked = sparsified_parameters(new)
+        assert masked, "the transformed model carries no mask"
+        for name, (module, pname) in masked.items():  # every masked weight, not any one
+            mask = module.parametrizations[pname][0].mask
+            w = getattr(module, pname).detach()
+            assert not (w[~mask] != 0).any() and not torch.signbit(w[w == 0]).any(), f"{name}: pruned entries must be +0.0"
+            if pattern is not None:
+                nms.check_mask(mask, pattern, exact=True)
+    return check
 
 
 for family in ("wide", "parallel", "factorized", "doped"):
     for sparsity, pattern in ((0.5, None), (0.25, None), (0.5, "2:4")):
         CASES.append(Case(f"sift.transform {family} s={sparsity} pattern={pattern}",
-                          lambda f=family, s=sparsity, p=pattern: _transformed(f, s, p), check=_transform_ok))
+                          lambda f=family, s=sparsity, p=pattern: _transformed(f, s, p), check=_transform_ok(pattern)))
 BAD_MODELS += [
     ("sift.transform None", lambda: sift.transform(None, "doped", 0.5), nms.ArgumentError, "nn.Module"),
     ("sift.transform a tensor", lambda: sift.transform(torch.ones(2), "doped", 0.5), nms.ArgumentError, "nn.Module"),
@@ -189,7 +247,16 @@ for vid, v in {"plain": V, "Parameter": nn.Parameter(V.clone()), "requires_grad"
     CASES.append(Case(f"k_support_norm k=d {vid}", lambda v=v: R.k_support_norm(v, v.numel()),
                       check=lambda got, ref=ref: _assert(abs(got - float(ref.norm())) < 1e-9 * max(1, float(ref.norm())))))
     CASES.append(Case(f"wgsef_project {vid} keeps the 3 largest", lambda v=v: R.wgsef_project(v, 3),
-                      check=lambda out, v=v: _assert(int((out.detach() != 0).sum()) == 3 and out.shape == v.shape)))
+                      check=lambda out, v=v, ref=ref: _kept_three_largest(out, v, ref)))
+def _kept_three_largest(out, v, ref):
+    assert out.shape == v.shape and out.dtype == v.dtype
+    flat = out.detach().double().reshape(-1)
+    top = sorted(range(ref.numel()), key=lambda i: (-abs(float(ref[i])), i))[:3]
+    want = torch.zeros_like(ref)
+    want[top] = ref[top]
+    assert torch.equal(flat, want), f"kept {torch.nonzero(flat).flatten().tolist()}, the 3 largest are {sorted(top)}"
+
+
 for fid, fn in {"wgsef": lambda x, k: R.wgsef(x, k), "k_support_norm": R.k_support_norm,
                 "wgsef_prox": lambda x, k: R.wgsef_prox(x, k, step=0.1), "wgsef_project": R.wgsef_project}.items():
     for cid, args, err, match in [
@@ -228,9 +295,18 @@ def _adapruned(pattern):
     return model
 
 
+def _adapruned_ok(model, pattern):
+    layers = _layers(model)
+    assert len(layers) == 3
+    for name, layer in layers:  # every layer, each with exactly n kept per group (tile row and column)
+        w = layer.weight.detach()
+        assert torch.isfinite(w).all(), f"{name}: non-finite weights"
+        nms.check_mask(w != 0, pattern, exact=True)
+        assert not torch.signbit(w[w == 0]).any(), f"{name}: pruned entries must be +0.0"
+
+
 for pattern in ("2:4", "2:4T"):
-    CASES.append(Case(f"adaprune {pattern}", lambda p=pattern: _adapruned(p),
-                      check=lambda m, p=pattern: _assert(all(nms.is_valid_mask(l.weight.detach() != 0, p) for _, l in _layers(m)))))
+    CASES.append(Case(f"adaprune {pattern}", lambda p=pattern: _adapruned(p), check=lambda m, p=pattern: _adapruned_ok(m, p)))
 C = nms.ConvertError
 BAD_MODELS += [
     ("adaprune model None", lambda: oneshot.adaprune(None, [X], "2:4"), C, "nn.Module"),
