@@ -105,6 +105,10 @@ def _agreement(shape, pattern, ragged):
     except nms.ShapeError as err:
         return ("refused", str(err), before, None, p)
     after = report_state_dict(pruned.tensors, pattern, ragged=ragged).weights[0]
+    if _fits(shape, p):  # the independent expectation: the pattern's mask of |W|, pruned to +0.0
+        w = dense["layer.weight"]
+        expected = torch.where(nms.find_mask(w, p), w, torch.zeros(()))
+        assert torch.equal(pruned.tensors["layer.weight"], expected), "pruned weight is not W masked by find_mask(W)"
     return ("pruned", pruned, before, after, p)
 
 
