@@ -137,8 +137,8 @@ def k_support_norm(v: torch.Tensor, k: int, *, method: str = "sort") -> float:
     ``||v||_(k)^2 = sum_{i<k-r} (v_i^dn)^2 + (sum_{i>=k-r} v_i^dn)^2 / (r+1)`` (Argyriou et al. 2012,
     Prop. 2.1); computed here through the variational form (module docstring), float64.
 
-    Example
-    -------
+    Examples
+    --------
     >>> round(k_support_norm(torch.tensor([3.0, 4.0]), 2), 6)   # k = d: the Euclidean norm
     5.0
     """
@@ -166,8 +166,8 @@ def wgsef(x: torch.Tensor, k: int, *, groups: GroupsLike = None, weights=None, m
     weights : None, float, or sequence of m positive floats
         ``d_i``, multiplying the squared group norms. ``None`` means all ones.
 
-    Example
-    -------
+    Examples
+    --------
     >>> wgsef(torch.tensor([1.0, -2.0, 0.0]), k=1)   # k = 1: 1/2 ||x||_1^2
     4.5
     """
@@ -215,8 +215,8 @@ def wgsef_prox(
     -------
     Tensor of x's shape, dtype and device.
 
-    Example
-    -------
+    Examples
+    --------
     >>> x = torch.tensor([3.0, -1.0, 0.5])
     >>> wgsef_prox(x, k=3, step=1.0)          # k = m: ridge shrinkage x / (1 + step)
     tensor([ 1.5000, -0.5000,  0.2500])
@@ -261,8 +261,8 @@ def wgsef_project(x: torch.Tensor, k: int, *, groups: GroupsLike = None) -> torc
     ``+0.0``. The result has exactly k non-zero groups when x has at least k, and the projection is
     idempotent. Weights do not enter: the Euclidean projection ranks by the plain group norm.
 
-    Example
-    -------
+    Examples
+    --------
     >>> wgsef_project(torch.tensor([1.0, -3.0, 2.0, 2.0]), k=2)
     tensor([ 0., -3.,  2.,  0.])
     """

@@ -206,8 +206,8 @@ def _report(g: LayerGroups, k: Optional[int]) -> GroupReport:
 def group_sparsity(model: nn.Module, groups="rows", layers=None) -> List[GroupReport]:
     """Group sparsity of a model without a regularizer: which groups are entirely zero, per layer.
 
-    Example
-    -------
+    Examples
+    --------
     >>> from nmsparse.examples import mlp
     >>> [r.nonzero_groups for r in group_sparsity(mlp(hidden=(8,)), "rows")]
     [8, 10]
