@@ -1,4 +1,4 @@
-"""Docs that run: every ```python block in README.md and docs/*.md, executed verbatim.
+"""Docs that run: every ```python block in README.md and docs/ (any depth), executed verbatim.
 
 Each block runs on its own (its imports included; nothing carries over from the blocks before it)
 in a fresh subprocess whose working directory is an empty temporary folder, so files a block
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
 SKIP = re.compile(r"<!--\s*docs-test:\s*skip\s*\((?P<reason>[^)]*)\)\s*-->")
 TEST_PATH = re.compile(r"tests/[\w/]+\.py")
