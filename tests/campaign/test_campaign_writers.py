@@ -186,7 +186,8 @@ def _case(fmt, name, scenario, build):
             world.check(succeeded=err is None)
             if err is None:
                 out = Path(os.fspath(box["out"]).rstrip("/"))
-                assert report_checkpoint(out, "2:4T").broken == []
+                rep = report_checkpoint(out, "2:4T")
+                assert rep.broken == [] and rep.checked, "OUT breaks 2:4T, or report checks no weight of it"
                 assert read_checkpoint(out).format == read_checkpoint(box["src"]).format if out != box["src"] else True
         finally:
             if "disk" in box:

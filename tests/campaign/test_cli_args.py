@@ -65,8 +65,12 @@ def _out(name: str) -> str:
 
 def _pruned_obeys(out: str, pattern: str):
     def check():
-        tensors = load_file(out)
-        nms.check_mask(tensors["layers.0.fc1.weight"] != 0, pattern)
+        tensors, dense = load_file(out), load_file(DENSE)
+        w, w0 = tensors["layers.0.fc1.weight"], dense["layers.0.fc1.weight"]
+        nms.check_mask(w != 0, pattern)
+        # Pruned, not emptied: every kept entry is the dense value, and some entries are kept.
+        assert (w != 0).any() and torch.equal(w[w != 0], w0[w != 0]), "OUT's kept weights are not the input's"
+        assert torch.equal(tensors["layers.0.fc1.bias"], dense["layers.0.fc1.bias"]), "the bias changed"
         assert _digest(DENSE) == DENSE_SHA, "the input checkpoint changed"
     return check
 
