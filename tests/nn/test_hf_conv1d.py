@@ -158,7 +158,7 @@ def test_attach_mask_accepts_dim0_and_refuses_last_dim():
 def test_prune_attaches_dim0_masks(algorithm, pattern):
     model = tiny_gpt2()
     calib = [torch.randint(0, 64, (2, 16))]
-    nms.prune_(model, pattern, calibration=calib, algorithm=algorithm)
+    nms.prune_(model, pattern, calibration=calib, algorithm=algorithm, attach_masks=True)
     for name, nm in masks_of(model).items():
         assert nm.group_dim == 0
         assert valid_along_dim0(nm.mask, pattern), name

@@ -141,7 +141,7 @@ def prune_model(model, structure: str, algorithm: str, calibration, exclude: Seq
     prune = getattr(nmsparse, "prune_", None)
     if prune is not None:
         prune(model, spec.pattern, calibration=None if algorithm == "magnitude" else calibration, algorithm=algorithm,
-              method=spec.method, exclude=list(exclude))
+              method=spec.method, exclude=list(exclude), attach_masks=True)  # fine-tuned with the masks fixed
     elif algorithm == "magnitude":
         sparsify_(model, spec.pattern, method=spec.method, static=True, exclude=list(exclude))
     else:

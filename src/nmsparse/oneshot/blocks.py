@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 from ..errors import ArgumentError
-from .capture import StopPass
+from .capture import _StopPass
 
 __all__ = ["BlockList", "find_block_lists", "Capture", "record_blocks", "stubbed", "hidden_of", "output_like"]
 
@@ -181,7 +181,7 @@ def stubbed(lists: Sequence[BlockList], make: Callable[[BlockList, int], Callabl
 
 def stop_stub(bl: BlockList, k: int) -> Callable:
     def fn(*args, **kwargs):
-        raise StopPass
+        raise _StopPass
 
     return fn
 
@@ -230,7 +230,7 @@ def record_blocks(
                 elif k == 0 and i > 0 and len(cap.inputs[-1]) != i:
                     cap.problem = "not every block of the list runs on every batch"
             if cap.problem is not None:
-                raise StopPass
+                raise _StopPass
             if cap.order < 0:
                 cap.order = seen[0]
                 seen[0] += 1
@@ -247,7 +247,7 @@ def record_blocks(
                     cap.example = block(*a, **kw)
                 cap.problem = format_problem(cap.example)
                 if cap.problem is not None:
-                    raise StopPass
+                    raise _StopPass
             # A fresh tensor object (same storage), so the next block can tell it from its own input.
             out = output_like(cap.example, hidden.view_as(hidden))
             state["last"][bl.name] = (k, output_hidden(out))
@@ -256,7 +256,7 @@ def record_blocks(
                 if len(state["finished"]) == len(caps) and i > 0:
                     # Every list recorded: the rest of the model (an LM head) need not run. Batch 0 runs
                     # to the end, to see that no block is called again later.
-                    raise StopPass
+                    raise _StopPass
             return out
 
         return fn
@@ -266,7 +266,7 @@ def record_blocks(
             state["batch"], state["last"], state["finished"] = i, {}, set()
             try:
                 run_model(i)
-            except StopPass:
+            except _StopPass:
                 pass
             except Exception as err:  # the model uses its blocks other than by calling them (b.mlp(x), ...)
                 cause = err.__cause__ or err

@@ -23,11 +23,12 @@ from torch import nn
 from .calibration import run_batch
 from .hessian import InputStats, MatrixView, select_tokens, token_mask_of
 
-__all__ = ["iterate_layers", "iterate_runs", "dense_outputs", "StopPass"]
+__all__ = ["iterate_layers", "iterate_runs", "dense_outputs", "_StopPass"]
 
 
-class StopPass(Exception):
-    """Raised by a hook to end a forward pass once the wanted layers have run."""
+class _StopPass(BaseException):
+    """Raised by a hook to end a forward pass once the wanted layers have run. A BaseException (as
+    KeyboardInterrupt), so a model's own ``except Exception`` around its submodules cannot swallow it."""
 
 
 def iterate_layers(
@@ -63,7 +64,7 @@ def iterate_runs(
 
 
 def _run(model, batch, i: int, where: str) -> None:
-    run_batch(model, batch, i, where, passthrough=(StopPass,))
+    run_batch(model, batch, i, where, passthrough=(_StopPass,))
 
 
 @torch.no_grad()
@@ -85,16 +86,16 @@ def _pass(run, count, token_masks, views, keep_samples, group: bool) -> Tuple[Di
                     if not order:
                         state["x0"] = x
                     elif x is not state["x0"] or name in order:
-                        raise StopPass
+                        raise _StopPass
                 elif name not in members:
-                    raise StopPass
+                    raise _StopPass
             if name not in order:
                 order.append(name)
             stats[name].add(x, state["token_mask"], state["shared"])
             if group and members is not None:
                 state["seen"].add(name)
                 if len(state["seen"]) == len(members):
-                    raise StopPass  # every member has its inputs: nothing after them is needed
+                    raise _StopPass  # every member has its inputs: nothing after them is needed
 
         return hook
 
@@ -104,7 +105,7 @@ def _pass(run, count, token_masks, views, keep_samples, group: bool) -> Tuple[Di
             state["token_mask"], state["shared"], state["seen"] = token_masks[i], {}, set()
             try:
                 run(i)
-            except StopPass:
+            except _StopPass:
                 pass
             if group and state["members"] is None:
                 state["members"] = set(order)
@@ -134,7 +135,7 @@ def dense_outputs(dense: nn.Module, module_name: str, batches: Sequence, flatten
             y = select_tokens(y, state["token_mask"])
             y = y.reshape(-1, y.shape[-1])
         outs.append(y.clone())
-        raise StopPass
+        raise _StopPass
 
     handle = module.register_forward_hook(hook)
     try:
@@ -142,7 +143,7 @@ def dense_outputs(dense: nn.Module, module_name: str, batches: Sequence, flatten
             state["token_mask"] = token_mask_of(batch)
             try:
                 _run(dense, batch, i, "adaprune")
-            except StopPass:
+            except _StopPass:
                 pass
     finally:
         handle.remove()

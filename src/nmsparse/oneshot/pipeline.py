@@ -28,7 +28,7 @@ from torch import nn
 from ..errors import ConvertError, NMSparseError
 from .blocks import BlockList, Capture, find_block_lists, output_hidden, output_like, record_blocks, stop_stub, stubbed
 from .calibration import run_batch
-from .capture import StopPass, iterate_runs
+from .capture import _StopPass, iterate_runs
 from .hessian import InputStats, MatrixView, token_mask_of
 from .report import PipelineInfo
 
@@ -62,7 +62,7 @@ def iterate_pipeline(
 
     def run_model(i: int) -> None:
         replay_state["batch"] = i
-        run_batch(model, batches[i], i, where, passthrough=(StopPass,))
+        run_batch(model, batches[i], i, where, passthrough=(_StopPass,))
 
     try:
         while remaining:
@@ -173,7 +173,7 @@ def _guarded(fn: Callable, block: str, i: int, where: str):
     """Call the user's block; any exception from it becomes a ConvertError naming the block and the batch."""
     try:
         return fn()
-    except (NMSparseError, StopPass):
+    except (NMSparseError, _StopPass):
         raise
     except Exception as err:  # the user's code: one rule for every exception it raises (kept as __cause__)
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""

@@ -96,17 +96,19 @@ class PruneReport:
     calibration: Optional[dict] = None  # what was used: {"batches", "windows", "tokens", ...}
 
     def format_table(self) -> List[str]:
-        """Aligned text lines: one per pruned layer, then the layers left dense with the reason."""
-        fmt = lambda v: "-" if v is None else f"{v:.4g}"
+        """Aligned text lines: one per pruned layer (errors with 4 significant digits in scientific
+        notation, kept share and seconds fixed-point), then the layers left dense with the reason."""
+        err = lambda v: "-" if v is None else f"{v:.3e}"  # noqa: E731
+        width = max([5] + [len(r.name) for r in self.layers] + [len(n) for n, _ in self.skipped])
+        shapes = ["x".join(map(str, r.shape)) for r in self.layers]
+        sw = max([5] + [len(x) for x in shapes])
         lines = ["relative output errors ||Y'-Y||²/||Y||², measured on the calibration data"] if self.layers else []
-        lines += [f"{'layer':<32} {'shape':>12} {'kept |W|':>8} {'err magn.':>10} {'err before':>10} {'err after':>10} {'s':>7}"]
-        for r in self.layers:
-            shape = "x".join(map(str, r.shape))
-            lines.append(
-                f"{r.name:<32} {shape:>12} {r.kept_fraction:8.4f} {fmt(r.error_magnitude):>10} "
-                f"{fmt(r.error_before):>10} {fmt(r.error_after):>10} {r.seconds:7.2f}"
-            )
-        lines += [f"{name:<32} dense: {reason}" for name, reason in self.skipped]
+        lines.append(f"{'layer':<{width}}  {'shape':>{sw}}  {'kept |W|':>8}  {'err magn.':>10}  {'err before':>10}  "
+                     f"{'err after':>10}  {'seconds':>7}")
+        for r, shape in zip(self.layers, shapes):
+            lines.append(f"{r.name:<{width}}  {shape:>{sw}}  {r.kept_fraction:8.4f}  {err(r.error_magnitude):>10}  "
+                         f"{err(r.error_before):>10}  {err(r.error_after):>10}  {r.seconds:7.2f}")
+        lines += [f"{name:<{width}}  dense: {reason}" for name, reason in self.skipped]
         return lines
 
     def to_dict(self) -> dict:
