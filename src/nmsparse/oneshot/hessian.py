@@ -95,13 +95,13 @@ class MatrixView:
 
     # --- inputs --------------------------------------------------------------------------------
 
-    def rows_of(self, x: torch.Tensor, token_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        """Calibration input ``x`` of the layer as fp64 rows ``(N, cols)`` of the matrix product."""
+    def rows_of(self, x: torch.Tensor, token_mask: Optional[torch.Tensor], dtype=torch.float64) -> torch.Tensor:
+        """Calibration input ``x`` of the layer as rows ``(N, cols)`` of the matrix product (``dtype``)."""
         module = self.module
         if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            return self._conv_rows(x.detach())
+            return self._conv_rows(x.detach()).to(dtype)
         rows = select_tokens(x.detach(), token_mask)
-        rows = rows.reshape(-1, rows.shape[-1]).double()
+        rows = rows.reshape(-1, rows.shape[-1]).to(dtype)
         extra = self.cols - rows.shape[1]
         return F.pad(rows, (0, extra)) if extra else rows
 
@@ -171,11 +171,10 @@ class InputStats:
         if hit is not None and hit[0] is x:
             g = hit[1]
         else:
-            rows = self.view.rows_of(x, token_mask)
-            a = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
             # One batch's product in the input's precision (float32 for float32 models: half the cost
             # of float64), accumulated over batches in float64.
-            a = a.double() if x.dtype == torch.float64 else a.float()
+            rows = self.view.rows_of(x, token_mask, torch.float64 if x.dtype == torch.float64 else torch.float32)
+            a = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
             g = (a.T @ a).double()
             if shared is not None:
                 shared[key] = (x, g)
