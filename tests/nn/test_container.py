@@ -131,8 +131,17 @@ class _Tied(nn.Module):
         return self.head(torch.relu(self.emb(idx)))
 
 
+def test_tied_to_an_embedding_stays_dense_by_default_as_in_prune_():
+    model = sparsify_(nn.ModuleDict({"a": _Tied(), "b": nn.Linear(8, 8)}), "2:4")
+    rows = {r["name"]: r["status"] for r in summary(model).rows}
+    assert rows["a.head.weight"].startswith("skipped: tied to the embedding a.emb.weight, which stays dense by default")
+    assert not hasattr(model["a"].head, "parametrizations") and hasattr(model["b"], "parametrizations")
+    pruned = nms.prune_(nn.ModuleDict({"a": _Tied(), "b": nn.Linear(8, 8)}), "2:4")  # the same choice
+    assert (pruned["a"].head.weight != 0).all() and not (pruned["b"].weight != 0).all()
+
+
 def test_tied_weight_one_mask_one_view():
-    model = sparsify_(_Tied(), "2:4")
+    model = sparsify_(_Tied(), "2:4", include="head")
     assert model.emb.parametrizations.weight[0] is model.head.parametrizations.weight[0]  # one mask
     assert model.emb.parametrizations.weight.original is model.head.parametrizations.weight.original
     assert torch.equal(model.emb.weight, model.head.weight)  # one view: both read the masked weight

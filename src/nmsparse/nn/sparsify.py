@@ -296,6 +296,14 @@ def _fold_tied(model: nn.Module, chosen: list, exclude: Patterns) -> tuple:
         seen[id(dense)] = cand.name
         cand.holders = _entries.holders_of(model, dense)
         cand.tied_names = [n for n, _, _ in cand.holders if n != cand.name]
+        embeddings = [n for n, module, _ in cand.holders if n != cand.name and isinstance(module, nn.Embedding)]
+        if embeddings and not cand.explicit:
+            # The library's one default (prune_, the prune CLI): embedding tables stay dense, and so
+            # does an LM head tied to one. Naming the weight in include= masks both.
+            cand.reason = (f"tied to the embedding {embeddings[0]}, which stays dense by default (include= "
+                           f"{cand.name!r} to mask both)")
+            skips.append(cand)
+            continue
         dense_ones = [n for n in cand.tied_names if matches_any(exc, n.rpartition(".")[0], n)]
         if dense_ones:
             cand.reason = (f"tied to {', '.join(dense_ones)}, which exclude= keeps dense (one weight has one view: "
