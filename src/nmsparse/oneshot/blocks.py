@@ -144,10 +144,15 @@ class Capture:
     example: object = None
     problem: Optional[str] = None
     order: int = -1  # position of the list's first call in the forward pass
+    device: Optional[torch.device] = None  # where each block runs for its turn (None: where it is)
 
     def call(self, k: int, i: int, hidden: torch.Tensor):
-        """Run block k on batch i's recorded arguments with ``hidden`` as its hidden state."""
+        """Run block k on batch i's recorded arguments with ``hidden`` as its hidden state (moved to
+        ``device`` first when the block runs elsewhere than the cached activations)."""
         args, kwargs = self.inputs[k][i]
+        if self.device is not None:
+            move = lambda t: t.to(self.device) if isinstance(t, torch.Tensor) else t  # noqa: E731
+            args, kwargs, hidden = tree_map(move, args), tree_map(move, kwargs), hidden.to(self.device)
         if isinstance(self.slot, int):
             args = (hidden, *args[1:])
         else:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .._progress import Progress
-from ..errors import ConvertError, NMSparseError, ScoreError
+from ..errors import ArgumentError, ConvertError, NMSparseError, ScoreError
 from ..masks import find_mask, unstructured_mask
 from ..masks.methods import resolve_method
 from ..nn.attach import attach_mask_
@@ -68,6 +68,7 @@ def prune_(
     report: Optional[PruneReport] = None,
     progress: bool = False,
     blocks=None,
+    device=None,
     where: str = "prune_",
     _on_block=None,
 ) -> nn.Module:
@@ -131,6 +132,10 @@ def prune_(
     blocks : str, list of str or (), optional
         The stacks of repeated blocks for the block-wise pipeline (``"model.layers"``); default:
         detected (:mod:`nmsparse.oneshot.blocks`); ``()``: truncated passes from the model's input only.
+    device : str or torch.device, optional
+        Block-wise only: each block moves to ``device`` (e.g. ``"cuda"``) for its turn and back after
+        it, while the cached activations stay where the model is (CPU), so a model larger than the
+        GPU's memory is pruned one block at a time there. Default: where the model is.
 
     Returns
     -------
@@ -164,6 +169,7 @@ def prune_(
         raise ConvertError(f"{where}: model must be a torch.nn.Module, got {type(model).__name__}.")
     spec, method_name, steps = check_prune_arguments(pattern, algorithm, method, ragged, where)
     check_options(damp, blocksize, sequential, where)
+    device = _check_device(device, where)
     check_adaprune_options(iterations, lr, batch_size, where)
     calibrated = steps != ["magnitude"]
     if scores is not None and steps[0] not in ("magnitude", "adaprune"):
@@ -208,7 +214,7 @@ def prune_(
             else:
                 layer_stats = iterate_pipeline(
                     model, views, batches, sequential=sequential, keep_samples="adaprune" in steps, where=where,
-                    blocks=blocks, on_block=_on_block, info=rep.pipeline,
+                    blocks=blocks, on_block=_on_block, info=rep.pipeline, device=device,
                 )
             seen = set()
             for name, stats in layer_stats:
@@ -253,9 +259,25 @@ def check_prune_arguments(pattern, algorithm, method, ragged, where: str = "prun
     return spec, method_name, steps
 
 
+def _check_device(device, where: str):
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ArgumentError(f"{where}: device must name a torch device such as 'cuda' or 'cpu', got {device!r}.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ArgumentError(f"{where}: device {device!r} was asked for, but CUDA is not available here; drop device= to prune on the CPU.")
+    if dev.type == "meta":
+        raise ArgumentError(f"{where}: device 'meta' holds no values; pass a device that computes ('cuda', 'cpu').")
+    return dev
+
+
 def _snapshot(module: nn.Module):
+    # On the CPU: a block pruned on a GPU (device=) must not keep every layer's dense copy there.
     bias = getattr(module, "bias", None)
-    return module.weight.detach().clone(), None if bias is None else bias.detach().clone()
+    copy_ = lambda t: t.detach().to("cpu", copy=True)  # noqa: E731
+    return copy_(module.weight), None if bias is None else copy_(bias)
 
 
 @torch.no_grad()

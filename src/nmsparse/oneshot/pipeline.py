@@ -40,6 +40,7 @@ OnBlock = Callable[[str, BlockList, int], None]
 def iterate_pipeline(
     model: nn.Module, views: Dict[str, MatrixView], batches: Sequence, *, sequential: bool, keep_samples: bool,
     where: str = "prune_", blocks=None, on_block: Optional[OnBlock] = None, info: Optional[PipelineInfo] = None,
+    device=None,
 ) -> Iterator[Tuple[str, InputStats]]:
     """Yield ``(name, stats)`` per layer; the caller prunes the layer before resuming (as
     :func:`~nmsparse.oneshot.capture.iterate_layers`). ``blocks`` names the block lists (default:
@@ -90,6 +91,7 @@ def iterate_pipeline(
                     yield from iterate_runs(run_model, count, masks, first, sequential=sequential, keep_samples=keep_samples)
                 continue
             cap = caps[0]
+            cap.device = None if device is None else torch.device(device)
             if cap.order < 0:
                 break  # no remaining block list runs on the calibration data
             info.mode = "block-wise"
@@ -119,25 +121,42 @@ def _run_list(cap: Capture, remaining, masks, count, sequential, keep_samples, w
     final = None
     for k, block in enumerate(bl.modules):
         _notify(on_block, "load", bl, k)
-        mine = {id(m) for m in block.modules()}
-        views = {n: v for n, v in remaining.items() if id(v.module) in mine}
-        for n in views:
-            del remaining[n]
-        needed = k + 1 < len(bl) or bool(remaining) or more
-        run = _block_runner(cap, k, hidden, where)
-        if sequential:
-            yield from iterate_runs(run, count, masks, views, sequential=True, keep_samples=keep_samples)
-            outs = _outputs(cap, k, hidden, where) if needed else None
-        else:  # every layer sees the dense model's activations: dense outputs before pruning
-            stats, order = _collect(run, count, masks, views, keep_samples)
-            outs = _outputs(cap, k, hidden, where) if needed else None
-            for name in order:
-                yield name, stats.pop(name)
+        home = next((t.device for t in [*block.parameters(), *block.buffers()]), None)
+        if cap.device is not None:
+            block.to(cap.device)  # its turn: the block alone on the device, activations stay where they are
+        try:
+            outs = yield from _run_block(cap, k, block, hidden, remaining, masks, count, sequential, keep_samples,
+                                         where, more)
+        finally:
+            if cap.device is not None and home is not None:
+                block.to(home)
         _notify(on_block, "done", bl, k)
         if outs is not None:
             hidden = outs
         final = outs
     return final
+
+
+def _run_block(cap, k, block, hidden, remaining, masks, count, sequential, keep_samples, where, more):
+    """Statistics for block k's layers (yielded to the caller, who prunes them), then the block's outputs."""
+    bl = cap.blocks
+    mine = {id(m) for m in block.modules()}
+    views = {n: v for n, v in remaining.items() if id(v.module) in mine}
+    for n in views:
+        del remaining[n]
+    needed = k + 1 < len(bl) or bool(remaining) or more
+    run = _block_runner(cap, k, hidden, where)
+    if sequential:
+        yield from iterate_runs(run, count, masks, views, sequential=True, keep_samples=keep_samples)
+        outs = _outputs(cap, k, hidden, where) if needed else None
+    else:  # every layer sees the dense model's activations: dense outputs before pruning
+        stats, order = _collect(run, count, masks, views, keep_samples)
+        outs = _outputs(cap, k, hidden, where) if needed else None
+        for name in order:
+            yield name, stats.pop(name)
+    return outs
+
+
 
 
 def _collect(run, count, masks, views, keep_samples):
@@ -165,7 +184,7 @@ def _outputs(cap: Capture, k: int, hidden: List[torch.Tensor], where: str) -> Li
         if h is None:
             raise ConvertError(f"{where}: block {cap.blocks.block_name(k)} returned a {type(out).__name__} on batch {i}, "
                                "not a hidden-state tensor; pass blocks=() to prune with truncated passes.")
-        outs.append(h.detach())
+        outs.append(h.detach().to(hidden[i].device))
     return outs
 
 
