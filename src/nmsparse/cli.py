@@ -180,7 +180,7 @@ def _cmd_prune_calibrated(args: argparse.Namespace) -> int:
     rep, notes, json_path = prune_hf_folder(
         args.input, args.output, _pattern_arg(args.pattern), calibration_file=args.calibration, algorithm=args.algorithm,
         method=args.method, include=args.include, exclude=args.exclude, samples=args.samples, seq_len=args.seq_len,
-        allow_short=args.allow_short, ragged=args.ragged, force=args.force, progress=not args.quiet,
+        allow_short=args.allow_short, ragged=args.ragged, device=args.device, force=args.force, progress=not args.quiet,
     )
     for line in rep.format_table():
         print(line)
@@ -327,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     masks = sub.add_parser("masks", help="compare mask solvers of several patterns on a realistic weight matrix")
-    masks.add_argument("--size", type=_positive_int, default=1024, help="matrix side (default 1024)")
+    masks.add_argument("--size", type=_mask_tour_size, default=1024,
+                       help=f"matrix side, at most {MAX_MASKS_SIZE} (default 1024)")
     masks.add_argument("--seed", type=int, default=0, help="seed of the synthetic weight (default 0)")
     masks.add_argument(
         "--patterns", nargs="+", default=list(DEFAULT_PATTERNS), metavar="P",
@@ -400,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--allow-short", action="store_true",
                        help="a calibration text shorter than samples x seq-len tokens: use what there is (said in the "
                        "output) instead of stopping")
+    prune.add_argument("--device", default=None,
+                       help="with --calibration: run each block on this torch device for its turn (e.g. cuda); "
+                       "the cached activations stay in CPU memory")
     prune.add_argument("--eval", metavar="FILE", default=None,
                        help="with --calibration: print the perplexity of IN and OUT on this text file")
     prune.add_argument("--eval-windows", type=_positive_int, default=32, metavar="N",
@@ -439,6 +443,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MAX_MASKS_SIZE = 16384
+"""Largest ``masks --size``: a 16384 x 16384 float32 weight is 1 GiB, and the solvers need a few copies."""
+
+
+def _mask_tour_size(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_MASKS_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"at most {MAX_MASKS_SIZE} (a {text}x{text} weight needs {4 * value * value / 2**30:,.0f} GiB before "
+            "the solvers' copies), got " + text)
+    return value
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    """torch's allocator failures (CPU: a RuntimeError from DefaultCPUAllocator; GPU: OutOfMemoryError)."""
+    oom = getattr(sys.modules.get("torch"), "OutOfMemoryError", None)
+    text = str(err)
+    return (oom is not None and isinstance(err, oom)) or (
+        isinstance(err, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text))
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -462,15 +487,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     except MemoryError:
         return _fail(args, "out of memory; try a smaller input, or a machine with more memory")
+    except RecursionError:
+        return _fail(args, "an input is nested too deeply to read (e.g. a JSON file nested thousands of levels); check the files passed")
+    except RuntimeError as err:
+        if not _is_out_of_memory(err):
+            return _internal(args, err)
+        return _fail(args, f"out of memory ({str(err).splitlines()[0][:160]}); try a smaller input, or a machine "
+                     "with more memory")
     except OSError as err:
         # File trouble the library did not wrap (e.g. an unwritable --out): the OS says what and where.
         where = f": {err.filename}" if getattr(err, "filename", None) else ""
         return _fail(args, f"{err.strerror or err}{where}")
     except Exception as err:  # noqa: BLE001 - the promise is one line, never a traceback
-        if os.environ.get("NMSPARSE_DEBUG"):
-            raise
-        return _fail(args, f"internal error ({type(err).__name__}: {err}); this is a bug, please report it "
-                     "(set NMSPARSE_DEBUG=1 for the traceback)")
+        return _internal(args, err)
+
+
+def _internal(args: argparse.Namespace, err: Exception) -> int:
+    if os.environ.get("NMSPARSE_DEBUG"):
+        raise err
+    return _fail(args, f"internal error ({type(err).__name__}: {err}); this is a bug, please report it "
+                 "(set NMSPARSE_DEBUG=1 for the traceback)")
 
 
 def _fail(args: argparse.Namespace, message: str) -> int:

@@ -267,7 +267,7 @@ def _check_device(device, where: str):
     except (RuntimeError, TypeError, ValueError):
         raise ArgumentError(f"{where}: device must name a torch device such as 'cuda' or 'cpu', got {device!r}.") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ArgumentError(f"{where}: device {device!r} was asked for, but CUDA is not available here; drop device= to prune on the CPU.")
+        raise ArgumentError(f"{where}: device {device!r} was asked for, but CUDA is not available here; prune on the CPU (no device, the default).")
     if dev.type == "meta":
         raise ArgumentError(f"{where}: device 'meta' holds no values; pass a device that computes ('cuda', 'cpu').")
     return dev

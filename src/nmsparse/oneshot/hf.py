@@ -35,7 +35,7 @@ from ..convert.formats import detect_format
 from ..convert.prune import json_path_for
 from .blocks import BlockList, find_block_lists
 from .calibration_text import Calibration, context_length, load_calibration, transformers_module
-from .driver import check_prune_arguments, prune_
+from .driver import _check_device, check_prune_arguments, prune_
 from .report import PruneReport
 
 __all__ = ["prune_hf_folder", "build_skeleton", "ShardReader"]
@@ -190,6 +190,7 @@ def prune_hf_folder(
     allow_short: bool = False,
     ragged: str = "error",
     blocks=None,
+    device=None,
     force: bool = False,
     progress: bool = False,
 ) -> Tuple[PruneReport, List[str], str]:
@@ -202,6 +203,7 @@ def prune_hf_folder(
     report); ``seq_len`` must fit the model's context (``max_position_embeddings``)."""
     src = Path(src)
     check_prune_arguments(pattern, algorithm, method, ragged, where="prune")
+    _check_device(device, "prune")
     if detect_format(src) != "hf-folder":
         raise ConvertError(
             f"prune: --calibration needs a Hugging Face model folder (config.json, tokenizer and safetensors weights); "
@@ -223,7 +225,7 @@ def prune_hf_folder(
             notes.append(f"not copied (not a regular file): {', '.join(skipped)}")
         writer = _ShardWriter(reader, tmp, extra)
         _prune_streamed(model, reader, writer, calib, rep, notes, pattern=pattern, algorithm=algorithm, method=method,
-                        include=include, exclude=exclude, ragged=ragged, blocks=blocks, progress=progress)
+                        include=include, exclude=exclude, ragged=ragged, blocks=blocks, device=device, progress=progress)
         if reader.layout.index is not None:
             (tmp / INDEX_NAME).write_text(index_text(reader.layout.index, reader.layout.total_size()), encoding="utf-8")
 
@@ -234,7 +236,7 @@ def prune_hf_folder(
 
 
 def _prune_streamed(model, reader: ShardReader, writer: _ShardWriter, calib: Calibration, rep: PruneReport, notes, *,
-                    pattern, algorithm, method, include, exclude, ragged, blocks, progress) -> None:
+                    pattern, algorithm, method, include, exclude, ragged, blocks, device, progress) -> None:
     loader = _Loader(model, reader)
     prunable = lambda block: any(isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D" for m in block.modules())  # noqa: E731
     lists: List[BlockList] = [] if blocks == () else find_block_lists(model, prunable, blocks, "prune")
@@ -267,5 +269,5 @@ def _prune_streamed(model, reader: ShardReader, writer: _ShardWriter, calib: Cal
 
     prune_(model, pattern, calibration=calib.batches, algorithm=algorithm, method=method if method is not None else "exact",
            include=include, exclude=exclude, ragged=ragged, report=rep, progress=progress, where="prune",
-           blocks=[bl.name for bl in lists] if lists else (), _on_block=on_block if lists else None)
+           blocks=[bl.name for bl in lists] if lists else (), _on_block=on_block if lists else None, device=device)
     write_layers(model)  # layers outside the blocks (an untied LM head), or every layer of a model loaded whole
