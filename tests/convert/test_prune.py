@@ -198,3 +198,25 @@ def test_report_flags_broken_claims():
     rep = report_state_dict(sd)
     assert next(w for w in rep.weights if w.name == "conv.weight").densest[4] in ("2:4T", "2:4, 3:4T", "2:4, not T")
     assert next(w for w in rep.weights if w.name == "embed_tokens.weight").reason.startswith("not checked")
+
+
+@pytest.mark.parametrize("pattern,kept", [(0.5, 32), (0.25, 16), ("50%", 32)])
+def test_cli_prune_takes_a_density(tmp_path, capsys, pattern, kept):
+    from safetensors.torch import load_file, save_file
+
+    from nmsparse.cli import main
+
+    g = torch.Generator().manual_seed(0)
+    save_file({"fc.weight": torch.randn(8, 8, generator=g), "fc.bias": torch.randn(8, generator=g)}, str(tmp_path / "in.safetensors"))
+    assert main(["prune", str(tmp_path / "in.safetensors"), "-o", str(tmp_path / "out.safetensors"), "--pattern", str(pattern)]) == 0
+    out = load_file(str(tmp_path / "out.safetensors"))
+    assert int((out["fc.weight"] != 0).sum()) == kept
+    w = load_file(str(tmp_path / "in.safetensors"))["fc.weight"]
+    assert torch.equal(out["fc.weight"] != 0, nms.unstructured_mask(w, kept / 64))
+
+
+def test_cli_prune_density_out_of_range_is_an_error(tmp_path, capsys):
+    from nmsparse.cli import main
+
+    assert main(["prune", str(tmp_path / "in.safetensors"), "-o", str(tmp_path / "o"), "--pattern", "150%"]) == 1
+    assert "density" in capsys.readouterr().err
