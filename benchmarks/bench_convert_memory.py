@@ -67,10 +67,11 @@ def make_folder(folder: Path, gib: float, per_shard: int = 16) -> int:
     return n
 
 
-def run_prune(src_tree: Path, folder: Path, out: Path, pattern: str) -> dict:
+def run_prune(src_tree: Path, folder: Path, out: Path, pattern: str, extra=()) -> dict:
+    """``nmsparse prune FOLDER -o OUT --pattern P [extra]`` in a fresh process: its peak RSS and seconds."""
     env = dict(os.environ, PYTHONPATH=str(src_tree), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     cmd = [sys.executable, "-c", _MEASURE, sys.executable, "-m", "nmsparse", "prune", str(folder), "-o", str(out),
-           "--pattern", pattern, "--quiet"]
+           "--pattern", pattern, "--quiet", *extra]
     start = time.perf_counter()
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -133,23 +134,11 @@ def run_calibrated(args, work: Path) -> None:
     for blocks in args.depths:
         folder = work / f"llama-{blocks}"
         size = make_llama_folder(folder, blocks)
-        out = work / "out"
-        env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
-        cmd = [sys.executable, "-c", _MEASURE, sys.executable, "-m", "nmsparse", "prune", str(folder), "-o", str(out),
-               "--pattern", "2:4", "--algorithm", "sparsegpt", "--calibration", str(text), "--samples", "16",
-               "--seq-len", "128", "--quiet"]
-        start = time.perf_counter()
-        res = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        seconds = time.perf_counter() - start
-        last = res.stderr.strip().splitlines()[-1].split()
-        if last[0] != "maxrss_kib" or last[2] != "0":
-            raise SystemExit(f"prune failed:\n{res.stderr[-2000:]}")
-        rows.append({"blocks": blocks, "folder_mib": size / MIB, "rss_mib": int(last[1]) / 1024, "seconds": seconds})
+        run = run_prune(ROOT / "src", folder, work / "out", "2:4", ["--algorithm", "sparsegpt", "--calibration", str(text),
+                                                                     "--samples", "16", "--seq-len", "128"])
+        rows.append({"blocks": blocks, "folder_mib": size / MIB, **run})
         print(f"{blocks} blocks done: {rows[-1]}", file=sys.stderr, flush=True)
-        shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(folder, ignore_errors=True)
-        for p in work.glob("out.prune.json"):
-            p.unlink()
     for r in rows:
         r["vs_first"] = r["rss_mib"] / rows[0]["rss_mib"]
     print_table(rows, [("blocks", "blocks", "d"), ("folder_mib", "bf16 folder MiB", ".0f"),
