@@ -142,6 +142,10 @@ class _Loader:
             self.holders[id(new)] = holders
 
     def free(self, module: nn.Module) -> None:
+        self._release(module)
+        _return_freed_memory()
+
+    def _release(self, module: nn.Module) -> None:
         for sub in module.modules():
             for pname, p in list(sub._parameters.items()):
                 if p is not None and not p.is_meta:
@@ -150,6 +154,17 @@ class _Loader:
                     for mod, name, _ in holders:
                         mod._parameters[name] = meta
                     self.holders[id(meta)] = holders
+
+
+def _return_freed_memory() -> None:
+    """Hand the freed block's memory back to the OS (glibc keeps freed heap pages otherwise, and the
+    resident size creeps up block by block although no tensor of an old block is alive)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 class _ShardWriter:
