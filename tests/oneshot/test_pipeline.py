@@ -349,3 +349,12 @@ def test_device_cuda_matches_the_cpu_reference(pattern):
     ids = batches[0]["input_ids"]
     with torch.no_grad():
         torch.testing.assert_close(gpu(ids).logits, cpu(ids).logits, rtol=0.05, atol=0.05)
+
+
+def test_each_module_keeps_its_own_train_mode():
+    model = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 8))
+    model.train()
+    model[1].eval()  # a frozen BatchNorm in a training model
+    model[2].eval()
+    nms.prune_(model, "2:4", calibration=[torch.randn(16, 8)], algorithm="sparsegpt")
+    assert [m.training for m in model] == [True, False, False, True] and model.training

@@ -204,7 +204,7 @@ def prune_(
     if "adaprune" in steps and sequential and adaprune_target == "model" and batches is not None:
         dense = copy.deepcopy(model).eval()  # the targets: the dense model's activations
     opts["dense"], opts["batches"] = dense, batches
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}  # each module's own mode (a frozen BatchNorm stays eval)
     threads = opts["threads"] = torch.get_num_threads()  # the transposable solvers' numba start-up can change it
     model.eval()
     try:
@@ -237,7 +237,8 @@ def prune_(
             _restore(by_name[name].module, snap)
         raise
     finally:
-        model.train(was_training)
+        for module, mode in modes.items():
+            module.training = mode
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
     if attach_masks:
