@@ -21,6 +21,14 @@ STRUCTURES = ("unstructured", "rowwise", "transposable", "block")
 _SHAPE_TEXT_RE = re.compile(r"^\s*\d+(\s*[xX×,]\s*\d+)*\s*$")
 
 ShapeLike = Sequence[int]
+
+MAX_DIMS = 64
+"""Most dimensions a shape may have (torch's own limit on a tensor's dimensions)."""
+MAX_NUMEL = 2**63 - 1
+"""Most entries a counted shape may have: torch sizes are int64, so no weight holds more. Bounding it
+keeps every log-scale count a finite float (a 2,000-dimension shape would overflow one)."""
+MAX_SHAPE_TEXT = 2000
+"""Longest shape text :func:`parse_shape` reads."""
 Density = Union[float, int, Fraction]
 
 
@@ -32,15 +40,22 @@ def parse_shape(text: str) -> Tuple[int, ...]:
     >>> parse_shape("768x3072")
     (768, 3072)
     """
-    if not isinstance(text, str) or _SHAPE_TEXT_RE.match(text) is None:
+    if not isinstance(text, str) or len(text) > MAX_SHAPE_TEXT or _SHAPE_TEXT_RE.match(text) is None:
+        shown = f"{text[:40]!r}... ({len(text)} characters)" if isinstance(text, str) and len(text) > 60 else repr(text)
         raise ShapeError(
-            f"cannot parse shape {text!r}: write positive integers separated by 'x', e.g. '64x64' or '768x3072'."
+            f"cannot parse shape {shown}: write at most {MAX_DIMS} positive integers separated by 'x', "
+            "e.g. '64x64' or '768x3072'."
         )
-    dims = tuple(int(part) for part in re.split(r"[xX×,]", text))
-    return _check_shape(dims, "parse_shape")
+    parts = re.split(r"[xX×,]", text)
+    if len(parts) > MAX_DIMS or any(len(part.strip().lstrip("0")) > 19 for part in parts):  # before int()
+        raise ShapeError(
+            f"parse_shape: a shape has at most {MAX_DIMS} dimensions of at most 2**63 - 1 each (torch's limits); "
+            f"got {len(parts)} dimensions in {len(text)} characters."
+        )
+    return _check_shape(tuple(int(part) for part in parts), "parse_shape", max_numel=None)
 
 
-def _check_shape(shape: ShapeLike, where: str) -> Tuple[int, ...]:
+def _check_shape(shape: ShapeLike, where: str, max_numel: Optional[int] = MAX_NUMEL) -> Tuple[int, ...]:
     if isinstance(shape, str):
         raise ShapeError(
             f"{where}: shape must be a tuple of ints, got the string {shape!r}; use parse_shape({shape!r})."
@@ -58,9 +73,30 @@ def _check_shape(shape: ShapeLike, where: str) -> Tuple[int, ...]:
                 f"{where}: shape entries must be ints, got {d!r} ({type(d).__name__}) in {tuple(shape)!r}."
             ) from None
         if d < 1:
-            raise ShapeError(f"{where}: every dimension must be >= 1, got {tuple(shape)!r}.")
+            raise ShapeError(f"{where}: every dimension must be >= 1, got the shape {_shape_text(shape)}.")
+        if d > MAX_NUMEL:
+            raise ShapeError(f"{where}: a dimension is at most 2**63 - 1 (torch sizes are int64), got the shape {_shape_text(shape)}.")
         dims.append(d)
+    if len(dims) > MAX_DIMS:
+        raise ShapeError(f"{where}: a shape has at most {MAX_DIMS} dimensions (torch's limit), got {len(dims)}.")
+    if max_numel is not None and math.prod(dims) > max_numel:
+        raise ShapeError(
+            f"{where}: the shape {_shape_text(dims)} has about 10**{_log10_prod(dims):.0f} entries, more than any tensor "
+            f"holds (at most 2**63 - 1); count a shape torch can allocate."
+        )
     return tuple(dims)
+
+
+def _log10_prod(dims: Sequence[int]) -> float:
+    return sum(math.log10(d) for d in dims)
+
+
+def _shape_text(shape) -> str:
+    """A shape for a message, cut when it is long (a 2,000-dimension shape is not echoed whole)."""
+    shape = tuple(shape)
+    if len(shape) <= 8 and all(isinstance(d, int) and abs(d) < 10**30 for d in shape):
+        return repr(shape)
+    return f"of {len(shape)} dimensions"
 
 
 def _as_matrix(dims: Tuple[int, ...]) -> Tuple[int, int]:

@@ -29,7 +29,8 @@ def transposable_tile_is_countable(n: int, m: int) -> bool:
     """True when :func:`count_transposable_tile` counts T(n, m) exactly under the default limit."""
     n, m = _check_tile(n, m)
     k = min(n, m - n)
-    return math.comb(m + k, k) <= EXACT_TILE_LIMIT
+    # log scale first: C(m + k, k) itself is unaffordable for a huge tile (e.g. 5000000:10000000T)
+    return _log10_comb(m + k, k) <= math.log10(EXACT_TILE_LIMIT) + 1 and math.comb(m + k, k) <= EXACT_TILE_LIMIT
 
 
 def _check_tile(n: int, m: int) -> Tuple[int, int]:
@@ -80,9 +81,11 @@ def count_transposable_tile(n: int, m: int, *, limit: Optional[int] = EXACT_TILE
     """
     n, m = _check_tile(n, m)
     k = min(n, m - n)
-    if limit is not None and math.comb(m + k, k) > limit:
+    states = _log10_comb(m + k, k)  # log scale first: C(m + k, k) itself may be unaffordable
+    if limit is not None and (states > math.log10(max(limit, 1)) + 1 or math.comb(m + k, k) > limit):
+        shown = str(math.comb(m + k, k)) if states < 30 else f"about 10**{states:.0f}"
         raise PatternError(
-            f"T({n}, {m}) is too large to count exactly within the limit (C({m + k}, {k}) = {math.comb(m + k, k)} "
+            f"T({n}, {m}) is too large to count exactly within the limit (C({m + k}, {k}) = {shown} "
             f"histogram states > {limit}); use log10_count_transposable_tile_estimate({n}, {m}) or "
             f"log10_count_masks(..., allow_estimate=True), or pass limit=None to wait for the exact count."
         )

@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Sequence
 from ._version import __version__
 from .apps.demo import DEFAULT_RUNS
 from .apps.mask_tour import DEFAULT_PATTERNS
-from .errors import NMSparseError
+from .errors import NMSparseError, allocation_text, is_out_of_memory
 
 
 def format_table(
@@ -177,11 +177,14 @@ def _cmd_prune_calibrated(args: argparse.Namespace) -> int:
 
     if args.eval is not None:
         _print_eval("IN", args.input, args.eval, args)
-    rep, notes, json_path = prune_hf_folder(
-        args.input, args.output, _pattern_arg(args.pattern), calibration_file=args.calibration, algorithm=args.algorithm,
-        method=args.method, include=args.include, exclude=args.exclude, samples=args.samples, seq_len=args.seq_len,
-        allow_short=args.allow_short, ragged=args.ragged, device=args.device, force=args.force, progress=not args.quiet,
-    )
+    from .apps.hf_eval import quiet_transformers
+
+    with quiet_transformers(args.quiet):  # --quiet silences transformers' progress bars too
+        rep, notes, json_path = prune_hf_folder(
+            args.input, args.output, _pattern_arg(args.pattern), calibration_file=args.calibration, algorithm=args.algorithm,
+            method=args.method, include=args.include, exclude=args.exclude, samples=args.samples, seq_len=args.seq_len,
+            allow_short=args.allow_short, ragged=args.ragged, device=args.device, force=args.force, progress=not args.quiet,
+        )
     for line in rep.format_table():
         print(line)
     dense = len(rep.skipped)
@@ -456,14 +459,6 @@ def _mask_tour_size(text: str) -> int:
     return value
 
 
-def _is_out_of_memory(err: BaseException) -> bool:
-    """torch's allocator failures (CPU: a RuntimeError from DefaultCPUAllocator; GPU: OutOfMemoryError)."""
-    oom = getattr(sys.modules.get("torch"), "OutOfMemoryError", None)
-    text = str(err)
-    return (oom is not None and isinstance(err, oom)) or (
-        isinstance(err, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text))
-
-
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -490,10 +485,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except RecursionError:
         return _fail(args, "an input is nested too deeply to read (e.g. a JSON file nested thousands of levels); check the files passed")
     except RuntimeError as err:
-        if not _is_out_of_memory(err):
+        if not is_out_of_memory(err):
             return _internal(args, err)
-        return _fail(args, f"out of memory ({str(err).splitlines()[0][:160]}); try a smaller input, or a machine "
-                     "with more memory")
+        return _fail(args, f"out of memory ({allocation_text(err)}); try a smaller input, or a machine with more memory")
     except OSError as err:
         # File trouble the library did not wrap (e.g. an unwritable --out): the OS says what and where.
         where = f": {err.filename}" if getattr(err, "filename", None) else ""

@@ -86,6 +86,7 @@ def count_unstructured(shape: ShapeLike, density: Density) -> int:
     70
     """
     total, kept = _unstructured_args(shape, density, "count_unstructured")
+    _check_binomial_size(total, kept, "count_unstructured")
     return math.comb(total, kept)
 
 
@@ -114,6 +115,7 @@ def count_block_masks(shape: ShapeLike, block: Union[int, Sequence[int]], densit
     6
     """
     total, kept = _block_args(shape, block, density, "count_block_masks")
+    _check_binomial_size(total, kept, "count_block_masks")
     return math.comb(total, kept)
 
 
@@ -199,8 +201,19 @@ MAX_POWER_DIGITS = 10**7
 MAX_BINOMIAL_DIGITS = 10**5
 
 
+def _check_binomial_size(total: int, kept: int, where: str) -> None:
+    digits = _log10_comb(total, kept)
+    if digits > MAX_BINOMIAL_DIGITS:
+        raise ShapeError(
+            f"{where}: the exact count C({total}, {kept}) has about {digits:.4g} digits, more than the "
+            f"{MAX_BINOMIAL_DIGITS} this function builds exactly; use log10_count_masks(...) instead."
+        )
+
+
 def _check_count_size(p: NMPattern, dims: Tuple[int, ...], kind: str, block) -> None:
     """Refuse, before computing, an exact count too large to build in reasonable time and memory."""
+    if kind == "rowwise":  # the base C(m, n) is itself a binomial: bound it like one
+        _check_binomial_size(p.m, p.n, "count_masks")
     digits = _log10_and_exactness(p, dims, kind, block, True)[0]
     limit = MAX_BINOMIAL_DIGITS if kind in ("unstructured", "block") else MAX_POWER_DIGITS
     if digits > limit:
@@ -235,7 +248,7 @@ def _log10_and_exactness(
     _check_divisible(rows, cols, p, kind == "transposable", dims, "log10_count_masks")
     if kind == "rowwise":
         # groups * log10 C(m, n): never build the huge power
-        return (rows * cols // p.m) * log10_int(math.comb(p.m, p.n)), True
+        return (rows * cols // p.m) * _log10_comb(p.m, p.n), True
     per_tile, exact = _log10_tile(p.n, p.m, allow_estimate)
     return (rows // p.m) * (cols // p.m) * per_tile, exact
 
@@ -296,7 +309,7 @@ def log10_masks_per_64(structure: Union[None, str, NMPattern, Density]) -> float
         p = NMPattern.parse(structure)
         if p.transposable:
             return 64 * _log10_tile(p.n, p.m, allow_estimate=True)[0] / (p.m * p.m)
-        return 64 * log10_int(math.comb(p.m, p.n)) / p.m
+        return 64 * _log10_comb(p.m, p.n) / p.m
     density = _check_density(structure, "log10_masks_per_64")
     return _log10_comb(64, kept_count(64, density))
 

@@ -60,3 +60,50 @@ class CheckpointError(ConvertError, OSError):
 
     It is also an ``OSError`` (file trouble) and, through :class:`ConvertError`, a ``ValueError``.
     """
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """True for an allocator failure: ``MemoryError``, torch's ``OutOfMemoryError`` (GPU) or the
+    ``RuntimeError`` the CPU allocator raises ("can't allocate memory")."""
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+
+
+def allocation_text(err: BaseException) -> str:
+    """What an allocator failure asked for, in a few words (torch's own message is several lines)."""
+    import re
+
+    found = re.search(r"tried to allocate ([0-9.]+ ?[KMGT]?i?B|[0-9]+ bytes)", str(err))
+    return f"torch tried to allocate {found.group(1)}" if found else type(err).__name__
+
+
+def guard_resources(where: str):
+    """Decorator: an allocator failure inside ``where`` becomes one-line :class:`ShapeError` naming the
+    input's shape (the first argument's, when it has one), with the original kept as ``__cause__``.
+
+    A weight torch holds can still be too large to solve: e.g. ``torch.ones(1).expand(200000, 200000)``
+    is a legal view of 4 bytes, but its scores need 160 GB.
+    """
+    import functools
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def guarded(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except NMSparseError:
+                raise
+            except (MemoryError, RuntimeError) as err:
+                if not is_out_of_memory(err):
+                    raise
+                shape = getattr(args[0], "shape", None) if args else None
+                what = f"an input of shape {tuple(shape)}" if shape is not None else "its input"
+                raise ShapeError(
+                    f"{where}: out of memory on {what} ({allocation_text(err)}); split the tensor into parts, or use a device "
+                    "with more memory."
+                ) from err
+        return guarded
+
+    return wrap

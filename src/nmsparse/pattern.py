@@ -23,6 +23,8 @@ __all__ = ["NMPattern", "PatternLike", "parse_density_text"]
 
 _ACCEPTED = 'accepted forms: "n:m" (row-wise, e.g. "2:4") or "n:mT" (transposable, e.g. "4:8T"), with integers 1 <= n <= m'
 _PATTERN_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*([tT]?)\s*$")
+MAX_GROUP = 2**63 - 1
+"""Largest n and m: a group cannot be longer than a tensor dimension (torch sizes are int64)."""
 
 
 @dataclass(frozen=True)
@@ -59,9 +61,14 @@ class NMPattern:
                 )
         if not isinstance(self.transposable, bool):
             raise PatternError(f"NMPattern: transposable must be a bool, got {self.transposable!r}.")
+        if self.m > MAX_GROUP:
+            raise PatternError(
+                f"NMPattern: m = {_digits(self.m)} is longer than any tensor dimension (at most 2**63 - 1); "
+                f"{_ACCEPTED}."
+            )
         if self.m < 1 or not (1 <= self.n <= self.m):
             raise PatternError(
-                f"NMPattern: need 1 <= n <= m (n = entries KEPT per group of m), got n={self.n}, m={self.m}. "
+                f"NMPattern: need 1 <= n <= m (n = entries KEPT per group of m), got n={_digits(self.n)}, m={self.m}. "
                 f"{_ACCEPTED}; n = m means dense."
             )
 
@@ -76,9 +83,14 @@ class NMPattern:
             return text
         if not isinstance(text, str):
             raise PatternError(f"pattern must be a string or NMPattern, got {type(text).__name__} {text!r}; {_ACCEPTED}.")
-        match = _PATTERN_RE.match(text)
+        match = _PATTERN_RE.match(text) if len(text) <= 100 else None
         if match is None:
-            raise PatternError(f"cannot parse pattern {text!r}; {_ACCEPTED}.")
+            raise PatternError(f"cannot parse pattern {_short(text)}; {_ACCEPTED}.")
+        if max(len(match.group(1).lstrip("0")), len(match.group(2).lstrip("0"))) > 19:  # before int(): no huge ints
+            raise PatternError(
+                f"pattern {_short(text)}: n and m are at most 2**63 - 1 (a group cannot be longer than a tensor "
+                f"dimension); {_ACCEPTED}."
+            )
         n, m, t = int(match.group(1)), int(match.group(2)), bool(match.group(3))
         if not (1 <= n <= m):
             raise PatternError(
@@ -116,6 +128,16 @@ class NMPattern:
 
 
 PatternLike = Union[str, NMPattern]
+
+
+def _short(text: str) -> str:
+    """repr of user text, cut to a readable length (a 5000-character pattern is not echoed whole)."""
+    return repr(text) if len(text) <= 60 else f"{text[:40]!r}... ({len(text)} characters)"
+
+
+def _digits(value: int) -> str:
+    """An int for a message, without converting a huge one to a string (Python's int-string limit)."""
+    return str(value) if value.bit_length() <= 200 else f"an integer of {value.bit_length()} bits"
 
 
 _DENSITY_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(%?)\s*$")

@@ -95,7 +95,7 @@ def conv1d_rule(folder: Path) -> Optional[str]:
 
     try:
         config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # unreadable, not JSON, or nested too deeply to parse
         return None
     return default_dim0(config.get("model_type")) if isinstance(config, dict) else None
 
@@ -113,6 +113,11 @@ def read_layout(folder: Path) -> HFLayout:
                 raise TypeError("weight_map is not an object")
         except OSError as err:
             raise CheckpointError(f"{index_path}: cannot read it ({err.strerror}); check the permissions.") from None
+        except RecursionError:
+            raise CheckpointError(
+                f"{index_path}: not a valid safetensors index (JSON nested too deeply to read); it needs a flat "
+                "\"weight_map\" of tensor name -> shard file. Re-save the model with save_pretrained."
+            ) from None
         except (ValueError, KeyError, TypeError) as err:
             raise CheckpointError(
                 f"{index_path}: not a valid safetensors index ({str(err).splitlines()[0][:100]}); it needs a \"weight_map\" of "

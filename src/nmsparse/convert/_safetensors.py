@@ -97,6 +97,8 @@ def read_header(path: Path, fh: Optional[BinaryIO] = None) -> Header:
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as err:
         raise _bad(path, f"header is not JSON ({str(err).splitlines()[0][:80]})") from None
+    except RecursionError:  # JSON nested thousands deep: Python's parser recurses per level
+        raise _bad(path, "header JSON is nested too deeply to read (a header is one flat object)") from None
     if not isinstance(doc, dict):
         raise _bad(path, "header is not a JSON object")
     metadata = doc.pop("__metadata__", None) or {}

@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from ..errors import ArgumentError, ShapeError
+from ..errors import ArgumentError, ShapeError, guard_resources
 from ..layout import MatrixLayout, matrix_layout
 from ..pattern import NMPattern, PatternLike
 from ._inputs import score_source
@@ -17,6 +17,7 @@ from ._threads import kernel_threads
 from .rowwise import topn_matrix
 from .transposable import padding_score, solve_transposable_matrix
 
+@guard_resources("solve_mask")
 def solve_mask(
     weight: torch.Tensor,
     pattern: PatternLike,
@@ -112,6 +113,7 @@ def _solve_layout(source, absolute, layout, p, name):
     return mask, info, optimal, objective
 
 
+@guard_resources("find_mask")
 def find_mask(
     weight: torch.Tensor,
     pattern: PatternLike,

@@ -6,12 +6,13 @@ from typing import Optional
 
 import torch
 
-from ..errors import ArgumentError, MaskError, ShapeError
+from ..errors import ArgumentError, MaskError, ShapeError, guard_resources
 from ..layout import MatrixLayout, matrix_layout, to_groups, to_tiles
 from ..pattern import NMPattern, PatternLike
 from ._inputs import as_tensor
 
 
+@guard_resources("check_mask")
 def check_mask(mask: torch.Tensor, pattern: PatternLike, *, dim: Optional[int] = None, exact: bool = False) -> None:
     """Raise :class:`MaskError` unless ``mask`` obeys ``pattern``.
 
@@ -45,6 +46,7 @@ def check_mask(mask: torch.Tensor, pattern: PatternLike, *, dim: Optional[int] =
         raise MaskError(problem)
 
 
+@guard_resources("is_valid_mask")
 def is_valid_mask(mask: torch.Tensor, pattern: PatternLike, *, dim: Optional[int] = None, exact: bool = False) -> bool:
     """True if ``mask`` obeys ``pattern`` (see :func:`check_mask`); bad arguments still raise."""
     return _first_problem(mask, pattern, dim, exact, "is_valid_mask") is None

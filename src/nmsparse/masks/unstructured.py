@@ -7,10 +7,11 @@ from typing import Optional
 import torch
 
 from ..diversity import kept_count
-from ..errors import ScoreError
+from ..errors import ScoreError, guard_resources
 from ._inputs import prepare_scores
 
 
+@guard_resources("unstructured_mask")
 def unstructured_mask(weight: torch.Tensor, density: float, *, scores: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Keep the ``k = floor(density * numel + 1/2)`` largest scores of the whole tensor.
 
