@@ -1,10 +1,11 @@
-"""Run calibration batches through the model and accumulate each target layer's input statistics
-with forward hooks (no activations of the whole model are kept).
+"""Run calibration batches through a forward (the whole model, or one block on its cached inputs,
+:mod:`nmsparse.oneshot.pipeline`) and accumulate each target layer's input statistics with forward
+pre-hooks (no activations of the whole model are kept).
 
 ``sequential=True`` (SparseGPT's protocol): a pass hooks every layer not yet pruned, takes the first
-one the model calls and the layers called right after it *on the very same input tensor*
+one the forward calls and the layers called right after it *on the very same input tensor*
 (``q``/``k``/``v`` of one attention block, ``gate``/``up`` of one MLP), and stops the forward pass
-at the next layer. That group is pruned before the next pass, so every later layer sees the
+at the next layer (from the second batch on, as soon as every member has its inputs). That group is pruned before the next pass, so every later layer sees the
 outputs of the already-pruned layers before it. A model whose layers do not share inputs takes
 one (truncated) pass per layer. ``sequential=False``: one pass over the calibration data with the
 dense model collects every layer's statistics.
@@ -23,7 +24,7 @@ from torch import nn
 from .calibration import run_batch
 from .hessian import InputStats, MatrixView, select_tokens, token_mask_of
 
-__all__ = ["iterate_layers", "iterate_runs", "dense_outputs", "_StopPass"]
+__all__ = ["iterate_runs", "dense_outputs"]
 
 
 class _StopPass(BaseException):
@@ -31,23 +32,14 @@ class _StopPass(BaseException):
     KeyboardInterrupt), so a model's own ``except Exception`` around its submodules cannot swallow it."""
 
 
-def iterate_layers(
-    model: nn.Module, views: Dict[str, MatrixView], batches: Sequence, *, sequential: bool, keep_samples: bool,
-    where: str = "prune_",
-) -> Iterator[Tuple[str, InputStats]]:
-    """Yield ``(name, stats)`` per layer, in the order the model first calls them; a layer is
-    pruned by the caller before the generator resumes. Layers never called are not yielded."""
-    masks = [token_mask_of(b) for b in batches]
-    yield from iterate_runs(lambda i: _run(model, batches[i], i, where), len(batches), masks, views,
-                            sequential=sequential, keep_samples=keep_samples)
-
-
 def iterate_runs(
     run: Callable[[int], None], count: int, token_masks: Sequence[Optional[torch.Tensor]], views: Dict[str, MatrixView],
     *, sequential: bool, keep_samples: bool,
 ) -> Iterator[Tuple[str, InputStats]]:
-    """:func:`iterate_layers` for any forward: ``run(i)`` computes calibration batch ``i`` (the whole
-    model, or one block on its cached inputs); ``token_masks[i]`` marks batch i's real tokens."""
+    """Yield ``(name, stats)`` per layer, in the order the forward first calls them; a layer is pruned
+    by the caller before the generator resumes, and layers never called are not yielded. ``run(i)``
+    computes calibration batch ``i`` (the whole model, or one block on its cached inputs);
+    ``token_masks[i]`` marks batch i's real tokens."""
     if not sequential:
         stats, order = _pass(run, count, token_masks, views, keep_samples, False)
         for name in order:

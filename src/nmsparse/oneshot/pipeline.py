@@ -9,7 +9,7 @@ done. A Llama block (groups q/k/v, o, gate/up, down) costs 5 block forwards per 
 of B blocks costs about 5·B (2·B with ``sequential=False``), not the g·B(B+1)/2 of truncated
 passes from the model's input.
 
-**Truncated passes** (:func:`nmsparse.oneshot.capture.iterate_layers`) serve everything else:
+**Truncated passes** from the model's input (:func:`nmsparse.oneshot.capture.iterate_runs`) serve everything else:
 models without repeated blocks, lists whose blocks break the premise (the reason goes to the
 report), layers before the first block, and layers after the last one (the LM head), where every
 finished block list is replayed from its cached outputs, so no block runs again.
@@ -43,7 +43,7 @@ def iterate_pipeline(
     device=None,
 ) -> Iterator[Tuple[str, InputStats]]:
     """Yield ``(name, stats)`` per layer; the caller prunes the layer before resuming (as
-    :func:`~nmsparse.oneshot.capture.iterate_layers`). ``blocks`` names the block lists (default:
+    :func:`~nmsparse.oneshot.capture.iterate_runs`). ``blocks`` names the block lists (default:
     detected); ``blocks=()`` means truncated passes only."""
     info = info if info is not None else PipelineInfo()
     masks = [token_mask_of(b) for b in batches]
