@@ -33,7 +33,9 @@ from ..convert._atomic import atomic_write_dir, atomic_write_file, check_output
 from ..convert._hf import INDEX_NAME, copy_other_files, index_text, read_layout
 from ..convert.formats import detect_format
 from ..convert.prune import json_path_for
+from ..layout import is_hf_conv1d
 from .blocks import BlockList, find_block_lists
+from .select import PRUNABLE_TYPES
 from .calibration_text import Calibration, context_length, load_calibration, transformers_module
 from .driver import _check_device, check_prune_arguments, prune_
 from .report import PruneReport
@@ -253,7 +255,7 @@ def prune_hf_folder(
 def _prune_streamed(model, reader: ShardReader, writer: _ShardWriter, calib: Calibration, rep: PruneReport, notes, *,
                     pattern, algorithm, method, include, exclude, ragged, blocks, device, progress) -> None:
     loader = _Loader(model, reader)
-    prunable = lambda block: any(isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D" for m in block.modules())  # noqa: E731
+    prunable = lambda block: any(isinstance(m, PRUNABLE_TYPES) or is_hf_conv1d(m) for m in block.modules())  # noqa: E731
     lists: List[BlockList] = [] if blocks == () else find_block_lists(model, prunable, blocks, "prune")
     in_blocks = {id(m) for bl in lists for m in bl.modules.modules()}
     outside = [m for m in model.modules() if id(m) not in in_blocks and m._parameters]

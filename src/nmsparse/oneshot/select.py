@@ -30,7 +30,7 @@ from .hessian import view_problem
 
 __all__ = ["Target", "select_targets"]
 
-_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # and HF Conv1D, found by layout.is_hf_conv1d
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -52,7 +52,7 @@ def select_targets(
     targets: List[Target] = []
     skipped: List[Tuple[str, str]] = []
     for mname, module in model.named_modules():
-        if not (isinstance(module, _TYPES) or is_hf_conv1d(module)):
+        if not (isinstance(module, PRUNABLE_TYPES) or is_hf_conv1d(module)):
             continue
         full = f"{mname}.weight" if mname else "weight"
         if parametrize.is_parametrized(module, "weight"):
