@@ -124,7 +124,10 @@ def test_load_plain_state_dict_into_a_masked_model():
     masks = {n: m.parametrizations[p][0].mask.clone() for n, (m, p) in sparsified_parameters(keep).items()}
     load_plain_state_dict_(keep, pretrained.state_dict(), masks="keep")
     assert all(torch.equal(masks[n], m.parametrizations[p][0].mask) for n, (m, p) in sparsified_parameters(keep).items())
-    with pytest.raises(RuntimeError, match="Missing key"):
-        load_plain_state_dict_(sparsify_(_mlp(), "2:4T", exclude="4"), {"0.weight": pretrained[0].weight})
+    target = sparsify_(_mlp(), "2:4T", exclude="4")
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"has no '0.bias' \(\d+ more keys differ\)"):
+        load_plain_state_dict_(target, {"0.weight": pretrained[0].weight})
+    assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())  # refused before anything loads
     with pytest.raises(nms.ArgumentError, match="masks must be"):
         load_plain_state_dict_(keep, pretrained.state_dict(), masks="magnitude")

@@ -10,6 +10,8 @@ Two pieces of ``torch.nn.utils.parametrize`` behaviour are handled here:
   ``weight`` property on that class. ``copy.deepcopy`` reuses the class, so removing the
   parametrization from the copy (``squash_``) deleted the property from the original too. Every
   module we parametrize gets a ``__deepcopy__`` that gives the replica its own class.
+* **pickle** - parametrize makes ``torch.save(model)`` / ``pickle`` raise a multi-line RuntimeError;
+  the class also gets a ``__getstate__`` raising a one-line CheckpointError that says what to save.
 * **tied weights** - one ``Parameter`` held by several modules (an embedding tied to an LM head)
   gets one ``NMMask`` registered on every holder, so every use reads the same masked weight.
 """
@@ -17,6 +19,7 @@ Two pieces of ``torch.nn.utils.parametrize`` behaviour are handled here:
 from __future__ import annotations
 
 import copy
+import sys
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -24,8 +27,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..errors import MaskError
-from .parametrization import NMMask
+from ..errors import CheckpointError, MaskError
+from .parametrization import PLAIN_FIX, NMMask, check_tensor_entry
 
 
 # Bumped whenever a mask is registered, removed or changes driver, so drivers can cache their list
@@ -93,6 +96,7 @@ def register(module: nn.Module, pname: str, mask: NMMask) -> None:
     """``register_parametrization`` plus an independent-deepcopy class."""
     parametrize.register_parametrization(module, pname, mask)
     type(module).__deepcopy__ = _independent_deepcopy
+    type(module).__getstate__ = _refuse_pickle
     bump()
 
 
@@ -114,17 +118,73 @@ def remove(entry: MaskEntry, *, bake: bool) -> None:
 
 
 class _MaskLoadCheck:
-    """Load pre-hook on a masked model: check every mask's incoming tensors before any tensor is
-    copied, so a refused checkpoint (another pattern, a broken mask) leaves the model untouched."""
+    """Load pre-hook on a masked model: check every incoming tensor of every masked layer (the dense
+    weight, the mask and its counters and pattern code: tensor, shape, dtype, values), and the shape
+    of every other tensor, before any tensor is copied, so a refused checkpoint leaves the model
+    untouched. torch itself copies what fits and reports the rest at the end, in several lines."""
 
     def __call__(self, module, state_dict, prefix, *_args) -> None:
+        strict = _load_is_strict()
         for mname, sub in module.named_modules():
+            at = f"{prefix}{mname}." if mname else prefix
+            _check_shapes(sub, state_dict, at)
             if not parametrize.is_parametrized(sub):
                 continue
             for pname in list(sub.parametrizations.keys()):
                 nm = nmmask_of(sub, pname)
-                if nm is not None:
-                    nm.check_incoming(state_dict, f"{prefix}{mname + '.' if mname else ''}parametrizations.{pname}.0.")
+                if nm is None:
+                    continue
+                base = f"{at}parametrizations.{pname}."
+                where = f"load_state_dict: layer {nm.layer_name!r}"
+                if base + "original" not in state_dict and at + pname in state_dict:
+                    raise CheckpointError(
+                        f"{where}: the checkpoint holds the plain weight {at + pname!r}, but this model's weight is "
+                        f"masked (it expects {base + 'original'!r} and its mask); load a plain state dict with "
+                        f"nmsparse.nn.load_plain_state_dict_(model, state_dict), or squash_ the model first."
+                    )
+                if strict:
+                    missing = [k for k in (base + "original", *(f"{base}0.{b}" for b in _MASK_KEYS)) if k not in state_dict]
+                    if missing:
+                        raise CheckpointError(
+                            f"{where}: the checkpoint has no {missing[0]!r}"
+                            f"{f' (and {len(missing) - 1} more of this mask)' if len(missing) > 1 else ''}; it was saved "
+                            f"from a model masked differently or edited. Load it with strict=False to keep this model's "
+                            f"own values for the missing entries, or {PLAIN_FIX}."
+                        )
+                nm.check_incoming(state_dict, base + "0.")
+
+
+_MASK_KEYS = ("mask", "last_refresh", "step_count", "pattern_code")
+
+
+def _check_shapes(module: nn.Module, state_dict, at: str) -> None:
+    """The shape check torch's default loader makes per tensor, made for every tensor first. Modules
+    that load their own way (a custom ``_load_from_state_dict``, lazy parameters) are left to torch."""
+    if type(module)._load_from_state_dict not in (nn.Module._load_from_state_dict, NMMask._load_from_state_dict):
+        return
+    persistent = {k: v for k, v in module._buffers.items() if k not in module._non_persistent_buffers_set}
+    for name, own in [*module._parameters.items(), *persistent.items()]:
+        key = at + name
+        if own is None or key not in state_dict or isinstance(own, nn.parameter.UninitializedTensorMixin):
+            continue
+        check_tensor_entry(state_dict[key], key, tuple(own.shape), "load_state_dict")
+
+
+def _load_is_strict() -> Optional[bool]:
+    """``strict`` of the ``nn.Module.load_state_dict`` call running this hook (None if not found).
+
+    torch hands every load hook ``strict=True`` whatever the caller passed and reports missing keys
+    only after copying everything else; reading the caller's argument lets missing mask entries be
+    refused before anything is copied, only where torch would refuse them afterwards."""
+    code = nn.Module.load_state_dict.__code__
+    frame = sys._getframe(1)
+    for _ in range(32):
+        if frame is None:
+            return None
+        if frame.f_code is code:
+            return bool(frame.f_locals.get("strict", True))
+        frame = frame.f_back
+    return None
 
 
 def guard_loads(root: nn.Module) -> None:
@@ -139,6 +199,17 @@ def _drop_semi_structured_forward(module: nn.Module) -> None:
 
     if isinstance(module.__dict__.get("forward"), SemiStructuredForward):
         del module.__dict__["forward"]
+
+
+def _refuse_pickle(self: nn.Module):
+    """``torch.save(model)`` / ``pickle``: torch refuses parametrized modules in a multi-line message; say what works."""
+    names = [n for n in self.parametrizations.keys() if nmmask_of(self, n) is not None]
+    layer = nmmask_of(self, names[0]).layer_name if names else type(self).__name__
+    raise CheckpointError(
+        f"pickle / torch.save(model): layer {layer!r} carries an nmsparse mask (a torch parametrization), which "
+        f"cannot be pickled; save torch.save(model.state_dict(), path) (masks travel with it; rebuild the model, "
+        f"sparsify_ it alike and load_state_dict), or pickle a plain copy: nms.squash_(copy.deepcopy(model))."
+    )
 
 
 def _independent_deepcopy(self: nn.Module, memo: dict) -> nn.Module:

@@ -33,7 +33,7 @@ from ..errors import CheckpointError, NMSparseError, ShapeError
 from ..masks import find_mask, is_valid_mask
 from ..masks._inputs import prepare_scores
 from ..masks.methods import resolve_method
-from ..pattern import NMPattern
+from ..pattern import MAX_GROUP, NMPattern
 from . import distributed
 from .ste import masked, masked_weight_ste
 
@@ -226,25 +226,45 @@ class NMMask(nn.Module):
         self.steps = int(self.step_count)
 
     def check_incoming(self, state_dict, prefix: str) -> None:
-        """Raise :class:`CheckpointError` if ``state_dict``'s entries under ``prefix`` were made for
-        another pattern or hold a mask that breaks this mask's pattern."""
+        """Raise :class:`CheckpointError` (one line, naming the key and the fix) unless every entry of
+        ``state_dict`` under ``prefix`` fits this mask: tensors of this mask's shapes and dtypes, a
+        ``pattern_code`` that decodes to this mask's pattern, a bool mask that obeys it, and
+        non-negative integer counters. Runs before any tensor is copied."""
+        where = f"load_state_dict: layer {self.layer_name!r}"
+        shapes = {"pattern_code": (3,), "mask": tuple(self.mask.shape), "last_refresh": (), "step_count": ()}
+        for name, shape in shapes.items():
+            if prefix + name in state_dict:
+                check_tensor_entry(state_dict[prefix + name], prefix + name, shape, where)
         code = state_dict.get(prefix + "pattern_code")
-        if torch.is_tensor(code) and code.numel() == 3 and not torch.equal(code.cpu().long(), self.pattern_code.cpu()):
-            theirs = describe(decode_pattern(code))
-            raise CheckpointError(
-                f"load_state_dict: layer {self.layer_name!r}: the checkpoint's mask was made for pattern "
-                f"{theirs}, but this model's mask is {describe(self.pattern)}; sparsify the model with that "
-                f"pattern before loading, or load the checkpoint's plain weights "
-                f"(nmsparse.nn.plain_state_dict + load_plain_state_dict_) and let the masks be recomputed."
-            )
-        mask = state_dict.get(prefix + "mask")
-        if torch.is_tensor(mask) and isinstance(self.pattern, NMPattern) and mask.shape == self.mask.shape:
-            if mask.dtype != torch.bool or not is_valid_mask(mask, self.pattern, dim=self.group_dim):
+        if code is not None:
+            theirs = decode_checked(code, prefix + "pattern_code", where)
+            if not _same_pattern(theirs, code, self.pattern):
                 raise CheckpointError(
-                    f"load_state_dict: layer {self.layer_name!r}: the checkpoint's mask does not obey this model's "
-                    f"pattern {self.pattern} (dtype {mask.dtype}); it was made for another pattern or edited. Load it "
-                    f"into a model sparsified with the checkpoint's pattern, or load plain weights instead."
+                    f"{where}: the checkpoint's mask was made for pattern {describe(theirs)}, but this model's mask "
+                    f"is {describe(self.pattern)}; sparsify the model with that pattern before loading, or {PLAIN_FIX}."
                 )
+        for name in ("last_refresh", "step_count"):
+            value = state_dict.get(prefix + name)
+            if value is None:
+                continue
+            if not _is_integer(value):
+                raise CheckpointError(f"{where}: {prefix + name!r} is a training-pass count, an integer tensor, but got "
+                                      f"dtype {value.dtype}; the checkpoint was edited. Restore the saved value, or {PLAIN_FIX}.")
+            if int(value) < 0:
+                raise CheckpointError(f"{where}: {prefix + name!r} is a training-pass count (>= 0), got {int(value)}; the "
+                                      f"checkpoint was edited. Restore the saved value, or {PLAIN_FIX}.")
+        mask = state_dict.get(prefix + "mask")
+        if mask is None:
+            return
+        if mask.dtype != torch.bool:
+            raise CheckpointError(f"{where}: {prefix + 'mask'!r} must be a bool tensor, got dtype {mask.dtype}; it was "
+                                  f"edited or converted. Save masks as they are (model.state_dict()), or {PLAIN_FIX}.")
+        if isinstance(self.pattern, NMPattern) and not is_valid_mask(mask, self.pattern, dim=self.group_dim):
+            raise CheckpointError(
+                f"{where}: the checkpoint's mask ({prefix + 'mask'!r}) does not obey this model's pattern {self.pattern}; "
+                f"it was made for another pattern or edited. Load it into a model sparsified with the checkpoint's "
+                f"pattern, or {PLAIN_FIX}."
+            )
 
     def describe_pattern(self) -> str:
         if isinstance(self.pattern, NMPattern):
@@ -275,6 +295,55 @@ def decode_pattern(code: torch.Tensor) -> Union[NMPattern, float]:
     if kind == 2:
         return a / b
     return NMPattern(a, b, transposable=bool(kind))
+
+
+PLAIN_FIX = ("load the checkpoint's plain weights (nmsparse.nn.plain_state_dict + load_plain_state_dict_) and let the "
+             "masks be recomputed")
+_INTEGERS = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def _is_integer(t: torch.Tensor) -> bool:
+    return t.dtype in _INTEGERS
+
+
+def check_tensor_entry(value, key: str, shape: tuple, where: str) -> None:
+    """A checkpoint entry must be a tensor with values and the model's shape (before anything is copied)."""
+    if not torch.is_tensor(value):
+        raise CheckpointError(f"{where}: {key!r} must be a tensor, got {type(value).__name__}; the checkpoint was edited "
+                              f"or built by hand. Load a state dict saved with model.state_dict(), or {PLAIN_FIX}.")
+    if value.device.type == "meta":
+        raise CheckpointError(f"{where}: {key!r} is a meta tensor, which holds no values; load a checkpoint with real "
+                              f"tensors (torch.load(path, weights_only=True)).")
+    if tuple(value.shape) != tuple(shape):
+        raise CheckpointError(f"{where}: {key!r} has shape {tuple(value.shape)}, but this model's has shape {tuple(shape)}; "
+                              f"the checkpoint was saved from another model or edited. Load it into the model it was saved "
+                              f"from, or {PLAIN_FIX}.")
+
+
+def decode_checked(code: torch.Tensor, key: str, where: str) -> Union[NMPattern, float]:
+    """:func:`decode_pattern` of a checkpoint's ``pattern_code`` (3 entries), or a one-line CheckpointError saying why it is
+    not a pattern: integers ``(n, m, kind)`` with kind 0 (row-wise) / 1 (transposable) and 1 <= n <= m, or kind 2
+    (unstructured) with a density ``n / m`` in [0, 1]."""
+    fix = f"the checkpoint was edited or damaged. Restore it, or {PLAIN_FIX}"
+    if not _is_integer(code):
+        raise CheckpointError(f"{where}: {key!r} must hold integers (n, m, kind), got dtype {code.dtype}; {fix}.")
+    a, b, kind = (int(v) for v in code.reshape(-1).tolist())
+    shown = [a, b, kind] if max(abs(a), abs(b), abs(kind)) < 10**20 else "huge values"
+    if kind not in (0, 1, 2):
+        raise CheckpointError(f"{where}: {key!r} = {shown}: its kind {kind} is not 0 (row-wise), 1 (transposable) or "
+                              f"2 (unstructured); {fix}.")
+    if kind == 2 and not (b >= 1 and 0 <= a <= b):
+        raise CheckpointError(f"{where}: {key!r} = {shown} is not an unstructured density: need 0 <= numerator <= "
+                              f"denominator, denominator >= 1; {fix}.")
+    if kind != 2 and not (1 <= a <= b <= MAX_GROUP):
+        raise CheckpointError(f"{where}: {key!r} = {shown} is not an N:M pattern: need 1 <= n <= m <= 2**63 - 1; {fix}.")
+    return a / b if kind == 2 else NMPattern(a, b, transposable=bool(kind))
+
+
+def _same_pattern(theirs: Union[NMPattern, float], code: torch.Tensor, ours: Union[NMPattern, float]) -> bool:
+    if isinstance(theirs, NMPattern) or isinstance(ours, NMPattern):
+        return theirs == ours
+    return torch.equal(code.cpu().long().reshape(-1), encode_pattern(ours))  # densities: the exact fraction
 
 
 def compute_mask(

@@ -100,6 +100,18 @@ def load_plain_state_dict_(model: nn.Module, state_dict: Mapping[str, torch.Tens
     for key, value in own.items():  # the masks' own entries come from the model
         if _PARAMS in key and not key.endswith(_ORIGINAL):
             translated.setdefault(key, value)
+    if strict:  # refused before anything is copied (torch reports these after loading the rest)
+        back = {v: k for k, v in rename.items()}
+        missing = [back.get(k, k) for k in own if k not in translated]
+        unexpected = [k for k in state_dict if rename.get(k, k) not in own]
+        if missing or unexpected:
+            what = f"has no {missing[0]!r}" if missing else f"has {unexpected[0]!r}, which this model does not"
+            more = len(missing) + len(unexpected) - 1
+            raise CheckpointError(
+                f"load_plain_state_dict_: the state dict {what}{f' ({more} more keys differ)' if more else ''}; it was "
+                f"saved from another model. Pass the plain state dict of this model's architecture, or strict=False to "
+                f"load only the keys that match."
+            )
     result = model.load_state_dict(translated, strict=strict)
     if masks == "refresh":
         for entry in entries:
