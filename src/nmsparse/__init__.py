@@ -27,7 +27,7 @@ from .masks import (
 )
 from .nn import sparsify_, squash_, summary, update_masks_
 from .pattern import NMPattern
-from .oneshot import prune_
+from .oneshot import PermuteReport, permute_, prune_
 from . import convert, oneshot, regularizers, sift  # noqa: E402  (nms.convert.prune_checkpoint, nms.oneshot.adaprune, nms.regularizers.WGSEFRegularizer, nms.sift.transform)
 
 from ._version import __version__
@@ -46,6 +46,8 @@ __all__ = [
     "squash_",
     "summary",
     "prune_",
+    "permute_",
+    "PermuteReport",
     "count_masks",
     "count_transposable_tile",
     "log10_count_masks",

@@ -6,6 +6,7 @@ AdaPrune's classic entry point. See :func:`prune_` and docs/convert.md."""
 from .adaprune import AdaPruneReport, LayerFit, adaprune
 from .calibration import reestimate_batchnorm
 from .driver import prune_
+from .permute import PermuteReport, permute_
 from .options import ALGORITHMS, REFINEMENTS, parse_algorithm
 from .hessian import MatrixView, inverse_cholesky
 from .lsq import lsq_refit
@@ -14,7 +15,7 @@ from .sparsegpt import sparsegpt
 from .wanda import wanda_scores
 
 __all__ = [
-    "prune_", "PruneReport", "LayerPrune", "ALGORITHMS", "REFINEMENTS", "parse_algorithm",
+    "prune_", "permute_", "PermuteReport", "PruneReport", "LayerPrune", "ALGORITHMS", "REFINEMENTS", "parse_algorithm",
     "sparsegpt", "wanda_scores", "lsq_refit", "inverse_cholesky", "MatrixView",
     "adaprune", "AdaPruneReport", "LayerFit", "reestimate_batchnorm",
 ]

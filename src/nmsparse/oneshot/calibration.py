@@ -63,14 +63,14 @@ def call_model(model: nn.Module, batch) -> object:
     return model(*batch)
 
 
-def run_batch(model: nn.Module, batch: object, i: int, where: str, passthrough: tuple = ()) -> None:
-    """Call ``model`` on calibration batch ``i``. One rule for the user's code: *any* exception it
+def run_batch(model: nn.Module, batch: object, i: int, where: str, passthrough: tuple = ()) -> object:
+    """Call ``model`` on calibration batch ``i`` and return its output. One rule for the user's code: *any* exception it
     raises (shape, dtype, arguments, an AttributeError or a StopIteration in a custom forward)
     becomes a :class:`ConvertError` naming the batch, with the original as ``__cause__``.
     Exceptions in ``passthrough`` (e.g. a hook's early-stop signal) and library errors propagate
     unchanged."""
     try:
-        call_model(model, batch)
+        return call_model(model, batch)
     except (NMSparseError,) + tuple(passthrough):
         raise
     except Exception as err:

@@ -208,6 +208,7 @@ def prune_hf_folder(
     ragged: str = "error",
     blocks=None,
     device=None,
+    permute: bool = False,
     force: bool = False,
     progress: bool = False,
 ) -> Tuple[PruneReport, List[str], str]:
@@ -242,7 +243,8 @@ def prune_hf_folder(
             notes.append(f"not copied (not a regular file): {', '.join(skipped)}")
         writer = _ShardWriter(reader, tmp, extra)
         _prune_streamed(model, reader, writer, calib, rep, notes, pattern=pattern, algorithm=algorithm, method=method,
-                        include=include, exclude=exclude, ragged=ragged, blocks=blocks, device=device, progress=progress)
+                        include=include, exclude=exclude, ragged=ragged, blocks=blocks, device=device, progress=progress,
+                        permute=permute)
         if reader.layout.index is not None:
             (tmp / INDEX_NAME).write_text(index_text(reader.layout.index, reader.layout.total_size()), encoding="utf-8")
 
@@ -253,7 +255,7 @@ def prune_hf_folder(
 
 
 def _prune_streamed(model, reader: ShardReader, writer: _ShardWriter, calib: Calibration, rep: PruneReport, notes, *,
-                    pattern, algorithm, method, include, exclude, ragged, blocks, device, progress) -> None:
+                    pattern, algorithm, method, include, exclude, ragged, blocks, device, progress, permute=False) -> None:
     loader = _Loader(model, reader)
     prunable = lambda block: any(isinstance(m, PRUNABLE_TYPES) or is_hf_conv1d(m) for m in block.modules())  # noqa: E731
     lists: List[BlockList] = [] if blocks == () else find_block_lists(model, prunable, blocks, "prune")
@@ -275,6 +277,16 @@ def _prune_streamed(model, reader: ShardReader, writer: _ShardWriter, calib: Cal
                 raise ConvertError(f"prune: layer {row.name} of the model has no tensor in {reader.folder}; cannot write it back.")
             writer.write(key, layer.weight)
             written.add(row.name)
+        for full in sorted(rep.permuted_tensors - written):  # reordered by permute=True, pruned or not
+            owner_name, _, tensor = full.rpartition(".")
+            owner = model.get_submodule(owner_name)
+            if not any(owner is m for m in module.modules()):
+                continue
+            key = _checkpoint_key(full, reader, loader.prefix)
+            if key is None:
+                raise ConvertError(f"prune: tensor {full} of the model has no tensor in {reader.folder}; cannot write it back.")
+            writer.write(key, getattr(owner, tensor))
+            written.add(full)
 
     def on_block(event: str, bl: BlockList, k: int) -> None:
         block = bl.modules[k]
@@ -286,5 +298,6 @@ def _prune_streamed(model, reader: ShardReader, writer: _ShardWriter, calib: Cal
 
     prune_(model, pattern, calibration=calib.batches, algorithm=algorithm, method=method if method is not None else "exact",
            include=include, exclude=exclude, ragged=ragged, report=rep, progress=progress, where="prune",
-           blocks=[bl.name for bl in lists] if lists else (), _on_block=on_block if lists else None, device=device)
+           blocks=[bl.name for bl in lists] if lists else (), _on_block=on_block if lists else None, device=device,
+           permute=permute)
     write_layers(model)  # layers outside the blocks (an untied LM head), or every layer of a model loaded whole

@@ -16,6 +16,8 @@ finished block list is replayed from its cached outputs, so no block runs again.
 
 ``on_block(event, blocks, k)`` (``"load"`` before block k's turn, ``"done"`` after it) lets a caller
 keep only one block in memory (:mod:`nmsparse.oneshot.hf` streams them from the checkpoint).
+``permuter(block, name, call, token_masks)`` runs at the start of a block's turn (channel
+permutations, :mod:`nmsparse.oneshot.permute`): ``call(i)`` is the block on batch i's cached inputs.
 """
 
 from __future__ import annotations
@@ -35,12 +37,13 @@ from .report import PipelineInfo
 __all__ = ["PipelineInfo", "iterate_pipeline"]
 
 OnBlock = Callable[[str, BlockList, int], None]
+Permuter = Callable[[nn.Module, str, Callable[[int], object], Sequence], None]
 
 
 def iterate_pipeline(
     model: nn.Module, views: Dict[str, MatrixView], batches: Sequence, *, sequential: bool, keep_samples: bool,
     where: str = "prune_", blocks=None, on_block: Optional[OnBlock] = None, info: Optional[PipelineInfo] = None,
-    device=None,
+    device=None, permuter: Optional[Permuter] = None,
 ) -> Iterator[Tuple[str, InputStats]]:
     """Yield ``(name, stats)`` per layer; the caller prunes the layer before resuming (as
     :func:`~nmsparse.oneshot.capture.iterate_runs`). ``blocks`` names the block lists (default:
@@ -97,7 +100,8 @@ def iterate_pipeline(
             info.mode = "block-wise"
             info.block_lists.append(f"{cap.blocks.name} ({len(cap.blocks)} blocks)")
             more = any(bl.name not in done and bl.name != cap.blocks.name and bl.name not in rejected for bl in todo)
-            final = yield from _run_list(cap, remaining, masks, count, sequential, keep_samples, where, on_block, more)
+            final = yield from _run_list(cap, remaining, masks, count, sequential, keep_samples, where, on_block, more,
+                                         permuter)
             done[cap.blocks.name] = (cap.blocks, final, cap.example)
         if remaining:
             if info.mode == "none":
@@ -114,7 +118,7 @@ def iterate_pipeline(
             h.remove()
 
 
-def _run_list(cap: Capture, remaining, masks, count, sequential, keep_samples, where, on_block, more: bool):
+def _run_list(cap: Capture, remaining, masks, count, sequential, keep_samples, where, on_block, more: bool, permuter=None):
     """Prune one block list block by block; returns the last block's outputs (None if nothing needs them)."""
     bl = cap.blocks
     hidden: List[torch.Tensor] = list(cap.hidden0)
@@ -125,6 +129,8 @@ def _run_list(cap: Capture, remaining, masks, count, sequential, keep_samples, w
         if cap.device is not None:
             block.to(cap.device)  # its turn: the block alone on the device, activations stay where they are
         try:
+            if permuter is not None:  # channel permutations of this block, before its statistics
+                permuter(block, bl.block_name(k), _block_caller(cap, k, hidden, where), masks)
             outs = yield from _run_block(cap, k, block, hidden, remaining, masks, count, sequential, keep_samples,
                                          where, more)
         finally:
@@ -166,6 +172,11 @@ def _collect(run, count, masks, views, keep_samples):
         stats[name] = st
         order.append(name)
     return stats, order
+
+
+def _block_caller(cap: Capture, k: int, hidden: List[torch.Tensor], where: str) -> Callable[[int], object]:
+    """``call(i)``: block k on batch i's cached inputs, returning its output."""
+    return lambda i: _guarded(lambda: cap.call(k, i, hidden[i]), cap.blocks.block_name(k), i, where)
 
 
 def _block_runner(cap: Capture, k: int, hidden: List[torch.Tensor], where: str) -> Callable[[int], None]:

@@ -94,6 +94,8 @@ class PruneReport:
     seconds: float = 0.0
     pipeline: PipelineInfo = field(default_factory=PipelineInfo)
     calibration: Optional[dict] = None  # what was used: {"batches", "windows", "tokens", ...}
+    permute: Optional[object] = None  # a PermuteReport with permute=True
+    permuted_tensors: set = field(default_factory=set)  # full names of the tensors the permutations reordered
 
     def format_table(self) -> List[str]:
         """Aligned text lines: one per pruned layer (errors with 4 significant digits in scientific
@@ -117,4 +119,5 @@ class PruneReport:
             "seconds": self.seconds, "batchnorm": self.batchnorm, "pipeline": self.pipeline.to_dict(),
             "calibration": self.calibration,
             "layers": [r.to_dict() for r in self.layers], "skipped": [list(s) for s in self.skipped],
+            **({"permute": self.permute.to_dict()} if self.permute is not None else {}),
         }

@@ -1,0 +1,185 @@
+"""The permutation search: assign a group's C channels to C/m bins of m so that the optimal mask
+keeps the most score.
+
+Why bins. Positions ``[a + b·m, a + (b+1)·m)`` of a member's permuted axis form the b-th group of
+m columns (row-wise N:M) or the b-th column strip of m×m tiles (transposable N:M). What the
+optimal mask keeps in a group or tile does not depend on the order inside it, so a permutation
+matters only through which channels share a bin. A row-wise pattern groups along inputs, so only
+the layers *reading* the channels count; a transposable one also makes the rows of a tile
+compete, so the layers *writing* them count too (their weight transposed: a tile's optimum is the
+same for the tile and its transpose).
+
+Every scored member becomes a stack of ``h × C`` slices (``h = 1`` row-wise: one matrix row;
+``h = m`` transposable: m rows of the padded matrix), concatenated into ``X`` of shape
+``(Q, h, C)``. The value of a bin is ``Σ_q kept(X[q][:, bin])``: the top-n of each row's m
+scores (row-wise), or the exact optimum of each m×m tile
+(:func:`nmsparse.masks._exact_kernels.solve_tiles_exact`).
+
+Search (after Pool & Yu, NeurIPS 2021, channel swaps): start from the better of the identity and a
+balanced allocation (channels by total score, dealt to the bins in snake order so that large
+channels do not share a bin), then rounds of swaps: each round pairs the bins by a seeded random
+matching, evaluates every exchange of one channel between the two bins of each pair (``m²``
+candidates, sampled when m is large), all pairs in one batch, and applies each pair's best
+exchange if it gains. Only the two bins of a pair are re-solved. Stops after ``rounds`` rounds,
+``patience`` rounds without gain, or at a deadline. The value never decreases, so the result is
+never worse than the identity.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from ...masks._exact_kernels import solve_tiles_exact
+from ...pattern import NMPattern
+from ..hessian import MatrixView
+from .groups import Group
+
+__all__ = ["SearchResult", "group_matrix", "search_permutation", "bin_values"]
+
+_CHUNK = 1 << 22  # score entries gathered per evaluation call (32 MiB in float64)
+MAX_SWAPS = 64  # exchanges tried per bin pair and round (all m² of them up to m = 8)
+
+
+@dataclass
+class SearchResult:
+    perm: torch.Tensor  # new position p holds old channel perm[p]
+    before: float  # the group's kept score in the current order
+    after: float
+    rounds: int
+    start: str  # "identity" or "balanced"
+
+
+def group_matrix(group: Group, scores: Dict[str, torch.Tensor], pattern: NMPattern,
+                 scored: Optional[set] = None) -> Optional[torch.Tensor]:
+    """``X (Q, h, C)`` of the group's scored members (None if no member's mask depends on the order)."""
+    m, tiles = pattern.m, pattern.transposable
+    c = group.channels
+    parts: List[torch.Tensor] = []
+    for mb in group.members:
+        if not mb.layer or mb.module_name not in scores or (scored is not None and mb.module_name not in scored):
+            continue
+        if mb.role == "out" and not tiles:
+            continue  # a row-wise mask groups along inputs: the row order does not matter
+        view = MatrixView(mb.module, m, tiles)
+        mat = view.to_matrix(scores[mb.module_name], fill=0.0)  # padded (rows, K·in_pad)
+        if mb.role == "in":
+            k = mat.shape[1] // view.in_pad
+            cols = mat.reshape(mat.shape[0], k, view.in_pad)[:, :, mb.start:mb.start + c]  # (rows, K, C)
+            slab = cols.permute(1, 0, 2)  # (K, rows, C)
+            part = slab.reshape(-1, m, c) if tiles else slab.reshape(-1, 1, c)
+        else:
+            slab = mat[mb.start:mb.start + c, :].t()  # (cols, C): the tile rows become columns
+            part = slab.reshape(-1, m, c)
+        parts.append(part)
+    if not parts:
+        return None
+    return torch.cat(parts, 0)
+
+
+def bin_values(x: torch.Tensor, bins: torch.Tensor, n: int) -> torch.Tensor:
+    """Kept score of each bin: ``bins (..., m)`` channel indices -> values ``(...)`` (float64).
+    ``x`` is channel-major, ``(C, Q, h)`` (see :func:`channel_major`)."""
+    shape = bins.shape[:-1]
+    flat = bins.reshape(-1, bins.shape[-1])
+    _, q, h = x.shape
+    m = flat.shape[1]
+    per = max(1, _CHUNK // max(1, q * h * m))
+    out = []
+    for s in range(0, flat.shape[0], per):
+        idx = flat[s:s + per]
+        g = x[idx.reshape(-1)].reshape(idx.shape[0], m, q, h)  # (B, m, Q, h): one gather of whole rows
+        if h == 1:
+            out.append(g[..., 0].topk(n, dim=1).values.sum(dim=(1, 2), dtype=torch.float64))
+        else:
+            # The tile of bin b, slice q is g[b, :, q, :] transposed; a tile's optimum is its transpose's.
+            tiles = g.transpose(1, 2).contiguous().numpy().reshape(-1, m, h)
+            keep = solve_tiles_exact(tiles, n)
+            kept = (tiles * keep).reshape(idx.shape[0], -1).sum(axis=1, dtype=np.float64)
+            out.append(torch.from_numpy(kept))
+    return torch.cat(out).reshape(shape) if out else torch.zeros(shape, dtype=torch.float64)
+
+
+def channel_major(x: torch.Tensor) -> torch.Tensor:
+    """``(Q, h, C)`` -> ``(C, Q, h)`` float32, the layout :func:`bin_values` gathers from."""
+    return x.permute(2, 0, 1).contiguous().float()
+
+
+def _balanced(xc: torch.Tensor, m: int) -> torch.Tensor:
+    """Channels by total score, dealt to the bins in snake order (largest first)."""
+    c = xc.shape[0]
+    nb = c // m
+    order = torch.argsort(xc.sum(dim=(1, 2), dtype=torch.float64), descending=True, stable=True)
+    bins = torch.empty(nb, m, dtype=torch.long)
+    for level in range(m):
+        chunk = order[level * nb:(level + 1) * nb]
+        bins[:, level] = chunk if level % 2 == 0 else chunk.flip(0)
+    return bins
+
+
+def search_permutation(x: torch.Tensor, pattern: NMPattern, *, rounds: int, seed: int, patience: int = 8,
+                       deadline: Optional[float] = None) -> SearchResult:
+    """Search a permutation of ``x``'s last axis (C channels, a multiple of m) for more kept score."""
+    n, m = pattern.n, pattern.m
+    c = x.shape[-1]
+    nb = c // m
+    xc = channel_major(x)
+    identity = torch.arange(c).reshape(nb, m)
+    values = bin_values(xc, identity, n)
+    before = float(values.sum())
+    assign, start = identity, "identity"
+    if nb > 1:
+        bal = _balanced(xc, m)
+        bal_values = bin_values(xc, bal, n)
+        if float(bal_values.sum()) > before:
+            assign, values, start = bal, bal_values, "balanced"
+    gen = torch.Generator().manual_seed(int(seed))
+    pairs = torch.tensor([(i, j) for i in range(m) for j in range(m)], dtype=torch.long)
+    done = idle = 0
+    tol = 1e-6 * abs(before) / nb  # float32 sums: smaller gains may be rounding
+    while nb > 1 and done < rounds and idle < patience and (deadline is None or time.perf_counter() < deadline):
+        done += 1
+        order = torch.randperm(nb, generator=gen)
+        half = nb // 2
+        a, b = order[:half], order[half:2 * half]
+        swaps = pairs if len(pairs) <= MAX_SWAPS else pairs[torch.randperm(len(pairs), generator=gen)[:MAX_SWAPS]]
+        s = len(swaps)
+        bins_a, bins_b = assign[a], assign[b]  # (P, m)
+        new_a = bins_a[:, None, :].repeat(1, s, 1)
+        new_b = bins_b[:, None, :].repeat(1, s, 1)
+        rows = torch.arange(s)
+        new_a[:, rows, swaps[:, 0]] = bins_b[:, swaps[:, 1]]
+        new_b[:, rows, swaps[:, 1]] = bins_a[:, swaps[:, 0]]
+        gain = bin_values(xc, new_a, n) + bin_values(xc, new_b, n) - (values[a] + values[b])[:, None]
+        best_gain, best = gain.max(dim=1)
+        better = best_gain > tol
+        if not bool(better.any()):
+            idle += 1
+            continue
+        idle = 0
+        pick = torch.arange(half)[better]
+        choice = best[better]
+        assign = assign.clone()
+        assign[a[pick]] = new_a[pick, choice]
+        assign[b[pick]] = new_b[pick, choice]
+        values = values.clone()
+        values[a[pick]] = bin_values(xc, assign[a[pick]], n)
+        values[b[pick]] = bin_values(xc, assign[b[pick]], n)
+    perm = _canonical(assign)
+    after = float(bin_values(xc, perm.reshape(nb, m), n).sum())
+    if after <= before:  # nothing gained: leave the channels where they are
+        perm, after = torch.arange(c), before
+    return SearchResult(perm=perm, before=before, after=after, rounds=done, start=start)
+
+
+def _canonical(assign: torch.Tensor) -> torch.Tensor:
+    """Channels ascending inside each bin, bins by their first channel: the identity stays the
+    identity, and equal partitions give equal permutations."""
+    bins = torch.sort(assign, dim=1).values
+    order = torch.argsort(bins[:, 0], stable=True)
+    return bins[order].reshape(-1)
+
