@@ -135,6 +135,10 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         return 2
     if args.calibration is not None:
         return _cmd_prune_calibrated(args)
+    if args.permute:
+        print("nmsparse prune: error: --permute runs the model (to find the permutations and check that its outputs do not "
+              "move), which needs --calibration FILE and a Hugging Face folder.", file=sys.stderr)
+        return 2
     if args.algorithm != "magnitude":
         print(f"nmsparse prune: error: --algorithm {args.algorithm} needs --calibration FILE (a text file to tokenize); "
               "without it prune does magnitude pruning.", file=sys.stderr)
@@ -184,6 +188,7 @@ def _cmd_prune_calibrated(args: argparse.Namespace) -> int:
             args.input, args.output, _pattern_arg(args.pattern), calibration_file=args.calibration, algorithm=args.algorithm,
             method=args.method, include=args.include, exclude=args.exclude, samples=args.samples, seq_len=args.seq_len,
             allow_short=args.allow_short, ragged=args.ragged, device=args.device, force=args.force, progress=not args.quiet,
+            permute=args.permute,
         )
     for line in rep.format_table():
         print(line)
@@ -192,6 +197,8 @@ def _cmd_prune_calibrated(args: argparse.Namespace) -> int:
     how = f"block-wise over {', '.join(pipe.block_lists)}" if pipe.mode == "block-wise" else "with truncated passes"
     print(f"\npruned {len(rep.layers)} weights to {rep.pattern} with {rep.algorithm} in {rep.seconds:.1f} s, {how} "
           f"({pipe.block_forwards} block forwards); {dense} weight{'s' if dense != 1 else ''} left dense.")
+    if rep.permute is not None:
+        print(rep.permute.summary())
     for name, why in pipe.fallbacks:
         print(f"note: {name} was not pruned block-wise: {why}")
     for note in notes + _unmatched_selection(args, [r.name for r in rep.layers] + [n for n, _ in rep.skipped]):
@@ -411,6 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --calibration: print the perplexity of IN and OUT on this text file")
     prune.add_argument("--eval-windows", type=_positive_int, default=32, metavar="N",
                        help="windows of --seq-len tokens that --eval scores (default 32)")
+    prune.add_argument("--permute", action="store_true",
+                       help="with --calibration: first reorder channels (MLP hidden, attention value/output, "
+                       "query/key without rotary embeddings) so that the masks keep more; the dense model computes "
+                       "the same function, and OUT is a plain checkpoint")
     prune.add_argument("--force", action="store_true", help="replace an existing OUT (even IN itself)")
     prune.add_argument("--quiet", action="store_true", help="no progress bar")
     prune.set_defaults(func=_cmd_prune)
