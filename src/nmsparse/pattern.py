@@ -12,14 +12,16 @@ means dense.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from fractions import Fraction
+from numbers import Real
 from typing import Union
 
 from .errors import PatternError
 
-__all__ = ["NMPattern", "PatternLike", "parse_density_text"]
+__all__ = ["NMPattern", "PatternLike", "parse_density_text", "parse_spec", "check_density", "check_fraction"]
 
 _ACCEPTED = 'accepted forms: "n:m" (row-wise, e.g. "2:4") or "n:mT" (transposable, e.g. "4:8T"), with integers 1 <= n <= m'
 _PATTERN_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*([tT]?)\s*$")
@@ -81,8 +83,13 @@ class NMPattern:
         """
         if isinstance(text, NMPattern):
             return text
+        if isinstance(text, Real) and not isinstance(text, bool):
+            raise PatternError(
+                f"pattern must be a string or NMPattern, got the number {text!r}; {_ACCEPTED}. A number is an "
+                f"unstructured density, taken by unstructured_mask, sparsify_, prune_ and prune_state_dict, not here."
+            )
         if not isinstance(text, str):
-            raise PatternError(f"pattern must be a string or NMPattern, got {type(text).__name__} {text!r}; {_ACCEPTED}.")
+            raise PatternError(f"pattern must be a string or NMPattern, got {_shown(text)}; {_ACCEPTED}.")
         match = _PATTERN_RE.match(text) if len(text) <= 100 else None
         if match is None:
             raise PatternError(f"cannot parse pattern {_short(text)}; {_ACCEPTED}.")
@@ -141,6 +148,7 @@ def _digits(value: int) -> str:
 
 
 _DENSITY_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(%?)\s*$")
+_DENSITY_FORMS = 'a density (the fraction of entries KEPT, unstructured) such as 0.5 or "50%"'
 
 
 def parse_density_text(text: str, where: str = "pattern") -> "float | None":
@@ -152,10 +160,70 @@ def parse_density_text(text: str, where: str = "pattern") -> "float | None":
     >>> parse_density_text("50%"), parse_density_text("0.25"), parse_density_text("2:4")
     (0.5, 0.25, None)
     """
+    value = _density_of_text(text)
+    return None if value is None else check_density(value, where, shown=repr(text))
+
+
+def _density_of_text(text) -> "float | None":
     m = _DENSITY_RE.match(text) if isinstance(text, str) and len(text) <= 40 else None
-    if m is None:
-        return None
-    value = float(m.group(1)) / (100.0 if m.group(2) else 1.0)
-    if not 0.0 <= value <= 1.0:
-        raise PatternError(f"{where}: a density is the kept fraction in [0, 1] (or 0% to 100%), got {text!r}; write e.g. 0.5 or 50%.")
-    return value
+    return None if m is None else float(m.group(1)) / (100.0 if m.group(2) else 1.0)
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:40] + '...'}"
+
+
+def check_fraction(value, where: str, *, name: str, meaning: str, low_open: bool = False, high_open: bool = False,
+                   example: str = "0.5", shown: "str | None" = None) -> float:
+    """``value`` as a float in [0, 1] (``low_open`` / ``high_open`` exclude an end), or a one-line PatternError
+    stating the rule, the value and an example. The one range check of every density-like argument."""
+    number = isinstance(value, Real) and not isinstance(value, bool)
+    x = float(value) if number else math.nan
+    ok = number and math.isfinite(x) and (x > 0.0 if low_open else x >= 0.0) and (x < 1.0 if high_open else x <= 1.0)
+    if not ok:
+        interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+        got = shown if shown is not None else (repr(value) if number else _short(value) if isinstance(value, str) else
+                                               _shown(value))
+        raise PatternError(f"{where}: {name} is {meaning}, a number in {interval}, got {got}; pass e.g. {example}.")
+    return x
+
+
+def check_density(value, where: str, *, allow_zero: bool = True, shown: "str | None" = None) -> float:
+    """An unstructured density (the fraction of entries KEPT) in [0, 1], or (0, 1] without ``allow_zero``."""
+    return check_fraction(value, where, name="an unstructured density", meaning="the fraction of entries KEPT",
+                          low_open=not allow_zero, example='0.5 (or "50%"), or an N:M pattern such as "2:4"', shown=shown)
+
+
+def parse_spec(value, where: str, *, allow_zero: bool = True, densities: bool = True) -> "NMPattern | float":
+    """The one parser of a pattern argument: an ``NMPattern``, an ``"n:m"`` / ``"n:mT"`` string, or (with
+    ``densities``) an unstructured density, given as a number (0.5) or text (``"0.5"``, ``"50%"``), returned as a
+    float in [0, 1] (``(0, 1]`` without ``allow_zero``). Anything else is a one-line PatternError naming ``where``.
+
+    Examples
+    --------
+    >>> parse_spec("2:4T", "f"), parse_spec(0.5, "f"), parse_spec("25%", "f")
+    (NMPattern(n=2, m=4, transposable=True), 0.5, 0.25)
+    """
+    if isinstance(value, NMPattern):
+        return value
+    if isinstance(value, Real) and not isinstance(value, bool):
+        if not densities:
+            raise PatternError(f"{where} takes an N:M pattern, got the number {value!r} (a density); {_ACCEPTED}.")
+        return check_density(value, where, allow_zero=allow_zero)
+    if isinstance(value, str):
+        density = _density_of_text(value)
+        if density is not None:
+            if not densities:
+                raise PatternError(f"{where} takes an N:M pattern, got {_short(value)} (a density); {_ACCEPTED}.")
+            return check_density(density, where, allow_zero=allow_zero, shown=repr(value))
+        try:
+            return NMPattern.parse(value)
+        except PatternError as err:
+            if _PATTERN_RE.match(value) if len(value) <= 100 else None:
+                raise PatternError(f"{where}: {err}") from None  # an n:m out of range
+            forms = f"{_ACCEPTED}, or {_DENSITY_FORMS}" if densities else _ACCEPTED
+            raise PatternError(f"{where}: cannot parse pattern {_short(value)}; {forms}.") from None
+    forms = f"{_ACCEPTED}, or {_DENSITY_FORMS}" if densities else _ACCEPTED
+    raise PatternError(f"{where}: pattern must be a string, an NMPattern{' or a number' if densities else ''}, got "
+                       f"{_shown(value)}; {forms}.")

@@ -151,12 +151,12 @@ for density in (0.0, 0.1, 0.25, 0.5, 0.9, 1.0):
             assert torch.equal(mask.reshape(-1), want), "not the k largest with ties to the lower index"
         CASES.append(Case(f"unstructured_mask {wid} density {density}", lambda w=w, d=density: nms.unstructured_mask(w, d), check=check))
 for cid, call, err, match in [
-    ("density > 1", lambda: nms.unstructured_mask(W, 1.5), nms.ScoreError, r"\[0, 1\]"),
-    ("density < 0", lambda: nms.unstructured_mask(W, -0.1), nms.ScoreError, r"\[0, 1\]"),
-    ("density NaN", lambda: nms.unstructured_mask(W, float("nan")), nms.ScoreError, "nan"),
-    ("density string", lambda: nms.unstructured_mask(W, "0.5"), nms.ScoreError, "'0.5'"),
-    ("density bool", lambda: nms.unstructured_mask(W, True), nms.ScoreError, "True"),
-    ("density None", lambda: nms.unstructured_mask(W, None), nms.ScoreError, "None"),
+    ("density > 1", lambda: nms.unstructured_mask(W, 1.5), nms.PatternError, r"\[0, 1\]"),
+    ("density < 0", lambda: nms.unstructured_mask(W, -0.1), nms.PatternError, r"\[0, 1\]"),
+    ("density NaN", lambda: nms.unstructured_mask(W, float("nan")), nms.PatternError, "nan"),
+    ("density string", lambda: nms.unstructured_mask(W, "0.5x"), nms.PatternError, "'0.5x'"),
+    ("density bool", lambda: nms.unstructured_mask(W, True), nms.PatternError, "True"),
+    ("density None", lambda: nms.unstructured_mask(W, None), nms.PatternError, "None"),
     ("NaN weight", lambda: nms.unstructured_mask(torch.full((4, 4), float("nan")), 0.5), nms.ScoreError, "NaN"),
     ("int weight", lambda: nms.unstructured_mask(torch.ones(4, 4, dtype=torch.int32), 0.5), nms.ScoreError, "floating"),
     ("complex weight", lambda: nms.unstructured_mask(torch.ones(4, 4, dtype=torch.complex64), 0.5), nms.ScoreError, "floating"),

@@ -18,7 +18,7 @@ def _model():
     [
         ({"pattern": "2:4T", "method": "fastest"}, nms.MethodError, "known methods: exact, greedy, refine"),
         ({"pattern": "2:4", "method": "greedy"}, nms.MethodError, "known methods: topn"),
-        ({"pattern": 0.5, "method": "exact"}, nms.MethodError, "top-k"),
+        ({"pattern": 0.5, "method": "greedy"}, nms.MethodError, "top-k"),
         ({"pattern": "5:4"}, nms.PatternError, "1 <= n <= m"),
         ({"pattern": 1.5}, nms.NMSparseError, "(0, 1]"),
         ({"pattern": "2:4", "ste": "sr-ste"}, nms.NMSparseError, "ste must be one of"),

@@ -160,7 +160,7 @@ def test_include_exclude():
 
 @pytest.mark.parametrize("s", [1.0, -0.1, 1.5, "0.5", True, float("nan")])
 def test_bad_sparsity(s):
-    with pytest.raises(ScoreError, match=r"sparsity must be a number in \[0, 1\)"):
+    with pytest.raises(PatternError, match=r"sparsity is the fraction of weights PRUNED.*a number in \[0, 1\)"):
         transform(_cnn(), "wide", s)
 
 

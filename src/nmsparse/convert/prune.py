@@ -18,7 +18,7 @@ import torch
 
 from .._progress import Progress
 from .._version import __version__
-from ..errors import MethodError, NMSparseError, PatternError
+from ..errors import MethodError, NMSparseError
 from ..masks import solve_mask, unstructured_mask
 from ..masks.methods import resolve_method
 from ..pattern import NMPattern, PatternLike
@@ -258,12 +258,11 @@ def _prune_one(name: str, t: torch.Tensor, p: NMPattern, method: str, pad: bool,
 
 
 def _parse_spec(pattern, where: str):
-    """An NMPattern, or a float density in [0, 1] (the share of each tensor kept, unstructured)."""
-    if isinstance(pattern, float) and not isinstance(pattern, bool):
-        if not 0.0 <= pattern <= 1.0:
-            raise PatternError(f"{where}: a density is the kept fraction in [0, 1], got {pattern!r}; write e.g. 0.5.")
-        return pattern
-    return NMPattern.parse(pattern)
+    """An NMPattern, or a float density in [0, 1] (the share of each tensor kept, unstructured): the
+    library's one parser, :func:`nmsparse.pattern.parse_spec`."""
+    from ..pattern import parse_spec
+
+    return parse_spec(pattern, where)
 
 
 def json_path_for(out: Union[str, Path]) -> Path:

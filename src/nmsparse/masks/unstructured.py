@@ -7,7 +7,8 @@ from typing import Optional
 import torch
 
 from ..diversity import kept_count
-from ..errors import ScoreError, guard_resources
+from ..errors import guard_resources
+from ..pattern import _density_of_text, check_density
 from ._inputs import prepare_scores
 
 
@@ -19,8 +20,9 @@ def unstructured_mask(weight: torch.Tensor, density: float, *, scores: Optional[
     ----------
     weight : torch.Tensor
         Any shape; ``|weight|`` is the default score.
-    density : float
-        Fraction kept, 0 <= density <= 1.
+    density : float or str
+        Fraction kept, 0 <= density <= 1 (``0.5``, or text such as ``"50%"``); anything else is a
+        :class:`~nmsparse.errors.PatternError`, as for every density argument of the library.
     scores : torch.Tensor, optional
         Non-negative scores of the weight's shape.
 
@@ -37,8 +39,8 @@ def unstructured_mask(weight: torch.Tensor, density: float, *, scores: Optional[
             [ True, False]])
     """
     where = "unstructured_mask"
-    if isinstance(density, bool) or not isinstance(density, (int, float)) or not (0.0 <= float(density) <= 1.0):
-        raise ScoreError(f"{where}: density must be a number in [0, 1] (fraction of entries kept), got {density!r}.")
+    density = check_density(_density_of_text(density) if isinstance(density, str) else density, where,
+                            shown=repr(density) if isinstance(density, str) else None)
     s = prepare_scores(weight, scores, where)
     k = kept_count(s.numel(), density)
     flat = s.reshape(-1)

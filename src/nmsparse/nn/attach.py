@@ -15,7 +15,7 @@ from torch import nn
 from ..errors import ArgumentError, MaskError, PatternError, ShapeError
 from ..layout import group_dim_of
 from ..masks import check_mask
-from ..pattern import NMPattern, PatternLike
+from ..pattern import NMPattern, PatternLike, parse_spec
 from . import entries as _entries
 from .driver import install_driver
 from .parametrization import GRADIENTS, UPDATES, NMMask
@@ -24,14 +24,9 @@ Pattern = Union[NMPattern, float]
 
 
 def parse_pattern(pattern, where: str, *, allow_zero: bool = False) -> Pattern:
-    """An ``NMPattern``, or a float density in (0, 1] (``[0, 1]`` with ``allow_zero``) for unstructured masks."""
-    if isinstance(pattern, float) and not isinstance(pattern, bool):
-        low_ok = pattern >= 0.0 if allow_zero else pattern > 0.0
-        if math.isnan(pattern) or not (low_ok and pattern <= 1.0):
-            interval = "[0, 1]" if allow_zero else "(0, 1]"
-            raise PatternError(f"{where}: an unstructured density (a float pattern) must be in {interval}, got {pattern}; pass e.g. 0.5.")
-        return pattern
-    return NMPattern.parse(pattern)
+    """An ``NMPattern``, or a float density in (0, 1] (``[0, 1]`` with ``allow_zero``) for unstructured masks
+    (:func:`nmsparse.pattern.parse_spec`, the one parser: ``"2:4"``, ``0.5`` and ``"50%"`` alike)."""
+    return parse_spec(pattern, where, allow_zero=allow_zero)
 
 
 def check_options(where: str, *, gradient: str, update: str, update_every, total_steps, drop_fraction,

@@ -47,10 +47,11 @@ def resolve_solver(pattern: Union[NMPattern, float], method: Optional[str], wher
     ``"topk"`` for an unstructured density."""
     if isinstance(pattern, NMPattern):
         return resolve_method(pattern, method, where)
-    if method not in (None, "topk"):
+    if method not in (None, "exact", "topk"):  # as prune_ and prune_state_dict: top-k is the exact method here
         from ..errors import MethodError
 
-        raise MethodError(f"{where}: unstructured densities use top-k per tensor (method=None or 'topk'), got {method!r}.")
+        raise MethodError(f"{where}: unstructured densities keep the top-k per tensor (method None, 'exact' or 'topk'), "
+                          f"got {method!r}; drop method= or pass 'topk'.")
     return "topk"
 
 

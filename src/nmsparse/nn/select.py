@@ -125,3 +125,27 @@ def split(candidates: List[Candidate], pattern) -> Tuple[List[Candidate], List[C
             cand.reason = ineligibility(cand, pattern)
         (skipped if cand.reason else chosen).append(cand)
     return chosen, skipped
+
+
+def include_hints(model: nn.Module, include: Patterns, where: str = "sparsify_") -> List[str]:
+    """Why ``include`` chose nothing, per regex: it names a module whose type has no default weight (the fix:
+    name the parameter, ``"0.weight"``), or it matches no module or parameter name at all (a typo)."""
+    hints = []
+    modules = dict(model.named_modules())
+    params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    for rx in compile_patterns(include, "include", where):
+        hits = [m for m in modules if m and rx.fullmatch(m)]
+        default = [m for m in hits if isinstance(modules[m], DEFAULT_TYPES) or is_hf_conv1d(modules[m])]
+        named = [n for n in params if rx.fullmatch(n)]
+        if default or named:
+            continue
+        if hits:
+            m = hits[0]
+            own = [n for n in _own_parameter_names(modules[m])]
+            fix = f"name its parameter instead: include={f'{m}.{own[0]}'!r}" if own else "it holds no parameter"
+            hints.append(f"include={rx.pattern!r} matches module {m!r} ({type(modules[m]).__name__}), but a module name "
+                         f"selects only the weight of nn.Linear / nn.Conv1d/2d/3d / Conv1D layers; {fix}")
+        else:
+            hints.append(f"include={rx.pattern!r} matches no module or parameter name (matched in full, e.g. 'fc1', "
+                         f"'fc1.weight' or 'blocks\\..*')")
+    return hints

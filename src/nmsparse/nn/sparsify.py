@@ -24,7 +24,7 @@ from . import entries as _entries
 from .attach import attach, check_options, parse_pattern, replace_existing
 from .driver import install_driver, remove_drivers, watch_optimizer_
 from .parametrization import GRADIENTS, compute_mask, describe, resolve_solver
-from .select import Patterns, find_candidates, split
+from .select import Patterns, find_candidates, include_hints, split
 from .sparse_linear import SemiStructuredForward, wants_semi_structured
 
 _STATE = "_nmsparse_state"
@@ -147,7 +147,13 @@ def sparsify_(
     chosen, tied_skips = _fold_tied(model, chosen, exclude)
     skipped += tied_skips
     if not chosen:
-        why = "; ".join(f"{c.name}: {c.reason}" for c in skipped) or "the model has no nn.Linear/nn.Conv weights"
+        hints = include_hints(model, include, where) if include is not None else []
+        if hints:
+            raise ShapeError(f"{where}: no layer can take {_describe(pattern)}: {'; '.join(hints)}.")
+        first = next((n for n, _ in model.named_parameters()), None)
+        why = "; ".join(f"{c.name}: {c.reason}" for c in skipped) or (
+            "the model has no nn.Linear / nn.Conv1d/2d/3d / Conv1D weight" + (
+                f"; name other parameters in include=, e.g. include={first!r}" if first else ", nor any parameter"))
         raise ShapeError(f"{where}: no layer can take {_describe(pattern)} ({why}). Check include=/exclude= or the pattern.")
     for cand in chosen:
         old = _entries.nmmask_of(cand.module, cand.param_name)

@@ -29,11 +29,10 @@ def parse_algorithm(algorithm, where: str = "prune_") -> List[str]:
     return steps
 
 def parse_spec(pattern, where: str) -> Union[NMPattern, float]:
-    if isinstance(pattern, float) and not isinstance(pattern, bool):
-        if not (0.0 <= pattern <= 1.0) or math.isnan(pattern):
-            raise ConvertError(f"{where}: an unstructured density must be in [0, 1] (fraction kept), got {pattern!r}.")
-        return pattern
-    return NMPattern.parse(pattern)
+    """An NMPattern or a density in [0, 1]: the library's one parser (a bad one is a PatternError everywhere)."""
+    from ..pattern import parse_spec as parse
+
+    return parse(pattern, where)
 
 def check_topk(method, where: str) -> Optional[str]:
     if method not in (None, "exact", "topk"):

@@ -82,7 +82,9 @@ def select_targets(
             continue
         targets.append(Target(full, mname, module, pad))
     if not targets:
-        why = "; ".join(f"{n}: {r}" for n, r in skipped[:4]) or "the model has no nn.Linear / nn.Conv / Conv1D layer"
+        hints = _include_hints(model, chooser.include) if chooser.include else []
+        why = "; ".join([*hints, *(f"{n}: {r}" for n, r in skipped[:4])]) or \
+            "the model has no nn.Linear / nn.Conv / Conv1D layer"
         raise ConvertError(f"{where}: no layer to prune ({why}). Check include=/exclude= and the pattern.")
     return targets, skipped
 
@@ -101,3 +103,19 @@ def _reason(module, w, spec, owners, full):
     if isinstance(spec, NMPattern) and spec.is_dense:
         return f"pattern {spec} keeps every entry (n = m is dense)"
     return None
+
+
+def _include_hints(model: nn.Module, include) -> List[str]:
+    """An ``include`` regex that names only modules prune_ cannot prune (an embedding) or nothing at all."""
+    hints = []
+    modules = dict(model.named_modules())
+    for rx in include:
+        hits = [m for m in modules if m and (rx.fullmatch(m) or rx.fullmatch(f"{m}.weight"))]
+        if any(isinstance(modules[m], PRUNABLE_TYPES) or is_hf_conv1d(modules[m]) for m in hits):
+            continue
+        if hits:
+            hints.append(f"include={rx.pattern!r} matches {hits[0]!r} ({type(modules[hits[0]]).__name__}), but prune_ prunes "
+                         f"only the weights of nn.Linear / nn.Conv1d/2d/3d / Conv1D layers (sparsify_ takes any parameter)")
+        else:
+            hints.append(f"include={rx.pattern!r} matches no layer name (matched in full, e.g. 'fc1' or 'blocks\\..*')")
+    return hints

@@ -9,12 +9,12 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..errors import MethodError, PatternError, ScoreError, ShapeError
+from ..errors import MethodError, PatternError, ShapeError
 from ..masks import find_mask
 from ..nn.attach import attach_mask_
 from ..nn.entries import guard_loads, mask_entries
 from ..nn.ste import masked
-from ..pattern import NMPattern
+from ..pattern import NMPattern, check_fraction, parse_spec
 from ..selection import Patterns, compile_patterns, matches_any
 
 FAMILIES = ("wide", "parallel", "factorized", "doped")
@@ -33,19 +33,16 @@ def check_family(family: object, where: str = "transform") -> str:
 
 
 def check_sparsity(sparsity: object, where: str = "transform") -> float:
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not (0.0 <= float(sparsity) < 1.0):
-        raise ScoreError(
-            f"{where}: sparsity must be a number in [0, 1) (fraction of weights pruned; 1 would leave "
-            f"no weights and an infinite width), got {sparsity!r}. Use e.g. 0.5, 0.75 or 0.9."
-        )
-    return float(sparsity)
+    # A PatternError, as every bad density-like argument of the library (one check: pattern.check_fraction).
+    return check_fraction(sparsity, where, name="sparsity", high_open=True, example="0.5, 0.75 or 0.9",
+                          meaning="the fraction of weights PRUNED (1 would leave no weights and an infinite width)")
 
 
 def check_pattern(pattern: object, sparsity: float, where: str = "transform") -> Optional[NMPattern]:
     """Parse ``pattern``; an N:M pattern fixes the density at n/m, so iso-FLOP needs s = 1 - n/m."""
     if pattern is None:
         return None
-    p = NMPattern.parse(pattern)
+    p = parse_spec(pattern, f"{where}: pattern=", densities=False)
     if sparsity > 0 and abs((1.0 - sparsity) - p.n / p.m) > _PATTERN_TOL:
         raise PatternError(
             f"{where}: pattern {p} keeps {p.n} of every {p.m} weights (sparsity {1 - p.n / p.m:g}), but "
