@@ -292,3 +292,29 @@ def test_prune_permute_arguments():
         nms.prune_(model, 0.5, permute=True)
     with pytest.raises(nms.ArgumentError, match="permute must be True or False"):
         nms.prune_(model, "2:4", permute="yes")
+
+
+def test_cli_permute(tmp_path, capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_hf_stream import _folder, _text  # noqa: E402
+    from nmsparse.cli import main
+
+    (tmp_path / "calib.txt").write_text(_text(600), encoding="utf-8")
+    folder = _folder(tmp_path, "gpt2", None)
+    out = tmp_path / "out"
+    rc = main(["prune", str(folder), "-o", str(out), "--pattern", "2:4", "--permute", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--permute" in err and "--calibration" in err and not out.exists()
+    rc = main(["prune", str(folder), "-o", str(out), "--pattern", "50%", "--permute", "--algorithm", "wanda",
+               "--calibration", str(tmp_path / "calib.txt"), "--samples", "4", "--seq-len", "16", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "N:M pattern" in err and not out.exists()
+    rc = main(["prune", str(folder), "-o", str(out), "--pattern", "2:4T", "--permute", "--algorithm", "sparsegpt",
+               "--calibration", str(tmp_path / "calib.txt"), "--samples", "4", "--seq-len", "16", "--quiet"])
+    text = capsys.readouterr().out
+    assert rc == 0 and "channel groups for 2:4T" in text and "outputs checked unchanged" in text, text
+    report = __import__("json").loads((tmp_path / "out.prune.json").read_text())
+    assert report["permute"]["permuted"] > 0

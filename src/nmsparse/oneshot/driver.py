@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .._progress import Progress
-from ..errors import ArgumentError, ConvertError, NMSparseError, ScoreError
+from ..errors import ArgumentError, ConvertError, NMSparseError, PatternError, ScoreError
 from ..masks import find_mask, unstructured_mask
 from ..masks.methods import resolve_method
 from ..nn.attach import attach_mask_
@@ -31,6 +31,9 @@ from .capture import dense_outputs
 from .hessian import InputStats, MatrixView
 from .lsq import lsq_refit
 from .pipeline import iterate_pipeline
+from .permute.api import undo_
+from .permute.in_prune import start_permutations
+from .hessian import token_mask_of
 from .options import ALGORITHMS, REFINEMENTS, check_options, check_topk, parse_algorithm, parse_spec
 from .report import LayerPrune, PipelineInfo, PruneReport
 from .select import Target, select_targets
@@ -69,6 +72,7 @@ def prune_(
     progress: bool = False,
     blocks=None,
     device=None,
+    permute: bool = False,
     where: str = "prune_",
     _on_block=None,
 ) -> nn.Module:
@@ -136,6 +140,11 @@ def prune_(
         Block-wise only: each block moves to ``device`` (e.g. ``"cuda"``) for its turn and back after
         it, while the cached activations stay where the model is (CPU), so a model larger than the
         GPU's memory is pruned one block at a time there. Default: where the model is.
+    permute : bool
+        First fold channel permutations into the model (:func:`nmsparse.permute_`, its default
+        search) so that the masks keep more: same dense function, reordered weights, a plain
+        checkpoint. Scores: Wanda's ``|W|·‖x‖`` for ``wanda`` and ``sparsegpt``, ``|W|`` (or
+        ``scores=``) otherwise. N:M patterns only; ``report.permute`` says what moved.
 
     Returns
     -------
@@ -171,6 +180,7 @@ def prune_(
     check_options(damp, blocksize, sequential, where)
     device = _check_device(device, where)
     check_adaprune_options(iterations, lr, batch_size, where)
+    check_permute(permute, spec, where)
     calibrated = steps != ["magnitude"]
     if scores is not None and steps[0] not in ("magnitude", "adaprune"):
         raise ConvertError(
@@ -207,14 +217,19 @@ def prune_(
     modes = {m: m.training for m in model.modules()}  # each module's own mode (a frozen BatchNorm stays eval)
     threads = opts["threads"] = torch.get_num_threads()  # the transposable solvers' numba start-up can change it
     model.eval()
+    permuted, permuter = [], None
     try:
+        if permute:
+            rep.permute, permuter, permuted, rep.permuted_tensors = start_permutations(
+                model, spec, targets, batches, [token_mask_of(b) for b in batches or []],
+                _permute_scores(steps, batches, scores), streamed=_on_block is not None, where=where)
         with Progress(len(targets), f"{where} {rep.algorithm} {rep.pattern}", enabled=progress) as bar:
             if batches is None:
                 layer_stats = ((t.name, None) for t in targets)
             else:
                 layer_stats = iterate_pipeline(
                     model, views, batches, sequential=sequential, keep_samples="adaprune" in steps, where=where,
-                    blocks=blocks, on_block=_on_block, info=rep.pipeline, device=device,
+                    blocks=blocks, on_block=_on_block, info=rep.pipeline, device=device, permuter=permuter,
                 )
             seen = set()
             for name, stats in layer_stats:
@@ -235,6 +250,8 @@ def prune_(
     except BaseException:
         for name, snap in originals.items():
             _restore(by_name[name].module, snap)
+        if _on_block is None:
+            undo_(permuted)
         raise
     finally:
         for module, mode in modes.items():
@@ -248,6 +265,21 @@ def prune_(
             guard_loads(model)  # model.load_state_dict checks every mask before copying any tensor
     rep.seconds = time.perf_counter() - start
     return model
+
+
+def check_permute(permute, spec, where: str) -> None:
+    if not isinstance(permute, bool):
+        raise ArgumentError(f"{where}: permute must be True or False, got {permute!r}.")
+    if permute and not isinstance(spec, NMPattern):
+        raise PatternError(f"{where}: permute=True needs an N:M pattern such as '2:4' or '2:4T', got density {spec:g} "
+                           "(an unstructured mask has no groups to rearrange); drop permute=True.")
+
+
+def _permute_scores(steps, batches, scores):
+    """The scores the permutation search serves: what the first step's mask is chosen by."""
+    if batches is not None and steps[0] in ("wanda", "sparsegpt"):
+        return "wanda"
+    return scores if isinstance(scores, dict) or callable(scores) else "magnitude"
 
 
 def check_prune_arguments(pattern, algorithm, method, ragged, where: str = "prune_"):

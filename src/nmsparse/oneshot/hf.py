@@ -37,7 +37,7 @@ from ..layout import is_hf_conv1d
 from .blocks import BlockList, find_block_lists
 from .select import PRUNABLE_TYPES
 from .calibration_text import Calibration, context_length, load_calibration, transformers_module
-from .driver import _check_device, check_prune_arguments, prune_
+from .driver import _check_device, check_permute, check_prune_arguments, prune_
 from .report import PruneReport
 
 __all__ = ["prune_hf_folder", "build_skeleton", "ShardReader"]
@@ -220,7 +220,8 @@ def prune_hf_folder(
     windows of ``seq_len`` tokens without overlap (``allow_short``: use what there is, said in the
     report); ``seq_len`` must fit the model's context (``max_position_embeddings``)."""
     src = Path(src)
-    check_prune_arguments(pattern, algorithm, method, ragged, where="prune")
+    spec, _, _ = check_prune_arguments(pattern, algorithm, method, ragged, where="prune")
+    check_permute(permute, spec, "prune")
     _check_device(device, "prune")
     if detect_format(src) != "hf-folder":
         raise ConvertError(
