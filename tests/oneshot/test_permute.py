@@ -318,3 +318,28 @@ def test_cli_permute(tmp_path, capsys):
     assert rc == 0 and "channel groups for 2:4T" in text and "outputs checked unchanged" in text, text
     report = __import__("json").loads((tmp_path / "out.prune.json").read_text())
     assert report["permute"]["permuted"] > 0
+
+
+def test_tied_members_are_left_alone():
+    a = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16))
+    b = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16))
+    b[0].weight = a[0].weight  # tied across two chains
+    model = nn.Sequential(a, b).eval()
+    x = torch.randn(8, 16)
+    ref = model(x)
+    rep = nms.permute_(model, "2:4", calibration=[x], iterations=3)
+    assert not rep.groups and sum("tied" in why for _, why in rep.skipped) == 2
+    assert torch.equal(model(x), ref)
+
+
+def test_half_precision_and_frozen_parameters():
+    torch.manual_seed(0)
+    model = _trained_like(nn.Sequential(nn.Linear(16, 32), nn.SiLU(), nn.Linear(32, 8))).to(torch.bfloat16).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x = torch.randn(16, 16, dtype=torch.bfloat16)
+    ref = model(x)
+    rep = nms.permute_(model, "2:4T", calibration=[x], scores="wanda", iterations=3)
+    assert rep.verified is True and rep.permuted == 1
+    assert model[0].weight.dtype == torch.bfloat16 and not model[0].weight.requires_grad
+    assert torch.allclose(model(x).float(), ref.float(), atol=5e-2 * float(ref.abs().max()))

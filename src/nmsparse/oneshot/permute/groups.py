@@ -100,6 +100,11 @@ def find_groups(model: nn.Module, config=None, prefix: str = "") -> Tuple[List[G
     groups: List[Group] = []
     skipped: List[Tuple[str, str]] = []
     claimed: set = set()
+    owners: Dict[int, set] = {}
+    for mod in model.modules():
+        for t in list(mod._parameters.values()) + list(mod._buffers.values()):
+            if t is not None:
+                owners.setdefault(id(t), set()).add(id(mod))
     for mod in model.modules():
         name = names[id(mod)]
         for finder in (_gated_mlp, _plain_mlp, _bert_mlp, _attention, _sequential_chains):
@@ -108,11 +113,26 @@ def find_groups(model: nn.Module, config=None, prefix: str = "") -> Tuple[List[G
                     ids = {(id(mb.module), mb.tensor, mb.dim, mb.start) for mb in item.members}
                     if ids & claimed:
                         continue  # found twice (a module matching two patterns): the first one wins
+                    tied = _tied_member(item, owners, names)
+                    if tied is not None:
+                        skipped.append((item.name, f"{item.kind}: not permuted: {tied}"))
+                        continue
                     claimed |= ids
                     groups.append(item)
                 else:
                     skipped.append(item)
     return groups, skipped
+
+
+def _tied_member(group: Group, owners: Dict[int, set], names) -> Optional[str]:
+    """A member tensor also held by a module outside the group (tied weights) would move there too."""
+    inside = {id(mb.module) for mb in group.members}
+    for mb in group.members:
+        t = getattr(mb.module, mb.tensor, None)
+        others = owners.get(id(t), set()) - inside
+        if others:
+            return f"{mb.module_name}.{mb.tensor} is tied to a tensor of another module (untie it to permute)"
+    return None
 
 
 # --- members --------------------------------------------------------------------------------------
