@@ -9,7 +9,8 @@ calibration row at every step, which dominated for token-level calibration sets.
 
 from __future__ import annotations
 
-from typing import List, Tuple
+import math
+from typing import Callable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -21,13 +22,30 @@ from ..errors import ConvertError
 __all__ = ["check_adaprune_options", "fit_layer", "stack_samples"]
 
 
-def check_adaprune_options(iterations, lr, batch_size, where: str) -> None:
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
-        raise ConvertError(f"{where}: iterations must be an int >= 0 (0 = mask only), got {iterations!r}.")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 or lr != lr or lr == float("inf"):
-        raise ConvertError(f"{where}: lr must be a positive finite number, got {lr!r}.")
+ITERATIONS_MAX = 1_000_000  # ~1000x the paper's 1000 steps: a larger count is a typo that would not answer
+LR_MAX = 1.0  # Adam moves a weight by about lr per step, whatever the gradient's scale
+SEED_RANGE = 2**64  # torch.Generator.manual_seed takes 0 <= seed < 2**64
+
+
+def check_adaprune_options(iterations, lr, batch_size, where: str, seed=0) -> None:
+    """AdaPrune's option ranges, checked before any work (nothing is clamped):
+    ``0 <= iterations <= ITERATIONS_MAX`` (an int; 0 = mask only), ``0 < lr <= LR_MAX`` (Adam's step
+    is about lr in weight units per iteration, so beyond 1 it only diverges), ``batch_size >= 1`` (an
+    int; more than the calibration rows means all of them per step) and ``0 <= seed < 2**64``."""
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or not 0 <= iterations <= ITERATIONS_MAX:
+        raise ConvertError(
+            f"{where}: iterations must be an int with 0 <= iterations <= {ITERATIONS_MAX} (Adam steps per layer; 0 = mask "
+            f"only), got {iterations!r}; AdaPrune's default is 1000."
+        )
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or not 0 < lr <= LR_MAX:
+        raise ConvertError(
+            f"{where}: lr must be a finite number with 0 < lr <= {LR_MAX:g} (Adam moves a weight by about lr per step), "
+            f"got {lr!r}; use e.g. 1e-3 (the default)."
+        )
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConvertError(f"{where}: batch_size must be an int >= 1, got {batch_size!r}.")
+        raise ConvertError(f"{where}: batch_size must be an int >= 1 (calibration rows per Adam step, e.g. 50), got {batch_size!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_RANGE:
+        raise ConvertError(f"{where}: seed must be an int with 0 <= seed < 2**64, got {seed!r}; e.g. seed=0 (the default).")
 
 
 def stack_samples(xs: List[torch.Tensor], ys: List[torch.Tensor]) -> Tuple[object, object]:
@@ -41,12 +59,13 @@ def stack_samples(xs: List[torch.Tensor], ys: List[torch.Tensor]) -> Tuple[objec
 
 
 def fit_layer(module: nn.Module, mask: torch.Tensor, x, y, *, iterations: int, lr: float, batch_size: int,
-              gen: torch.Generator) -> Tuple[float, float, bool]:
+              gen: torch.Generator, check: Optional[Callable] = None) -> Tuple[float, float, bool]:
     """Fit ``module``'s kept weights (``mask``, the stored weight's shape) and bias to ``y`` in place.
 
     Starts from the module's current weights (masked). Returns ``(error_before, error_after,
     improved)`` as relative errors ``||Y' - Y||² / ||Y||²`` on the samples; if fitting does not
-    lower the error the starting weights are kept.
+    lower the error the starting weights are kept. ``check(w, b)``, if given, sees the fitted fp32
+    weight and bias before they are written and may raise (:func:`~nmsparse.oneshot.options.check_step_result`).
     """
     zero = torch.zeros((), dtype=torch.float32, device=mask.device)
     with torch.no_grad():
@@ -80,6 +99,8 @@ def fit_layer(module: nn.Module, mask: torch.Tensor, x, y, *, iterations: int, l
             if b is not None:
                 b.copy_(b0)
         after = before
+    if check is not None:
+        check(w.detach(), None if b is None else b.detach())
     with torch.no_grad():
         new = w.detach().to(module.weight.dtype)
         # +0.0 wherever the stored value is zero (a tiny kept value may round to -0.0 in fp16).

@@ -34,7 +34,7 @@ from .pipeline import iterate_pipeline
 from .permute.api import undo_
 from .permute.in_prune import start_permutations
 from .hessian import token_mask_of
-from .options import ALGORITHMS, REFINEMENTS, check_options, check_topk, parse_algorithm, parse_spec
+from .options import ALGORITHMS, REFINEMENTS, check_options, check_step_result, check_topk, parse_algorithm, parse_spec
 from .report import LayerPrune, PipelineInfo, PruneReport
 from .select import Target, select_targets
 from .sparsegpt import sparsegpt, zero_dead_inputs
@@ -100,12 +100,14 @@ def prune_(
         Prune layers in forward order, each fed by the already-pruned layers before it (one
         truncated pass per layer group); ``False``: every layer sees the dense model's activations.
     damp : float
-        Dampening λ as a fraction of mean(diag H) (SparseGPT, ``lsq``); grows tenfold on a failed
-        Cholesky factorisation.
+        Dampening λ as a fraction of mean(diag H) (SparseGPT, ``lsq``), ``0 <= damp <= 1``; grows
+        tenfold on a failed Cholesky factorisation, up to 1. Beyond 1, λI drowns H (the updates tend
+        to zero) and huge values overflow (:mod:`nmsparse.oneshot.options`).
     blocksize : int
-        SparseGPT's lazy-update block (columns).
-    iterations, lr, batch_size, seed : AdaPrune's Adam steps per layer, learning rate, rows per
-        step and sampling seed.
+        SparseGPT's lazy-update block (columns), ``>= 1``; rounded down to a multiple of m (at least m).
+    iterations, lr, batch_size, seed : AdaPrune's Adam steps per layer (``0 <= iterations <= 10**6``;
+        0 = mask only), learning rate (``0 < lr <= 1``: Adam moves a weight by about lr per step),
+        rows per step (``>= 1``) and sampling seed (``0 <= seed < 2**64``).
     adaprune_target : {"layer", "model"}
         What AdaPrune fits a layer to when ``sequential``: ``"layer"``, the dense layer's output on
         the (pruned-model) inputs, as SparseGPT; ``"model"``, the dense *model's* output at that
@@ -152,6 +154,13 @@ def prune_(
         ``model``. On an error the layers already pruned are restored (their dense weights are
         kept until ``prune_`` returns), so the model is unchanged.
 
+    Raises
+    ------
+    ConvertError
+        An option outside the ranges above (checked before any work; nothing is clamped), or a
+        step whose weights or bias come out NaN/Inf (or beyond the model's dtype): checked before
+        they are written, naming the layer, the step and the option that drove its update.
+
     Notes
     -----
     Pipeline (:mod:`nmsparse.oneshot.pipeline`): a model with a stack of repeated blocks (HF
@@ -179,7 +188,7 @@ def prune_(
     spec, method_name, steps = check_prune_arguments(pattern, algorithm, method, ragged, where)
     check_options(damp, blocksize, sequential, where)
     device = _check_device(device, where)
-    check_adaprune_options(iterations, lr, batch_size, where)
+    check_adaprune_options(iterations, lr, batch_size, where, seed)
     check_permute(permute, spec, where)
     calibrated = steps != ["magnitude"]
     if scores is not None and steps[0] not in ("magnitude", "adaprune"):
@@ -329,9 +338,21 @@ def _prune_layer(t: Target, view: MatrixView, stats: Optional[InputStats], steps
         raise ScoreError(f"{o['where']}: layer {name}: the weight has NaN/Inf; fix or exclude the layer.")
     w0 = view.weight_matrix()
     bias = getattr(module, "bias", None)
-    b0 = None if bias is None else bias.detach().double().clone()
+    b0 = view.bias_vector()  # padded like w0's rows (a transposable pattern pads ragged rows)
     real = view.real(w0.device)
     gram = None if stats is None else stats.gram
+    if gram is not None and not bool(torch.isfinite(gram).all()):
+        raise ConvertError(
+            f"{o['where']}: layer {name}: the Gram matrix XᵀX of its calibration inputs has NaN/Inf even in float64; the "
+            "calibration data (or an earlier layer's output on it) is not finite or too large. Check the inputs, or exclude the layer."
+        )
+    algorithm = "+".join(steps)
+    b_dtype = None if bias is None else bias.dtype
+    scale = float(w0.abs().max())
+
+    def check(step, ww, bb):  # every step's result, before anything is written into the model
+        check_step_result(ww, bb, stored.dtype, b_dtype, step=step, layer=name, algorithm=algorithm, o=o, scale=scale)
+
     samples = _adaprune_samples(t, module, stats, o) if "adaprune" in steps else None
     first, refine = steps[0], steps[1:]
     if first == "adaprune":
@@ -340,12 +361,13 @@ def _prune_layer(t: Target, view: MatrixView, stats: Optional[InputStats], steps
     if first == "sparsegpt":
         w, b_sg, mask = _sparsegpt(w0, b0, gram, spec, o, real, None, name)
     else:
-        scores = None if first == "magnitude" else view.from_matrix(wanda_scores(w0, gram[:-1, :-1]))
+        scores = None if first == "magnitude" else _wanda(view, w0, gram, name, o)
         mask = mag_mask if first == "magnitude" and o["scores"] in (None, "magnitude") else _pattern_mask(view, t, spec, o, scores)
         w = _masked(w0, mask)
     if torch.get_num_threads() != o["threads"]:  # a first transposable solve may bump it (numba/OpenMP start-up)
         torch.set_num_threads(o["threads"])
     b = b_sg if first == "sparsegpt" else b0
+    check(first, w, b)
     for step in refine:
         if step == "sparsegpt":
             w, b, _ = _sparsegpt(w0, b0, gram, spec, o, real, mask, name)
@@ -358,12 +380,13 @@ def _prune_layer(t: Target, view: MatrixView, stats: Optional[InputStats], steps
         else:  # adaprune: Adam from the current weights
             _write(module, view, w, b, mask)
             fit_layer(module, view.stored_from_matrix(mask), samples[0], samples[1], iterations=o["iterations"],
-                      lr=o["lr"], batch_size=o["batch_size"], gen=o["gen"])
+                      lr=o["lr"], batch_size=o["batch_size"], gen=o["gen"], check=lambda ww, bb: check("adaprune", ww, bb))
             w = view.weight_matrix()
-            b = None if bias is None else bias.detach().double().clone()
+            b = view.bias_vector()
+        check(step, w, b)
     _write(module, view, w, b, mask)
     w_final = view.weight_matrix()
-    b_final = None if bias is None else bias.detach().double()
+    b_final = view.bias_vector()
     err = _error_meter(w0, b0, gram) if gram is not None else (lambda ww, bb: None)
     after = err(w_final, b_final)
     before = err(_masked(w0, mask), b0)
@@ -381,9 +404,29 @@ def _prune_layer(t: Target, view: MatrixView, stats: Optional[InputStats], steps
     return row, view.stored_from_matrix(mask)
 
 
+def _wanda(view: MatrixView, w0, gram, name, o) -> torch.Tensor:
+    """Wanda's scores ``|W|·‖x‖`` in the weight's oriented shape; an overflow is an error, not a mask."""
+    scores = wanda_scores(w0, gram[:-1, :-1])
+    if not bool(torch.isfinite(scores).all()):
+        raise ConvertError(
+            f"{o['where']}: layer {name}: step 'wanda': the scores |W|·‖x‖ overflow float64 (weights up to "
+            f"{float(w0.abs().max()):.3g}, input norms up to {float(torch.diagonal(gram).max()) ** 0.5:.3g}); "
+            "rescale the layer's inputs or weights, or use algorithm='magnitude' for it."
+        )
+    return view.from_matrix(scores)
+
+
 def _sparsegpt(w0, b0, gram, spec, o, real, mask, name):
     """SparseGPT on the layer; with ``update_bias`` the bias is the weight of a constant-1 input,
     processed last and never pruned, so the OBS updates also shift it (the output's mean error)."""
+    try:
+        return _sparsegpt_run(w0, b0, gram, spec, o, real, mask, name)
+    except ConvertError as err:  # inverse_cholesky names the layer, not the entry point
+        text = str(err)
+        raise ConvertError(text if text.startswith(o["where"]) else f"{o['where']}: {text}") from None
+
+
+def _sparsegpt_run(w0, b0, gram, spec, o, real, mask, name):
     if b0 is None or not o["update_bias"]:
         w, keep = sparsegpt(w0, gram[:-1, :-1], spec, method=o["method"], damp=o["damp"], blocksize=o["blocksize"],
                             mask=mask, real=real, name=name)
@@ -463,7 +506,7 @@ def _write(module: nn.Module, view: MatrixView, w: torch.Tensor, b: Optional[tor
     keep = view.stored_from_matrix(mask) & (new != 0)
     module.weight.copy_(torch.where(keep, new, torch.zeros((), dtype=dtype, device=new.device)))
     if b is not None:
-        module.bias.copy_(b.to(module.bias.dtype))
+        module.bias.copy_(view.stored_bias(b).to(module.bias.dtype))
 
 
 def _error_meter(w0, b0, gram) -> Callable:

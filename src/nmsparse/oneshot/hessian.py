@@ -93,6 +93,21 @@ class MatrixView:
         """A padded matrix back to the stored weight's shape."""
         return self.stored(self.from_matrix(mat))
 
+    def bias_vector(self) -> Optional[torch.Tensor]:
+        """The current bias as an fp64 vector of the padded matrix's ``rows`` (a copy; zeros for the
+        padding rows a transposable pattern adds), or None without a bias. It pairs row by row with
+        :meth:`weight_matrix`, e.g. as the column ``Θ = [W b]`` of the refits."""
+        bias = getattr(self.module, "bias", None)
+        if bias is None:
+            return None
+        b = bias.detach().double().reshape(-1)
+        extra = self.rows - b.shape[0]
+        return F.pad(b, (0, extra)) if extra > 0 else b.clone()
+
+    def stored_bias(self, b: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`bias_vector`: crop the padding rows."""
+        return b[: self.layout.rows]
+
     # --- inputs --------------------------------------------------------------------------------
 
     def rows_of(self, x: torch.Tensor, token_mask: Optional[torch.Tensor], dtype=torch.float64) -> torch.Tensor:
@@ -176,6 +191,11 @@ class InputStats:
             rows = self.view.rows_of(x, token_mask, torch.float64 if x.dtype == torch.float64 else torch.float32)
             a = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
             g = (a.T @ a).double()
+            if a.dtype != torch.float64 and not bool(torch.isfinite(g).all()):
+                # float32 products overflow past ~1.8e19 per input while the layer's own forward may
+                # not: redo this batch in float64 (inputs that are NaN/Inf stay so, and are refused later).
+                a = a.double()
+                g = a.T @ a
             if shared is not None:
                 shared[key] = (x, g)
         self.gram = g.clone() if self.gram is None else self.gram.add_(g)
