@@ -112,3 +112,12 @@ def test_large_m_samples_the_swaps_and_still_gains():
     w = _weights(0, 32, 64)
     res = search_permutation(_x_reading(w, p), p, rounds=4, seed=0)
     assert _kept(w[:, res.perm], p) >= _kept(w, p)
+
+
+@pytest.mark.parametrize("pattern", ["2:4", "2:4T"])
+def test_sampled_search_is_accepted_only_if_it_gains_on_every_slice(pattern):
+    p = nms.NMPattern.parse(pattern)
+    w = _weights(3, 64, 32)
+    res = search_permutation(_x_reading(w, p), p, rounds=10, seed=0, max_slices=3)
+    assert res.before == pytest.approx(_kept(w, p), rel=1e-5)
+    assert _kept(w[:, res.perm], p) >= _kept(w, p) * (1 - 1e-6)

@@ -21,7 +21,7 @@ from ..calibration import as_batches, run_batch
 from ..hessian import MatrixView, select_tokens, token_mask_of
 from ..select import select_targets
 from .fold import fold_, inverse
-from .groups import RESIDUAL_NOTE, Group, find_groups
+from .groups import RESIDUAL_NOTE, Group, find_groups, find_residual
 from .report import GroupPermute, LayerPermute, PermuteReport
 from .search import group_matrix, search_permutation
 
@@ -45,6 +45,7 @@ def permute_(
     time_budget: Optional[float] = None,
     seed: int = 0,
     check: bool = True,
+    residual: bool = True,
     progress: bool = False,
     where: str = "permute_",
 ) -> PermuteReport:
@@ -55,10 +56,10 @@ def permute_(
     channels share a group is a choice wherever the model lets channels be reordered exactly: the
     hidden channels of an MLP (the rows and biases of the layers writing them and the columns of
     the layer reading them), an attention head's value/output channels (grouped-query aware),
-    query/key channels where no rotary encoding is found, and chains of layers in
-    ``nn.Sequential`` (through activations, BatchNorm, pooling). See
-    :mod:`nmsparse.oneshot.permute.groups` for what is found and what is left alone (the residual
-    stream is not permuted), and :mod:`nmsparse.oneshot.permute.search` for the search.
+    query/key channels where no rotary encoding is found, a transformer's residual stream, and
+    chains of layers in ``nn.Sequential`` (through activations, BatchNorm, pooling). See
+    :mod:`nmsparse.oneshot.permute.groups` for what is found and what is left alone, and
+    :mod:`nmsparse.oneshot.permute.search` for the search.
 
     Parameters
     ----------
@@ -90,6 +91,11 @@ def permute_(
     check : bool
         Compare the model's outputs on the first calibration batch before and after; a group
         whose folding moves them is undone and reported ``"unsafe"``.
+    residual : bool
+        Also permute a transformer's residual stream: one permutation shared by the embeddings,
+        every norm of the stream's width, the columns of every layer reading the stream and the
+        rows of every layer writing it, in all blocks (and a tied LM head). Left alone, with the
+        reason, where a parameter of the stream's width is not understood.
     progress : bool
         A progress bar on stderr (one step per group).
 
@@ -118,6 +124,9 @@ def permute_(
     start = time.perf_counter()
     if not isinstance(model, nn.Module):
         raise ArgumentError(f"{where}: model must be a torch.nn.Module, got {type(model).__name__}.")
+    for flag, value in (("check", check), ("residual", residual), ("progress", progress)):
+        if not isinstance(value, bool):
+            raise ArgumentError(f"{where}: {flag} must be True or False, got {value!r}.")
     spec = _check_pattern(pattern, where)
     _check_options(scores, iterations, patience, time_budget, seed, where)
     batches = as_batches(calibration, where) if calibration is not None else None
@@ -127,7 +136,14 @@ def permute_(
     rep = PermuteReport(pattern=str(spec), scores=scores if isinstance(scores, str) else type(scores).__name__)
     targets, _ = select_targets(model, spec, include, exclude, "skip", where)
     groups, skipped = find_groups(model)
-    rep.skipped, rep.notes = list(skipped), [RESIDUAL_NOTE]
+    rep.skipped = list(skipped)
+    if residual:
+        stream, why = find_residual(model)
+        groups = ([stream] if stream is not None else []) + list(groups)  # first: the blocks' groups then see its order
+        if why is not None:
+            rep.skipped.append(("residual stream", why))
+    else:
+        rep.notes.append(RESIDUAL_NOTE)
     modes = {mod: mod.training for mod in model.modules()}
     model.eval()
     count = len(batches) if batches is not None else 0
@@ -333,6 +349,8 @@ def _verify(run, reference, done, score) -> bool:
             fold_(g, inverse(perm), score)
             row.status = "unsafe"
             row.reason = "folding it changed the outputs on the first calibration batch; undone"
+            if g.kind == "residual":
+                row.reason += " (a model that returns the stream itself, such as a base encoder without a head, cannot reorder it)"
             row.kept_after = row.kept_before
     return True
 

@@ -41,11 +41,15 @@ def fold_(group: Group, perm: torch.Tensor, scores: Optional[Dict[str, torch.Ten
     """Reorder every member of ``group`` by ``perm`` in place (and the layers' entries of ``scores``,
     keyed by module name)."""
     moved_scores: List[tuple] = []
+    moved: set = set()
     for mb in group.members:
         t = member_tensor(mb)
         if t is None:
             continue
-        _move(t.data if hasattr(t, "data") else t, mb.dim, mb.start, perm)
+        key = (id(t), mb.dim, mb.start)
+        if key not in moved:  # a tied tensor (embeddings and LM head) listed twice moves once
+            moved.add(key)
+            _move(t.data if hasattr(t, "data") else t, mb.dim, mb.start, perm)
         if scores is not None and mb.layer and mb.module_name in scores:
             key = (mb.module_name, oriented_dim(mb), mb.start)
             if key not in moved_scores:  # one layer may appear once per axis/offset

@@ -22,10 +22,16 @@ Groups found (each only where the structure is recognised; :func:`find_groups`):
 * **Chains in ``nn.Sequential``**: a Linear/Conv whose outputs reach the next Linear/Conv only
   through channel-wise modules (activations, dropout, BatchNorm, pooling, 1-D LayerNorm).
 
-Not permuted, with the reason in the report: the residual stream of a transformer (one
-permutation would have to be shared by the embeddings, every norm and every layer that reads or
-writes the stream, across all blocks), layers with a parametrization or tied weights, grouped
-convolutions, and groups whose channel count or offset is not a multiple of m (ragged groups).
+* **The residual stream of a transformer** (:func:`find_residual`): one permutation shared by the
+  embedding tables' columns, every norm of the stream's width, the columns of every layer that
+  reads the stream (q, k, v, gate/up or fc1 in every block, the LM head) and the rows of every
+  layer that writes it (o, down or fc2). Norms normalise over all channels and scale each one, so
+  they commute with any reordering.
+
+Not permuted, with the reason in the report: layers with a parametrization or tied weights
+(unless every holder is in the group, as a tied LM head and its embeddings), grouped
+convolutions, groups whose channel count or offset is not a multiple of m (ragged groups), and a
+residual stream next to a parameter of its width that none of the rules explains.
 """
 
 from __future__ import annotations
@@ -38,10 +44,9 @@ from torch.nn.utils import parametrize
 
 from ...layout import is_hf_conv1d
 
-__all__ = ["Member", "Group", "find_groups", "RESIDUAL_NOTE"]
+__all__ = ["Member", "Group", "find_groups", "find_residual", "RESIDUAL_NOTE"]
 
-RESIDUAL_NOTE = ("residual stream: not permuted (one permutation would have to be shared by the embeddings, every "
-                 "norm and every layer reading or writing the stream in every block)")
+RESIDUAL_NOTE = "residual stream: not permuted (residual=False)"
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CHANNELWISE = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU,
@@ -370,6 +375,94 @@ def _norm_size(mod) -> Optional[int]:
     if isinstance(mod, nn.LayerNorm):
         return mod.normalized_shape[0] if len(mod.normalized_shape) == 1 else None
     return mod.num_features
+
+
+# --- the residual stream ---------------------------------------------------------------------------
+
+
+def find_residual(model: nn.Module, config=None) -> Tuple[Optional[Group], Optional[str]]:
+    """The residual stream of a transformer as one group, or ``(None, why not)``.
+
+    Members: the columns of every layer that reads the stream (q, k, v; gate/up or fc1; an LM head
+    or pooler), the rows and biases of every layer that writes it (o; down or fc2), the embedding
+    tables' columns and every norm's weight and bias of the stream's width. A norm normalises over
+    all channels (order-free) and scales each one; adds and embedding look-ups are channel-wise.
+    A parameter of the stream's width that none of these explains makes the group unsafe."""
+    names = {id(mod): n for n, mod in model.named_modules()}
+    readers: List[nn.Module] = []
+    writers: List[nn.Module] = []
+    attention = False
+    for mod in model.modules():
+        parts = _attention_parts(mod)
+        if parts is not None:
+            attention = True
+            _add(readers, parts[:3])
+            _add(writers, parts[3:4])
+            continue
+        io = _mlp_io(mod)
+        if io is not None:
+            _add(readers, io[0])
+            _add(writers, io[1])
+    if not attention:
+        return None, None  # not a transformer: there is no residual stream to speak of
+    for mod in readers + writers:
+        why = _problem(mod, names.get(id(mod), "?"))
+        if why is not None:
+            return None, f"residual stream: not permuted: {why}"
+    widths = {_dims(r)[3] for r in readers} | {_dims(w)[2] for w in writers}
+    if len(widths) != 1:
+        return None, f"residual stream: not permuted: its readers and writers disagree on its width ({sorted(widths)})"
+    width = widths.pop()
+    members: List[Member] = []
+    known = {id(m) for m in readers + writers}
+    for mod in model.modules():
+        name = names[id(mod)]
+        if id(mod) in known:
+            continue
+        if isinstance(mod, nn.Embedding) and mod.embedding_dim == width:
+            members.append(Member(name, mod, "weight", 1, 0, "param"))
+            known.add(id(mod))
+        elif "norm" in type(mod).__name__.lower() and getattr(mod, "weight", None) is not None \
+                and tuple(mod.weight.shape) == (width,):
+            members += [Member(name, mod, t, 0, 0, "param") for t in ("weight", "bias") if getattr(mod, t, None) is not None]
+            known.add(id(mod))
+        elif _linear_like(mod) and getattr(mod, "weight", None) is not None and _dims(mod)[3] == width:
+            readers.append(mod)  # an LM head, a pooler, a classifier
+            known.add(id(mod))
+    for mod in model.modules():
+        if id(mod) in known:
+            continue
+        for t_name, t in mod._parameters.items():
+            if t is not None and width in tuple(t.shape):
+                return None, (f"residual stream: not permuted: {names[id(mod)]}.{t_name} has the stream's width "
+                              f"{width} and is not a recognised reader, writer, norm or embedding")
+    for r in readers:
+        members += _reads(r, names[id(r)], 0)
+    for w in writers:
+        members += _writes(w, names[id(w)], 0)
+    return Group("residual stream", "residual", width, members), None
+
+
+def _add(into: List[nn.Module], mods) -> None:
+    for m in mods:
+        if all(m is not x for x in into):
+            into.append(m)
+
+
+def _mlp_io(mod) -> Optional[Tuple[List[nn.Module], List[nn.Module]]]:
+    """(layers reading the stream, layers writing it) of an MLP module, or None."""
+    for gate, up, down in (("gate_proj", "up_proj", "down_proj"), ("w1", "w3", "w2"), ("wi_0", "wi_1", "wo")):
+        g, u, d = (_child(mod, p) for p in (gate, up, down))
+        if g is not None and u is not None and d is not None:
+            return [g, u], [d]
+    for first, second in (("fc1", "fc2"), ("c_fc", "c_proj"), ("dense_h_to_4h", "dense_4h_to_h"), ("wi", "wo")):
+        a, b = _child(mod, first), _child(mod, second)
+        if a is not None and b is not None:
+            return [a], [b]
+    a, b = _child(mod, "intermediate.dense"), _child(mod, "output.dense")
+    if a is not None and b is not None and _child(mod, "attention") is not None:
+        return [a], [b]
+    return None
 
 
 def member_names(groups: Sequence[Group]) -> Dict[str, List[str]]:

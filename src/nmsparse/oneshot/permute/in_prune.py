@@ -16,7 +16,7 @@ from torch import nn
 from ...pattern import NMPattern
 from ..calibration import run_batch
 from .api import permute_groups_
-from .groups import RESIDUAL_NOTE, find_groups
+from .groups import find_groups, find_residual
 from .report import PermuteReport
 
 __all__ = ["start_permutations"]
@@ -30,7 +30,6 @@ def start_permutations(model: nn.Module, spec: NMPattern, targets, batches: Opti
     """Permute ``model`` now (in memory) or return a per-block permuter for the pipeline (streamed).
     Returns ``(report, permuter or None, folded groups for undo_, names of the tensors reordered)``."""
     rep = PermuteReport(pattern=str(spec), scores=scores if isinstance(scores, str) else type(scores).__name__)
-    rep.notes = [RESIDUAL_NOTE]
     done: List[tuple] = []
     changed: set = set()
     count = len(batches) if batches is not None else 0
@@ -39,11 +38,18 @@ def start_permutations(model: nn.Module, spec: NMPattern, targets, batches: Opti
         start = time.perf_counter()
         groups, skipped = find_groups(model, config)
         rep.skipped += skipped
+        stream, why = find_residual(model, config)
+        groups = ([stream] if stream is not None else []) + list(groups)
+        if why is not None:
+            rep.skipped.append(("residual stream", why))
         done += permute_groups_(groups, targets, spec, rep, run=lambda i: run_batch(model, batches[i], i, where),
                                 count=count, token_masks=token_masks, scores=scores, check=True, where=where,
                                 changed=changed, **_SEARCH)
         rep.seconds = time.perf_counter() - start
         return rep, None, done, changed
+
+    rep.notes.append("residual stream: not permuted when streaming (its permutation spans every block, and only one "
+                     "block is in memory at a time)")
 
     def permuter(block: nn.Module, name: str, call: Callable[[int], object], masks: Sequence) -> None:
         start = time.perf_counter()
