@@ -44,6 +44,11 @@ def _usable(t: torch.Tensor, what: str, where: str) -> torch.Tensor:
         )
     if t.layout != torch.strided:
         raise ShapeError(f"{where}: {what} has layout {t.layout}; expected a dense tensor. Convert it with .to_dense().")
+    if type(t).__name__ == "DTensor":  # checked by name: torch.distributed may not be importable here
+        raise ShapeError(f"{where}: {what} is a DTensor (sharded); pass a plain tensor: the whole one "
+                         f"({what}.full_tensor()) or this rank's shard ({what}.to_local()).")
+    if t.is_quantized:
+        raise ScoreError(f"{where}: {what} is a quantized tensor ({t.dtype}); pass real values: {what}.dequantize().")
     return t
 
 

@@ -62,6 +62,7 @@ def resolve_param(module: nn.Module, param_name: str, where: str) -> Tuple[nn.Mo
     dense = None
     if owner is not None:
         if _entries.parametrize.is_parametrized(owner, pname):
+            existing_mask(owner, pname, where, repr(param_name))  # another parametrization (weight_norm...): refused
             dense = owner.parametrizations[pname].original
         else:
             dense = owner._parameters.get(pname)
@@ -77,8 +78,9 @@ def existing_mask(owner: nn.Module, pname: str, where: str, label: str) -> Optio
         return None
     found = _entries.nmmask_of(owner, pname)
     if found is None or len(owner.parametrizations[pname]) != 1:
-        raise MaskError(f"{where}: {label} carries a parametrization that is not an nmsparse mask; remove it first "
-                        f"(torch.nn.utils.parametrize.remove_parametrizations).")
+        others = ", ".join(type(p).__name__ for p in owner.parametrizations[pname] if not isinstance(p, NMMask))
+        raise MaskError(f"{where}: {label} carries the parametrization {others}, which is not an nmsparse mask (masks "
+                        f"never stack); remove it first (torch.nn.utils.parametrize.remove_parametrizations).")
     return found
 
 

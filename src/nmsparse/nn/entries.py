@@ -87,7 +87,8 @@ def holders_of(model: nn.Module, param: torch.Tensor) -> List[Tuple[str, nn.Modu
     for mname, module in model.named_modules():
         names = [n for n, p in module._parameters.items() if p is param]
         if parametrize.is_parametrized(module):
-            names += [n for n in module.parametrizations.keys() if module.parametrizations[n].original is param]
+            names += [n for n in module.parametrizations.keys()
+                      if getattr(module.parametrizations[n], "original", None) is param]  # weight_norm: original0/1
         out += [(f"{mname}.{n}" if mname else n, module, n) for n in names]
     return out
 

@@ -360,8 +360,8 @@ def compute_mask(
     """
     if distributed.is_dtensor(weight):  # FSDP2 seam: sparsify_ after fully_shard
         raise ShapeError(
-            f"layer {name!r}: the weight is a DTensor shard (FSDP2's fully_shard ran first); "
-            "call sparsify_ on the plain model, then fully_shard."
+            f"layer {name!r}: the weight is a DTensor (sharded by FSDP2's fully_shard, or by distribute_tensor / "
+            "parallelize_module); call sparsify_ on the plain model, then fully_shard (or distribute) it."
         )
     try:
         if isinstance(pattern, NMPattern):

@@ -47,13 +47,20 @@ def find_candidates(model: nn.Module, include: Patterns, exclude: Patterns) -> L
     exc = compile_patterns(exclude, "exclude", "sparsify_")
     found: List[Candidate] = []
     for mname, module in model.named_modules():
+        unusable = unsupported_layer(module)
+        if unusable is not None:  # a Linear/Conv whose weight is no parameter torch can parametrize
+            full = f"{mname}.weight" if mname else "weight"
+            explicit = bool(inc) and matches_any(inc, mname, full)
+            if explicit or not inc:
+                found.append(Candidate(full, mname, module, "weight", _shape_of(module, "weight"), explicit, unusable))
+            continue
         for pname in _own_parameter_names(module):
             full = f"{mname}.{pname}" if mname else pname
             default = (isinstance(module, DEFAULT_TYPES) or is_hf_conv1d(module)) and pname == "weight"
             explicit = bool(inc) and matches_any(inc, full) or (default and bool(inc) and matches_any(inc, mname))
             if not (explicit or (default and not inc)):
                 continue
-            shape = tuple(_dense_param(module, pname).shape)
+            shape = _shape_of(module, pname)
             cand = Candidate(full, mname, module, pname, shape, explicit)
             if exc and matches_any(exc, mname, full):
                 cand.reason = "excluded by exclude="
@@ -75,6 +82,44 @@ def _dense_param(module: nn.Module, name: str) -> torch.Tensor:
     return module._parameters[name]
 
 
+def _shape_of(module: nn.Module, name: str) -> tuple:
+    """The shape a weight has for its layer (a parametrization with several originals, such as weight_norm's
+    ``original0`` / ``original1``, has no single dense tensor: the computed weight's shape)."""
+    if parametrize.is_parametrized(module, name) and not hasattr(module.parametrizations[name], "original"):
+        try:
+            with torch.no_grad():
+                return tuple(getattr(module, name).shape)
+        except Exception:  # a user's parametrization that cannot run here: the layer is skipped anyway
+            return ()
+    if name in module._parameters or parametrize.is_parametrized(module, name):
+        return tuple(_dense_param(module, name).shape)
+    value = getattr(module, name, None)
+    if callable(value) and not torch.is_tensor(value):
+        value = value()  # a quantized layer's packed weight
+    return tuple(value.shape) if torch.is_tensor(value) else ()
+
+
+def unsupported_layer(module: nn.Module) -> Optional[str]:
+    """Why a Linear/Conv-like layer's weight cannot take a mask at all (None if it can or is no such layer):
+    quantized layers (packed int8 weights) and weights recomputed by a forward pre-hook (the old
+    ``torch.nn.utils.weight_norm`` / ``spectral_norm``, which turn ``weight`` into a plain attribute)."""
+    cls = type(module)
+    if cls.__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized", "torch.ao.nn.intrinsic.quantized")) \
+            and "weight" not in module._parameters and callable(getattr(module, "weight", None)):
+        return (f"quantized layer ({cls.__module__}.{cls.__name__}: packed integer weights, no parameter to mask); "
+                "sparsify or prune the float model, then quantize it")
+    if not (isinstance(module, DEFAULT_TYPES) or is_hf_conv1d(module)):
+        return None
+    if "weight" in module._parameters or parametrize.is_parametrized(module, "weight"):
+        return None
+    if not torch.is_tensor(getattr(module, "weight", None)):
+        return None
+    hooks = sorted({type(h).__name__ for h in module._forward_pre_hooks.values()})
+    by = f" (forward pre-hook {', '.join(hooks)})" if hooks else ""
+    return (f"weight is not a parameter but recomputed before each forward{by}, as the old torch.nn.utils.weight_norm / "
+            "spectral_norm do; remove it first (torch.nn.utils.remove_weight_norm / remove_spectral_norm)")
+
+
 def ineligibility(cand: Candidate, pattern: Union[NMPattern, float]) -> Optional[str]:
     """Why ``cand`` cannot take ``pattern`` (None if it can)."""
     module, pname = cand.module, cand.param_name
@@ -83,7 +128,9 @@ def ineligibility(cand: Candidate, pattern: Union[NMPattern, float]) -> Optional
 
         plist = module.parametrizations[pname]
         if len(plist) != 1 or not isinstance(plist[0], NMMask):
-            return "already has another parametrization"
+            others = ", ".join(type(p).__name__ for p in plist if not isinstance(p, NMMask))
+            return (f"already carries the parametrization {others} (masks never stack); remove it first "
+                    f"(torch.nn.utils.parametrize.remove_parametrizations(layer, {pname!r}))")
         # An nmsparse mask alone: eligible; sparsify_ replaces it (or refuses with replace=False).
     tensor = _dense_param(module, pname)
     if tensor.dtype not in _FLOATS:

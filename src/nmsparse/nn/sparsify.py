@@ -71,8 +71,10 @@ def sparsify_(
     model : nn.Module
     pattern : str, NMPattern or float
         ``"2:4"`` (row-wise), ``"2:4T"`` (transposable): n entries KEPT per group of m, groups
-        along the input dimension (input channels per kernel position for convs). A float in
-        (0, 1] is an unstructured density: keep the top fraction of each tensor.
+        along the input dimension (input channels per kernel position for convs). A number in
+        (0, 1] (``0.5``, or text such as ``"50%"``) is an unstructured density: keep the top fraction
+        of each tensor. A bad pattern or density is a :class:`~nmsparse.errors.PatternError`, as at
+        every entry point (:func:`nmsparse.pattern.parse_spec`).
     method : str, optional
         Solver (``"exact"`` default, ``"greedy"``, ``"refine"`` for transposable patterns); stored
         resolved, so ``summary`` shows what runs (``"exact"`` on a row-wise pattern is ``"topn"``).

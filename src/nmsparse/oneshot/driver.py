@@ -204,7 +204,7 @@ def prune_(
             f"{where}: algorithm {algorithm!r} needs calibration data; pass calibration= an iterable of batches "
             "([x, ...]: tensors, tuples or dicts of model inputs), or use algorithm='magnitude'."
         )
-    targets, skipped = select_targets(model, spec, include, exclude, ragged, where)
+    targets, skipped = select_targets(model, spec, include, exclude, ragged, where, allow_meta=_on_block is not None)
     rep = report if report is not None else PruneReport()
     rep.pattern = str(spec) if isinstance(spec, NMPattern) else f"{spec:g}"
     rep.algorithm, rep.method, rep.sequential = "+".join(steps), method_name, bool(sequential)

@@ -21,11 +21,13 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..errors import ConvertError
+from ..errors import ConvertError, ScoreError, ShapeError
 from ..pattern import NMPattern
 from ..selection import NameFilter
 from ..convert.rules import is_embedding_name, ragged_error, ragged_problem
 from ..layout import is_hf_conv1d
+from ..nn.distributed import is_dtensor
+from ..nn.select import unsupported_layer
 from .hessian import view_problem
 
 __all__ = ["Target", "select_targets"]
@@ -43,8 +45,12 @@ class Target:
 
 
 def select_targets(
-    model: nn.Module, spec: Union[NMPattern, float], include, exclude, ragged: str, where: str
+    model: nn.Module, spec: Union[NMPattern, float], include, exclude, ragged: str, where: str, *,
+    allow_meta: bool = False,
 ) -> Tuple[List[Target], List[Tuple[str, str]]]:
+    """The layers to prune and ``(name, reason)`` of those left dense. A chosen weight torch holds in a form
+    prune_ cannot compute on is an error naming it: a meta tensor (``allow_meta``: the streamed checkpoint
+    path, which loads each block's weights before its turn), a sparse layout, a DTensor."""
     chooser = NameFilter(include, exclude, where=where)
     owners: Dict[int, List[str]] = {}
     for pname, p in model.named_parameters(remove_duplicate=False):
@@ -52,9 +58,13 @@ def select_targets(
     targets: List[Target] = []
     skipped: List[Tuple[str, str]] = []
     for mname, module in model.named_modules():
+        full = f"{mname}.weight" if mname else "weight"
+        unusable = unsupported_layer(module)
+        if unusable is not None:
+            skipped.append((full, unusable if chooser(mname, full) else "excluded by include=/exclude="))
+            continue
         if not (isinstance(module, PRUNABLE_TYPES) or is_hf_conv1d(module)):
             continue
-        full = f"{mname}.weight" if mname else "weight"
         if parametrize.is_parametrized(module, "weight"):
             skipped.append((full, "already has a parametrization (a mask from sparsify_? squash_ it first)"))
             continue
@@ -67,6 +77,7 @@ def select_targets(
         if not chooser.include and is_embedding_name(full):
             skipped.append((full, "embedding or patch-embedding stem, left dense by default (name it in include= to prune it)"))
             continue
+        _refuse_unusable(w, full, where, allow_meta)
         reason = _reason(module, w, spec, owners, full)
         pad = False
         if reason is None and isinstance(spec, NMPattern):
@@ -87,6 +98,26 @@ def select_targets(
             "the model has no nn.Linear / nn.Conv / Conv1D layer"
         raise ConvertError(f"{where}: no layer to prune ({why}). Check include=/exclude= and the pattern.")
     return targets, skipped
+
+
+def _refuse_unusable(w: torch.Tensor, full: str, where: str, allow_meta: bool) -> None:
+    if w.device.type == "meta" and not allow_meta:
+        raise ScoreError(
+            f"{where}: layer {full!r}: the weight is on the meta device, which holds no values to prune; load the "
+            "weights first (model.to_empty(device='cpu'), then load_state_dict), or prune the checkpoint itself "
+            "(nmsparse.convert.prune_checkpoint, or the prune command), which streams it."
+        )
+    if is_dtensor(w):
+        raise ShapeError(
+            f"{where}: layer {full!r}: the weight is a DTensor (sharded by fully_shard, distribute_tensor or "
+            "parallelize_module); prune_ works on whole tensors: prune the plain model before sharding it, or "
+            "gather the weights first (DTensor.full_tensor())."
+        )
+    if w.layout != torch.strided:
+        raise ShapeError(
+            f"{where}: layer {full!r}: the weight has layout {w.layout}; prune_ needs a dense (strided) weight: "
+            "convert it (layer.weight = nn.Parameter(layer.weight.to_dense())), or exclude= the layer."
+        )
 
 
 def _reason(module, w, spec, owners, full):

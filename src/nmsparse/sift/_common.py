@@ -9,7 +9,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..errors import MethodError, PatternError, ShapeError
+from ..errors import MethodError, PatternError, ScoreError, ShapeError
 from ..masks import find_mask
 from ..nn.attach import attach_mask_
 from ..nn.entries import guard_loads, mask_entries
@@ -50,6 +50,26 @@ def check_pattern(pattern: object, sparsity: float, where: str = "transform") ->
             f"1 - n/m. Pass sparsity={1 - p.n / p.m:g}, or a pattern with n/m = {1 - sparsity:g}."
         )
     return p
+
+
+def check_usable(model: nn.Module, names: Sequence[str], where: str = "transform") -> None:
+    """Refuse, naming the layer, a chosen layer whose weight torch holds in a form the transform cannot
+    compute on: a meta tensor (no values), a sparse layout, a DTensor shard."""
+    from ..nn.distributed import is_dtensor
+
+    for name in names:
+        w = getattr(model.get_submodule(name), "weight", None)
+        if not torch.is_tensor(w):
+            continue
+        if w.device.type == "meta":
+            raise ScoreError(f"{where}: layer {name!r}: the weight is on the meta device, which holds no values; load the "
+                             "weights first (model.to_empty(device='cpu'), then load_state_dict).")
+        if is_dtensor(w):
+            raise ShapeError(f"{where}: layer {name!r}: the weight is a DTensor (sharded); transform the plain model, "
+                             "then shard the result.")
+        if w.layout != torch.strided:
+            raise ShapeError(f"{where}: layer {name!r}: the weight has layout {w.layout}; the transform needs dense "
+                             "weights: convert it (layer.weight = nn.Parameter(layer.weight.to_dense())), or exclude= it.")
 
 
 def weight_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:

@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import ArgumentError
 from ..nn.entries import nmmask_of
 from ..pattern import PatternLike
-from ._common import WEIGHT_TYPES, check_family, check_pattern, check_sparsity, name_masks, select_layers
+from ._common import WEIGHT_TYPES, check_family, check_pattern, check_sparsity, check_usable, name_masks, select_layers
 from .doped import apply_doped
 from .factorized import apply_factorized
 from .parallel import apply_parallel
@@ -102,6 +102,7 @@ def transform(
     family = check_family(family)
     s = check_sparsity(sparsity)
     p = check_pattern(pattern, s)
+    check_usable(model, select_layers(model, include, exclude))  # first: torch cannot deepcopy e.g. a sparse weight
     new = copy.deepcopy(model)
     names = select_layers(new, include, exclude)
     generator = torch.Generator().manual_seed(int(seed))
