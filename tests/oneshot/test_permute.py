@@ -344,3 +344,29 @@ def test_half_precision_and_frozen_parameters():
     assert rep.verified is True and rep.permuted == 1
     assert model[0].weight.dtype == torch.bfloat16 and not model[0].weight.requires_grad
     assert torch.allclose(model(x).float(), ref.float(), atol=5e-2 * float(ref.abs().max()))
+
+
+def test_interrupted_search_puts_every_channel_back(monkeypatch):
+    from nmsparse.oneshot.permute import api
+
+    model = _trained_like(_gpt2()).eval()
+    state = copy.deepcopy(model.state_dict())
+    real = api.search_permutation
+    calls = {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(api, "search_permutation", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        nms.permute_(model, "2:4T", calibration=[_tokens(0)], iterations=3)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+def test_check_false_is_reported():
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+    rep = nms.permute_(model, "2:4", calibration=[torch.randn(8, 16)], check=False, iterations=2)
+    assert rep.verified is False and "NOT checked" in rep.summary()

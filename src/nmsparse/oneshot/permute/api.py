@@ -172,13 +172,22 @@ def permute_groups_(groups: Sequence[Group], targets, spec: NMPattern, rep: Perm
     folded ``(group, perm, row)`` (:func:`undo_` reverts them)."""
     counted = {t.module_name: t for t in targets}
     norms, reference = _calibration_pass(run, count, token_masks, counted, scores == "wanda", check)
+    if reference == []:
+        reference = None  # no floating-point output to compare: nothing can be checked
     score = _layer_scores(counted, scores, norms, where)
     rows = [LayerPermute(t.name, _kept(t.module, score.get(t.module_name), spec), 0.0) for t in targets]
-    done = _search_all(groups, score, spec, set(score), rep, iterations, patience, time_budget, seed, progress, where)
-    if reference is not None:
-        rep.verified = _verify(run, reference, done, score) and rep.verified is not False
-    elif done and check:
-        rep.verified = False if rep.verified is not None else None
+    done: List[tuple] = []
+    try:
+        _search_all(groups, score, spec, set(score), rep, done, iterations, patience, time_budget, seed, progress, where)
+        if reference is not None:
+            _verify(run, reference, done, score)
+    except BaseException:  # an interrupted search or a failing forward: put every channel back
+        undo_([d for d in done if d[2].status == "permuted"])
+        raise
+    # True: checked; False: data but check=False; None: no batch. Over several blocks, the weakest.
+    state = True if reference is not None else (False if count and not check else None)
+    if state is not None and rep.verified is not False:
+        rep.verified = state
     for row, t in zip(rows, targets):
         row.kept_after = _kept(t.module, score.get(t.module_name), spec)
     rep.layers += rows
@@ -296,10 +305,9 @@ def _kept(module, score: Optional[torch.Tensor], spec: NMPattern) -> float:
     return float(solve_mask(mat, spec, scores=mat).objective)
 
 
-def _search_all(groups: Sequence[Group], score, spec, scored, rep, iterations, patience, time_budget, seed, progress,
-                where) -> List[tuple]:
-    """Search and fold every group in turn; returns the folded ``(group, perm)`` in order."""
-    done: List[tuple] = []
+def _search_all(groups: Sequence[Group], score, spec, scored, rep, done: List[tuple], iterations, patience, time_budget,
+                seed, progress, where) -> None:
+    """Search and fold every group in turn, appending the folded ``(group, perm, row)`` to ``done``."""
     end = None if time_budget is None else time.perf_counter() + float(time_budget)
     with Progress(len(groups), f"{where} {spec}", enabled=progress) as bar:
         for gi, g in enumerate(groups):
@@ -325,7 +333,6 @@ def _search_all(groups: Sequence[Group], score, spec, scored, rep, iterations, p
                 done.append((g, res.perm, row))
                 row.status = "permuted"
             row.seconds = time.perf_counter() - t0
-    return done
 
 
 def _ragged(g: Group, spec: NMPattern) -> Optional[str]:
@@ -337,10 +344,10 @@ def _ragged(g: Group, spec: NMPattern) -> Optional[str]:
     return None
 
 
-def _verify(run, reference, done, score) -> bool:
+def _verify(run, reference, done, score) -> None:
     """Compare the outputs on batch 0 with the reference; undo the groups whose folding moved them."""
     if not done or _close(_float_outputs(run(0)), reference):
-        return True
+        return
     for g, perm, _ in reversed(done):  # undo everything, then fold the groups back one by one
         fold_(g, inverse(perm), score)
     for g, perm, row in done:
@@ -352,7 +359,6 @@ def _verify(run, reference, done, score) -> bool:
             if g.kind == "residual":
                 row.reason += " (a model that returns the stream itself, such as a base encoder without a head, cannot reorder it)"
             row.kept_after = row.kept_before
-    return True
 
 
 def _float_outputs(out) -> List[torch.Tensor]:
