@@ -27,7 +27,9 @@ class NMSparseError(Exception):
 
 
 class PatternError(NMSparseError, ValueError):
-    """A pattern string or ``NMPattern`` is malformed or out of range (needs 1 <= n <= m)."""
+    """A pattern string or ``NMPattern`` is malformed or out of range (needs 1 <= n <= m), or a density
+    (``0.5``, ``"50%"``) or Sparse-IFT sparsity is outside [0, 1]: the one class for a bad pattern or
+    density at every entry point (one parser, :func:`nmsparse.pattern.parse_spec`)."""
 
 
 class ShapeError(NMSparseError, ValueError):

@@ -135,6 +135,9 @@ for label, edit in HOOKED.items():
     ]
 
 CASES += [
+    Case("sparsify_ include= the old weight_norm's weight_v parameter",
+         lambda: nms.sparsify_(_first(HOOKED["old weight_norm hook"])(), "2:4T", include="0.weight_v"),
+         check=lambda m: None if list(nms.nn.sparsified_parameters(m)) == ["0.weight_v"] else (_ for _ in ()).throw(AssertionError())),
     Case("weight_norm stacked on an nmsparse mask: sparsify_ again skips it",
          lambda: nms.sparsify_((lambda m: (weight_norm(m[0]), m)[1])(nms.sparsify_(_mlp(), "2:4T")), "2:4"),
          check=lambda m: None),

@@ -52,8 +52,9 @@ def find_candidates(model: nn.Module, include: Patterns, exclude: Patterns) -> L
             full = f"{mname}.weight" if mname else "weight"
             explicit = bool(inc) and matches_any(inc, mname, full)
             if explicit or not inc:
-                found.append(Candidate(full, mname, module, "weight", _shape_of(module, "weight"), explicit, unusable))
-            continue
+                why = "excluded by exclude=" if exc and matches_any(exc, mname, full) else unusable
+                found.append(Candidate(full, mname, module, "weight", _shape_of(module, "weight"), explicit, why))
+            # its real parameters (weight_g / weight_v, bias) can still be named in include=
         for pname in _own_parameter_names(module):
             full = f"{mname}.{pname}" if mname else pname
             default = (isinstance(module, DEFAULT_TYPES) or is_hf_conv1d(module)) and pname == "weight"
