@@ -109,11 +109,11 @@ def adaprune(
         name (``"features.3.weight"``): ``exclude="fc2"`` spares ``fc2`` but not ``fc20``. See
         :mod:`nmsparse.selection`.
     iterations : int
-        Adam steps per layer (0: mask only, i.e. one-shot pruning).
+        Adam steps per layer, ``0 <= iterations <= 10**6`` (0: mask only, i.e. one-shot pruning).
     lr : float
-        Adam learning rate.
+        Adam learning rate, ``0 < lr <= 1`` (Adam moves a weight by about lr per step).
     batch_size : int
-        Samples per Adam step: rows of the flattened input for ``nn.Linear`` (tokens, for a
+        Samples per Adam step, ``>= 1``: rows of the flattened input for ``nn.Linear`` (tokens, for a
         sequence model), images/sequences for convolutions.
     sequential : bool
         Feed each layer the outputs of the already-pruned layers before it (targets stay the dense
@@ -128,7 +128,7 @@ def adaprune(
     batchnorm : bool
         Re-estimate BatchNorm running statistics on the calibration data afterwards.
     seed : int
-        Seed of the mini-batch sampling.
+        Seed of the mini-batch sampling, ``0 <= seed < 2**64``.
     progress : bool
         Progress bar on stderr.
 
