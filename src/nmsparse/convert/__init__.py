@@ -6,16 +6,14 @@ See ``docs/convert.md``. ``n:m`` means n entries KEPT in every group of m; ``"n:
 """
 
 from ..errors import CheckpointError, ConvertError
-from .formats import FORMATS, Checkpoint, detect_format, iter_tensors, read_checkpoint, write_checkpoint
+from .formats import Checkpoint, detect_format, iter_tensors, read_checkpoint, write_checkpoint
 from .prune import LayerResult, PruneResult, json_path_for, prune_state_dict
 from .stream import prune_checkpoint
 from .report import CheckpointReport, WeightReport, densest_patterns, report_checkpoint, report_state_dict
-from .rules import RAGGED_CHOICES, Selector
 
 __all__ = [
     "CheckpointError",
     "ConvertError",
-    "FORMATS",
     "Checkpoint",
     "detect_format",
     "read_checkpoint",
@@ -31,6 +29,4 @@ __all__ = [
     "densest_patterns",
     "report_checkpoint",
     "report_state_dict",
-    "RAGGED_CHOICES",
-    "Selector",
 ]

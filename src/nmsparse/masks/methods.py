@@ -9,8 +9,6 @@ from ..pattern import NMPattern, PatternLike
 from .transposable import TransposableMethod
 
 ROWWISE_METHOD = "topn"
-ROWWISE_SUMMARY = "top-n scores per group of m (optimal for row-wise patterns)"
-DEFAULT_TRANSPOSABLE_METHOD = "exact"
 
 
 def _exact():

@@ -7,15 +7,14 @@ from .adaprune import AdaPruneReport, LayerFit, adaprune
 from .calibration import reestimate_batchnorm
 from .driver import prune_
 from .permute import PermuteReport, permute_
-from .options import ALGORITHMS, REFINEMENTS, parse_algorithm
-from .hessian import MatrixView, inverse_cholesky
+from .hessian import inverse_cholesky
 from .lsq import lsq_refit
 from .report import LayerPrune, PruneReport
 from .sparsegpt import sparsegpt
 from .wanda import wanda_scores
 
 __all__ = [
-    "prune_", "permute_", "PermuteReport", "PruneReport", "LayerPrune", "ALGORITHMS", "REFINEMENTS", "parse_algorithm",
-    "sparsegpt", "wanda_scores", "lsq_refit", "inverse_cholesky", "MatrixView",
+    "prune_", "permute_", "PermuteReport", "PruneReport", "LayerPrune",
+    "sparsegpt", "wanda_scores", "lsq_refit", "inverse_cholesky",
     "adaprune", "AdaPruneReport", "LayerFit", "reestimate_batchnorm",
 ]

@@ -34,15 +34,14 @@ from .pipeline import iterate_pipeline
 from .permute.api import undo_
 from .permute.in_prune import start_permutations
 from .hessian import token_mask_of
-from .options import ALGORITHMS, REFINEMENTS, check_options, check_step_result, check_topk, parse_algorithm, parse_spec
+from .options import check_options, check_step_result, check_topk, parse_algorithm, parse_spec
 from .report import LayerPrune, PipelineInfo, PruneReport
 from .select import Target, select_targets
 from .sparsegpt import sparsegpt, zero_dead_inputs
 from .wanda import wanda_scores
 
-__all__ = ["prune_", "ALGORITHMS", "REFINEMENTS"]
+__all__ = ["prune_"]
 
-Spec = Union[NMPattern, float]
 ScoresArg = Union[None, str, Dict[str, torch.Tensor], Callable[[str, nn.Module], torch.Tensor]]
 
 

@@ -203,10 +203,6 @@ class InputStats:
         if self.keep_samples:
             self.samples.append(self.view.sample_of(x, token_mask))
 
-    @property
-    def hessian(self) -> torch.Tensor:
-        return self.gram[:-1, :-1]
-
 
 def inverse_cholesky(h: torch.Tensor, damp: float, name: str) -> Tuple[torch.Tensor, float]:
     """Upper Cholesky factor ``U`` of ``(H + λI)⁻¹`` (``UᵀU = (H + λI)⁻¹``), ``λ = damp · mean(diag H)``.

@@ -37,8 +37,6 @@ from .hessian import inverse_cholesky
 
 __all__ = ["sparsegpt", "zero_dead_inputs"]
 
-Spec = Union[NMPattern, float]
-
 
 def zero_dead_inputs(w: torch.Tensor, h: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Inputs never active on the calibration data (zero diagonal) get ``H_jj = 1`` and a zero
@@ -56,7 +54,7 @@ def zero_dead_inputs(w: torch.Tensor, h: torch.Tensor) -> Tuple[torch.Tensor, to
 def sparsegpt(
     w: torch.Tensor,
     h: torch.Tensor,
-    spec: Spec,
+    spec: Union[NMPattern, float],
     *,
     method: Optional[str] = None,
     damp: float = 0.01,

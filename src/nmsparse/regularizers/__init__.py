@@ -7,14 +7,14 @@
 * :mod:`.shrink` - physically remove dead neurons/filters to get a smaller dense model.
 """
 
-from .envelope import PROX_METHODS, k_support_norm, wgsef, wgsef_project, wgsef_prox
-from .groups import GROUP_KINDS, LayerGroups, layer_groups, model_groups
+from .envelope import k_support_norm, wgsef, wgsef_project, wgsef_prox
+from .groups import LayerGroups, layer_groups, model_groups
 from .regularizer import GroupReport, WGSEFRegularizer, group_sparsity
 from .shrink import ShrinkReport, shrink_model
 
 __all__ = [
-    "wgsef", "wgsef_prox", "wgsef_project", "k_support_norm", "PROX_METHODS",
-    "LayerGroups", "layer_groups", "model_groups", "GROUP_KINDS",
+    "wgsef", "wgsef_prox", "wgsef_project", "k_support_norm",
+    "LayerGroups", "layer_groups", "model_groups",
     "WGSEFRegularizer", "GroupReport", "group_sparsity",
     "ShrinkReport", "shrink_model",
 ]
