@@ -10,6 +10,7 @@ from ..diversity import kept_count
 from ..errors import guard_resources
 from ..pattern import _density_of_text, check_density
 from ._inputs import prepare_scores
+from .topk import topk_mask
 
 
 @guard_resources("unstructured_mask")
@@ -42,10 +43,4 @@ def unstructured_mask(weight: torch.Tensor, density: float, *, scores: Optional[
     density = check_density(_density_of_text(density) if isinstance(density, str) else density, where,
                             shown=repr(density) if isinstance(density, str) else None)
     s = prepare_scores(weight, scores, where)
-    k = kept_count(s.numel(), density)
-    flat = s.reshape(-1)
-    mask = torch.zeros(flat.shape, dtype=torch.bool, device=s.device)
-    if k > 0:
-        order = torch.sort(flat, descending=True, stable=True).indices[:k]
-        mask[order] = True
-    return mask.reshape(s.shape)
+    return topk_mask(s, kept_count(s.numel(), density))

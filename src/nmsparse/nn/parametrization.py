@@ -33,6 +33,7 @@ from ..errors import CheckpointError, NMSparseError, ShapeError
 from ..masks import find_mask, is_valid_mask
 from ..masks._inputs import prepare_scores
 from ..masks.methods import resolve_method
+from ..masks.topk import topk_mask
 from ..pattern import MAX_GROUP, NMPattern
 from . import distributed
 from .ste import masked, masked_weight_ste
@@ -367,10 +368,6 @@ def compute_mask(
         if isinstance(pattern, NMPattern):
             return find_mask(weight, pattern, method=method, dim=dim, pad=True)
         k = kept_count(weight.numel(), float(pattern)) if keep is None else int(keep)
-        flat = prepare_scores(weight.detach(), None, "unstructured mask").reshape(-1)
-        new = torch.zeros(flat.shape, dtype=torch.bool, device=weight.device)
-        if k > 0:
-            new[torch.sort(flat, descending=True, stable=True).indices[:k]] = True
-        return new.reshape(weight.shape)
+        return topk_mask(prepare_scores(weight.detach(), None, "unstructured mask"), k)
     except NMSparseError as err:
         raise type(err)(f"layer {name!r}: {err}") from None

@@ -31,6 +31,7 @@ import torch
 from ..diversity import kept_count
 from ..masks.methods import TRANSPOSABLE_METHODS, resolve_method
 from ..masks.rowwise import topn_matrix
+from ..masks.topk import topk_mask
 from ..masks.transposable import solve_transposable_matrix
 from ..pattern import NMPattern
 from .hessian import inverse_cholesky
@@ -174,9 +175,4 @@ def _strip_solver(spec: NMPattern, method: Optional[str]):
 
 def _block_topk(saliency: torch.Tensor, density: float, rows: int, i1: int, i2: int) -> torch.Tensor:
     """Keep this block's share of a layer-wide top-k: entries [rows·i1, rows·i2) of the count."""
-    k = kept_count(rows * i2, density) - kept_count(rows * i1, density)
-    flat = saliency.reshape(-1)
-    out = torch.zeros(flat.shape, dtype=torch.bool, device=flat.device)
-    if k > 0:
-        out[torch.sort(flat, descending=True, stable=True).indices[:k]] = True
-    return out.reshape(saliency.shape)
+    return topk_mask(saliency, kept_count(rows * i2, density) - kept_count(rows * i1, density))

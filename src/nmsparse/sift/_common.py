@@ -11,6 +11,7 @@ from torch import nn
 
 from ..errors import MethodError, PatternError, ScoreError, ShapeError
 from ..masks import find_mask
+from ..masks.topk import topk_mask
 from ..nn.attach import attach_mask_
 from ..nn.entries import guard_loads, mask_entries
 from ..nn.ste import masked
@@ -132,15 +133,6 @@ def set_parent(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     parent._modules[child] = module
-
-
-def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Bool mask of the ``k`` largest scores; ties go to the lower flat index."""
-    flat = scores.reshape(-1)
-    mask = torch.zeros(flat.shape, dtype=torch.bool, device=scores.device)
-    if k > 0:
-        mask[torch.sort(flat, descending=True, stable=True).indices[:k]] = True
-    return mask.reshape(scores.shape)
 
 
 def random_mask(shape: Sequence[int], kept: Optional[int], pattern: Optional[NMPattern], generator: torch.Generator) -> torch.Tensor:
