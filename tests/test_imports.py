@@ -1,4 +1,5 @@
-"""The package's import graph: no cycles, and the library proper never imports apps/examples/testing.
+"""The package's import graph: no cycles, the layer order of DESIGN.md (a lower layer never imports
+a higher one), and the library proper never imports apps/examples/testing.
 
 Every ``import`` in src/nmsparse is read from the source (module level and inside functions, so
 lazy imports count too) and resolved to the most specific nmsparse module it loads; importing a
@@ -129,6 +130,79 @@ def test_library_never_imports_applications_examples_or_testing(target, allowed)
         if _is_under(dep, (target,)) and not _is_under(mod, allowed)
     )
     assert not bad, "; ".join(bad)
+
+
+# DESIGN.md's dependency direction, lowest first: errors -> pattern -> layout, diversity -> masks ->
+# regularizers, nn -> sift, convert -> oneshot -> examples -> apps -> cli. A module may import modules
+# of its own part and of strictly lower layers only; parts on one layer (layout and diversity,
+# regularizers and nn, sift and convert) never import each other. Private top-level helpers belong to
+# the part they serve (PART_OF); the package root is the facade over the library (above oneshot, below examples);
+# testing sits above everything, so nothing in the library may import it.
+LAYERS = {
+    "errors": 0, "_version": 0, "_progress": 0,
+    "pattern": 1, "selection": 1,
+    "layout": 2, "diversity": 2,
+    "masks": 3,
+    "regularizers": 4, "nn": 4,
+    "sift": 5, "convert": 5,
+    "oneshot": 6,  # oneshot/permute/ included
+    "nmsparse": 6.5,  # the package root: public names only
+    "examples": 7,
+    "apps": 8,
+    "cli": 9,
+    "testing": 10,
+}
+
+PART_OF = {"_diversity_args": "diversity", "_tile_count": "diversity", "__main__": "cli"}
+
+
+def _part(mod: str) -> str:
+    """The part of the layout a module belongs to: ``nmsparse.masks.api`` -> ``masks``."""
+    parts = mod.split(".")
+    part = parts[1] if len(parts) > 1 else parts[0]
+    return PART_OF.get(part, part)
+
+
+def _layer_violations(graph: Dict[str, Set[str]]) -> List[str]:
+    bad = []
+    for mod, deps in sorted(graph.items()):
+        for dep in sorted(deps):
+            a, b = _part(mod), _part(dep)
+            if a != b and LAYERS[b] >= LAYERS[a]:
+                bad.append(f"{mod} (layer {a}) imports {dep} (layer {b}, not below it)")
+    return bad
+
+
+def test_every_module_has_a_layer():
+    missing = sorted({_part(m) for m in import_graph()} - set(LAYERS))
+    assert not missing, f"give these parts of src/nmsparse a layer in LAYERS (see DESIGN.md): {missing}"
+
+
+def test_a_lower_layer_never_imports_a_higher_one():
+    bad = _layer_violations(import_graph())
+    assert not bad, "; ".join(bad)
+
+
+@pytest.mark.parametrize(
+    "mod, dep",
+    [
+        ("nmsparse.masks.api", "nmsparse.nn.attach"),  # masks -> nn
+        ("nmsparse.masks.rowwise", "nmsparse.oneshot.driver"),  # masks -> oneshot
+        ("nmsparse.convert.prune", "nmsparse.oneshot.driver"),  # convert -> oneshot
+        ("nmsparse.oneshot.driver", "nmsparse.examples.digits"),  # oneshot -> examples
+        ("nmsparse.oneshot.permute.api", "nmsparse.cli"),  # permute is oneshot: oneshot -> cli
+        ("nmsparse.nn.attach", "nmsparse.regularizers.groups"),  # siblings on one layer
+        ("nmsparse.sift.transforms", "nmsparse.convert.rules"),  # siblings on one layer
+        ("nmsparse.errors", "nmsparse.pattern"),  # the bottom imports nothing above it
+        ("nmsparse.apps.demo", "nmsparse.cli"),  # apps -> cli
+        ("nmsparse.examples.digits", "nmsparse.testing.oracles"),  # anything -> testing
+    ],
+)
+def test_layer_check_finds_a_planted_upward_import(mod, dep):
+    g = import_graph()
+    assert not any(mod in v for v in _layer_violations(g))
+    g[mod] = g[mod] | {dep}
+    assert any(v.startswith(f"{mod} ") and dep in v for v in _layer_violations(g))
 
 
 def test_version_leaf_module_matches_pyproject():
