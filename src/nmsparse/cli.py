@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import Dict, List, Optional, Sequence
 
@@ -32,6 +33,39 @@ def _cell(value, fmt: str) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     return format(value, fmt) if fmt else str(value)
+
+
+# The library's messages serve Python callers and name keyword arguments (force=True, include=);
+# the command says its own flags instead. Longest first; "--force (force=True)" becomes "--force".
+_FLAG_FOR = (
+    ("include=/exclude=", "--include/--exclude"),
+    ("force=True", "--force"),
+    ("allow_short=True", "--allow-short"),
+    ("permute=True", "--permute"),
+    ("ragged='skip'", "--ragged skip"), ("ragged='pad'", "--ragged pad"), ("ragged='error'", "--ragged error"),
+    ("algorithm='magnitude'", "--algorithm magnitude"),
+    ("but prune_ prunes", "but prune prunes"),
+    (" (sparsify_ takes any parameter)", ""),
+)
+_KEYWORD = re.compile(r"\b(include|exclude|calibration|method|dim0|samples|seq_len|device)=(\S?)")
+_SAID_TWICE = re.compile(r"(--[a-z0-9-]+(?: [a-z]+)?) \(\1\)")
+# A message that starts with the library function that raised it: the command says its own name.
+_API_WHERE = re.compile(
+    r"^(?:log10_count_masks|count_masks|find_mask|solve_mask|check_mask|unstructured_mask|prune_state_dict|"
+    r"prune_checkpoint|report_checkpoint|report_state_dict|read_checkpoint|write_checkpoint|prune_|sparsify_): "
+)
+
+
+def cli_text(message: str) -> str:
+    """A library message as the command says it: its flags instead of keyword arguments."""
+    for api, flag in _FLAG_FOR:
+        message = message.replace(api, flag)
+
+    def flag(m: "re.Match") -> str:
+        name = "--" + m.group(1).replace("_", "-")
+        return name + (" " + m.group(2) if m.group(2) and m.group(2) not in ",.;:)/" else m.group(2))
+
+    return _SAID_TWICE.sub(r"\1", _KEYWORD.sub(flag, _API_WHERE.sub("", message)))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -116,6 +150,7 @@ def _cmd_diversity(args: argparse.Namespace) -> int:
     for row in rows:
         count = row.get("count")
         row["count_text"] = str(count) if count is not None and len(str(count)) <= 30 else "-"
+        row["note"] = cli_text(row.get("note") or "")
     columns = [
         ("structure", "structure", ""),
         ("pattern", "pattern", ""),
@@ -157,7 +192,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     rows = [r.to_dict() for r in res.layers if r.pruned or len(r.shape) >= 2 and "not floating" not in (r.reason or "")]
     for row in rows:
         row["shape"] = "x".join(map(str, row["shape"]))
-        row["note"] = row["reason"] or ""
+        row["note"] = cli_text(row["reason"] or "")
     columns = [
         ("name", "name", ""), ("shape", "shape", ""), ("dtype", "dtype", ""), ("pattern", "pattern", ""),
         ("kept_fraction", "kept |W|", ".4f"), ("density", "density", ".3f"), ("seconds", "seconds", ".3f"),
@@ -167,7 +202,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         print(line)
     print(f"\n{res.summary()}.")
     for note in res.notes + _unmatched_selection(args, [r.name for r in res.layers]):
-        print(f"note: {note}")
+        print(f"note: {cli_text(note)}")
     print(f"wrote {res.output} and {res.json_path}")
     if not res.pruned:
         print(f"nmsparse prune: error: no tensor of {args.input} was pruned (see the table for why); OUT is a copy. "
@@ -177,7 +212,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _cmd_prune_calibrated(args: argparse.Namespace) -> int:
-    from .oneshot.hf import prune_hf_folder
+    from .oneshot.hf import left_dense, prune_hf_folder
 
     if args.eval is not None:
         _print_eval("IN", args.input, args.eval, args)
@@ -191,22 +226,28 @@ def _cmd_prune_calibrated(args: argparse.Namespace) -> int:
             permute=args.permute,
         )
     for line in rep.format_table():
-        print(line)
-    dense = len(rep.skipped)
+        print(cli_text(line))
     pipe = rep.pipeline
     how = f"block-wise over {', '.join(pipe.block_lists)}" if pipe.mode == "block-wise" else "with truncated passes"
     print(f"\npruned {len(rep.layers)} weights to {rep.pattern} with {rep.algorithm} in {rep.seconds:.1f} s, {how} "
-          f"({pipe.block_forwards} block forwards); {dense} weight{'s' if dense != 1 else ''} left dense.")
+          f"({pipe.block_forwards} block forwards); {_dense_text(*left_dense(args.input, rep))}.")
     if rep.permute is not None:
         print(rep.permute.summary())
     for name, why in pipe.fallbacks:
-        print(f"note: {name} was not pruned block-wise: {why}")
+        print(f"note: {name} was not pruned block-wise: {cli_text(why)}")
     for note in notes + _unmatched_selection(args, [r.name for r in rep.layers] + [n for n, _ in rep.skipped]):
-        print(f"note: {note}")
+        print(f"note: {cli_text(note)}")
     print(f"wrote {args.output} and {json_path}")
     if args.eval is not None:
         _print_eval("OUT", args.output, args.eval, args)
     return 0
+
+
+def _dense_text(matrices: List[str], others: int) -> str:
+    """What stayed dense in OUT, counted from its tensors (so an embedding counts, a tied head does not)."""
+    named = f" ({', '.join(matrices)})" if 0 < len(matrices) <= 3 else ""
+    return (f"left dense: {len(matrices)} weight{'s' if len(matrices) != 1 else ''} of 2 or more dimensions{named} "
+            f"and {others} 1-D tensor{'s' if others != 1 else ''} (biases, norms)")
 
 
 def _print_eval(label: str, folder, text, args) -> None:
@@ -264,7 +305,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         row = {"name": w.name, "shape": "x".join(map(str, w.shape)), "dtype": w.dtype, "sparsity": w.sparsity}
         row.update({f"m{m}": text for m, text in w.densest.items()})
         row["obeys"] = w.obeys
-        row["note"] = w.reason or ("groups along dim 0 (HF Conv1D)" if w.group_dim == 0 else "")
+        row["note"] = cli_text(w.reason or ("groups along dim 0 (HF Conv1D)" if w.group_dim == 0 else ""))
         rows.append(row)
     columns = [("name", "name", ""), ("shape", "shape", ""), ("dtype", "dtype", ""), ("sparsity", "sparsity", ".3f")]
     if rep.pattern is None:
@@ -283,7 +324,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         first = rep.broken[0]
         # The verdict is the command's failure: one line on stderr (the table above is on stdout).
         print(f"nmsparse report: {len(rep.broken)} of {len(rep.checked)} checked weights break {rep.pattern}; "
-              f"first: {first.name}: {first.problem}", file=sys.stderr)
+              f"first: {first.name}: {cli_text(first.problem)}", file=sys.stderr)
         return 1
     print(f"\nall {len(rep.checked)} checked weights obey {rep.pattern}.")
     return 0
@@ -320,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a small CNN on bundled digits: dense vs unstructured vs N:M vs transposable N:M",
         description=(
             "Train the same small CNN on scikit-learn's bundled digits once per run and print test accuracy, "
-            "mask diversity, kept |W| and time. Runs: 'dense', an unstructured density like '50%%', a row-wise "
+            "mask diversity, kept |W| and time. Runs: 'dense', an unstructured density like '50%', a row-wise "
             "pattern like '2:4' (n kept of every m), or a transposable pattern with its solver like '2:4T@greedy' "
             "(solvers: exact, greedy, refine)."
         ),
@@ -336,7 +377,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     demo.set_defaults(func=_cmd_demo)
 
-    masks = sub.add_parser("masks", help="compare mask solvers of several patterns on a realistic weight matrix")
+    masks = sub.add_parser(
+        "masks", help="compare mask solvers of several patterns on a realistic weight matrix",
+        description=(
+            "Build a synthetic transformer-like weight (heavy-tailed, with outlier input channels), find its mask "
+            "for each pattern with each transposable method, and print the share of sum|W| kept, how many masks the "
+            "structure allows, whether the mask is optimal, tiles that keep fewer than n, and the time taken."
+        ),
+    )
     masks.add_argument("--size", type=_mask_tour_size, default=1024,
                        help=f"matrix side, at most {MAX_MASKS_SIZE} (default 1024)")
     masks.add_argument("--seed", type=int, default=0, help="seed of the synthetic weight (default 0)")
@@ -350,7 +398,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     masks.set_defaults(func=_cmd_masks)
 
-    bench = sub.add_parser("bench", help="reproduce the papers' claims at CPU scale (training report)")
+    bench = sub.add_parser(
+        "bench", help="reproduce the papers' claims at CPU scale (training report)",
+        description="Benchmarks that train models on this machine. 'nmsparse bench claims' tests the papers' claims "
+        "at CPU scale and writes a report with tables and plots.",
+    )
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
     claims = bench_sub.add_parser(
         "claims",
@@ -372,7 +424,12 @@ def build_parser() -> argparse.ArgumentParser:
     claims.add_argument("--jobs", type=_positive_int, default=None, help="runs in parallel (default 2; 1 with --quick)")
     claims.set_defaults(func=_cmd_bench_claims)
 
-    div = sub.add_parser("diversity", help="count the masks a pattern allows (exact integers)")
+    div = sub.add_parser(
+        "diversity", help="count the masks a pattern allows (exact integers)",
+        description="Count the masks PATTERN allows on a matrix of --shape, next to unstructured masks of the same "
+        "density and the row-wise and transposable structures of that n:m: log10 always, the exact integer where it "
+        "fits on a line. n:m keeps n of every m along the last dimension; 'n:mT' is transposable.",
+    )
     div.add_argument("pattern", help='pattern, e.g. "4:8T"')
     div.add_argument("--shape", default="64x64", help="matrix shape ROWSxCOLS (default 64x64)")
     div.set_defaults(func=_cmd_diversity)
@@ -442,6 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser(
         "report", help="per-layer sparsity of a checkpoint; check a claimed pattern or find the one each weight obeys",
+        description="Read CKPT one tensor at a time and print each weight's sparsity. With --pattern, check that every "
+        "eligible weight obeys it (exit status 1 if one breaks it); without, show the densest n:m each weight "
+        "obeys for m = 4, 8 and 16.",
     )
     report.add_argument("checkpoint", metavar="CKPT", help="a .safetensors file, a Hugging Face model folder, or a torch.save file")
     report.add_argument("--pattern", help="claimed pattern; exit status 1 if an eligible weight breaks it")
@@ -516,7 +576,7 @@ def _internal(args: argparse.Namespace, err: Exception) -> int:
 
 def _fail(args: argparse.Namespace, message: str) -> int:
     command = " ".join(c for c in (args.command, getattr(args, "bench_command", None)) if c)
-    print(f"nmsparse {command}: error: {' '.join(message.split())}", file=sys.stderr)
+    print(f"nmsparse {command}: error: {cli_text(' '.join(message.split()))}", file=sys.stderr)
     return 1
 
 

@@ -64,6 +64,23 @@ class CheckpointError(ConvertError, OSError):
     """
 
 
+def clip_text(text: object, limit: int = 200) -> str:
+    """``text`` on one line, at most ``limit`` characters: a longer one is cut at the last word
+    boundary before the limit and ends with ``...``, so a quoted foreign message is never cut
+    mid-word (a single word longer than the limit is cut where it must be).
+
+    >>> clip_text("the header is not valid JSON at all", 20)
+    'the header is not...'
+    """
+    one = " ".join(str(text).split())
+    if len(one) <= limit:
+        return one
+    room = max(1, limit - 3)
+    cut = one[: room + 1]
+    head = cut.rsplit(" ", 1)[0] if " " in cut else cut[:room]
+    return head.rstrip(" ,;:.") + "..."
+
+
 def is_out_of_memory(err: BaseException) -> bool:
     """True for an allocator failure: ``MemoryError``, torch's ``OutOfMemoryError`` (GPU) or the
     ``RuntimeError`` the CPU allocator raises ("can't allocate memory")."""

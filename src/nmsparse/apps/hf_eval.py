@@ -18,7 +18,7 @@ from typing import Iterator, Union
 import torch
 
 from .._progress import Progress
-from ..errors import CheckpointError
+from ..errors import CheckpointError, clip_text
 from ..oneshot.calibration_text import context_length, load_calibration, transformers_module
 
 __all__ = ["evaluate_folder", "perplexity", "quiet_transformers"]
@@ -68,7 +68,7 @@ def evaluate_folder(folder: Union[str, Path], text, *, seq_len: int = 512, windo
         try:
             config = tf.AutoConfig.from_pretrained(str(folder), local_files_only=True)
         except (ValueError, OSError, KeyError, TypeError) as err:
-            raise CheckpointError(f"{folder}: transformers cannot read a model config here ({str(err).splitlines()[0][:200] if str(err) else type(err).__name__}); "
+            raise CheckpointError(f"{folder}: transformers cannot read a model config here ({clip_text(str(err).splitlines()[0], 200) if str(err) else type(err).__name__}); "
                                   "pass a Hugging Face model folder.") from None
         calib = load_calibration(folder, text, windows, seq_len, allow_short, context_length(config), where=where)
         model = _load_causal_lm(tf, folder)
@@ -87,4 +87,4 @@ def _load_causal_lm(tf, folder: Path):
         except (ValueError, OSError, KeyError) as err:
             last = str(err).splitlines()[0] if str(err) else type(err).__name__
             break
-    raise CheckpointError(f"{folder}: transformers cannot load a causal LM from this folder ({last[:200]}); eval scores causal LMs.")
+    raise CheckpointError(f"{folder}: transformers cannot load a causal LM from this folder ({clip_text(last, 200)}); eval scores causal LMs.")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, clip_text
 from ._safetensors import Header, read_header
 
 __all__ = ["INDEX_NAME", "SINGLE_NAME", "HFLayout", "read_layout", "inside_folder", "copy_other_files", "is_weight_file"]
@@ -120,7 +120,7 @@ def read_layout(folder: Path) -> HFLayout:
             ) from None
         except (ValueError, KeyError, TypeError) as err:
             raise CheckpointError(
-                f"{index_path}: not a valid safetensors index ({str(err).splitlines()[0][:100]}); it needs a \"weight_map\" of "
+                f"{index_path}: not a valid safetensors index ({clip_text(str(err).splitlines()[0], 100)}); it needs a \"weight_map\" of "
                 "tensor name -> shard file. Re-save the model with save_pretrained."
             ) from None
         shard_paths = {}
@@ -136,7 +136,7 @@ def read_layout(folder: Path) -> HFLayout:
         try:
             present = shard_paths[name].is_file()
         except OSError as err:  # e.g. a name longer than the file system allows
-            raise CheckpointError(f"{folder}: shard {name[:80]!r} from {INDEX_NAME} cannot be opened ({err.strerror}); the index is damaged.") from None
+            raise CheckpointError(f"{folder}: shard {clip_text(name, 80)!r} from {INDEX_NAME} cannot be opened ({err.strerror}); the index is damaged.") from None
         if not present:
             raise CheckpointError(f"{shard_paths[name]}: listed in {INDEX_NAME} but missing (or not a file); re-download the model folder.")
     headers = {name: read_header(shard_paths[name]) for name in files}

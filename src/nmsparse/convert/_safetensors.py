@@ -22,7 +22,7 @@ from typing import BinaryIO, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, clip_text
 
 __all__ = ["Entry", "Header", "read_header", "read_tensor", "copy_bytes", "write_header", "write_tensor", "header_for"]
 
@@ -96,7 +96,7 @@ def read_header(path: Path, fh: Optional[BinaryIO] = None) -> Header:
     try:
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as err:
-        raise _bad(path, f"header is not JSON ({str(err).splitlines()[0][:80]})") from None
+        raise _bad(path, f"header is not JSON ({clip_text(str(err).splitlines()[0], 80)})") from None
     except RecursionError:  # JSON nested thousands deep: Python's parser recurses per level
         raise _bad(path, "header JSON is nested too deeply to read (a header is one flat object)") from None
     if not isinstance(doc, dict):

@@ -16,7 +16,7 @@ from typing import Dict, List, Tuple
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, clip_text
 
 __all__ = ["load_torch", "find_state_dict", "get_path", "tied_groups", "rebuild_root", "save_torch"]
 
@@ -42,12 +42,12 @@ def load_torch(p: Path, mmap: bool = True):
         text = (full.strip() or type(err).__name__).splitlines()[0]
         if "Weights only load failed" in full or "Unsupported global" in full:
             found = [ln.strip() for ln in full.splitlines() if "Unsupported global" in ln]
-            detail = f" ({found[0][:160]})" if found else ""
+            detail = f" ({clip_text(found[0], 160)})" if found else ""
             raise CheckpointError(
                 f"{p}: torch.load(weights_only=True) refused it: it stores Python objects, not only tensors{detail}. "
                 "Re-save just the weights: torch.save(model.state_dict(), path)."
             ) from None
-        raise CheckpointError(f"{p}: not a readable torch.save file ({text[:160]}); it is corrupt or truncated. Re-save it.") from None
+        raise CheckpointError(f"{p}: not a readable torch.save file ({clip_text(text, 160)}); it is corrupt or truncated. Re-save it.") from None
 
 
 def _is_state_dict(obj) -> bool:
@@ -124,4 +124,4 @@ def save_torch(obj, path: Path) -> None:
         text = str(err)
         if "unexpected pos" in text:  # torch's zip writer on a short write
             raise OSError(errno.ENOSPC, "the write stopped short: the disk is full or the file is too large") from None
-        raise OSError(errno.EIO, f"torch.save failed: {text.strip().splitlines()[0][:160]}") from None
+        raise OSError(errno.EIO, f"torch.save failed: {clip_text(text.strip().splitlines()[0], 160)}") from None

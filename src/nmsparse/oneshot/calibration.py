@@ -14,7 +14,7 @@ from typing import Iterable, List
 import torch
 from torch import nn
 
-from ..errors import ConvertError, NMSparseError
+from ..errors import ConvertError, NMSparseError, clip_text
 
 __all__ = ["as_batches", "call_model", "run_batch", "reestimate_batchnorm"]
 
@@ -76,7 +76,7 @@ def run_batch(model: nn.Module, batch: object, i: int, where: str, passthrough: 
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ConvertError(
-            f"{where}: the model failed on calibration batch {i} ({type(err).__name__}: {first[:200]}); "
+            f"{where}: the model failed on calibration batch {i} ({type(err).__name__}: {clip_text(first, 200)}); "
             "pass batches the model accepts, as model(x), model(*batch) or model(**batch)."
         ) from err
 

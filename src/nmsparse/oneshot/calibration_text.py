@@ -14,7 +14,7 @@ from typing import List, Optional
 
 import torch
 
-from ..errors import ArgumentError, CheckpointError, ConvertError
+from ..errors import ArgumentError, CheckpointError, ConvertError, clip_text
 
 __all__ = ["Calibration", "load_calibration", "text_windows", "context_length", "transformers_module", "load_tokenizer"]
 
@@ -104,7 +104,7 @@ def load_tokenizer(folder: Path):
         return tf.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (ValueError, OSError, KeyError, TypeError) as err:
         raise CheckpointError(
-            f"{folder}: no usable tokenizer in the folder ({str(err).splitlines()[0][:200] if str(err) else type(err).__name__}); "
+            f"{folder}: no usable tokenizer in the folder ({clip_text(str(err).splitlines()[0], 200) if str(err) else type(err).__name__}); "
             "the text is tokenized with the folder's own tokenizer."
         ) from None
 

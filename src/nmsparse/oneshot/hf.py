@@ -27,7 +27,7 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ConvertError
+from ..errors import CheckpointError, ConvertError, clip_text
 from ..convert import _safetensors as st
 from ..convert._atomic import atomic_write_dir, atomic_write_file, check_output
 from ..convert._hf import INDEX_NAME, copy_other_files, index_text, read_layout
@@ -40,7 +40,7 @@ from .calibration_text import Calibration, context_length, load_calibration, tra
 from .driver import _check_device, check_permute, check_prune_arguments, prune_
 from .report import PruneReport
 
-__all__ = ["prune_hf_folder", "build_skeleton", "ShardReader"]
+__all__ = ["prune_hf_folder", "build_skeleton", "ShardReader", "left_dense"]
 
 
 @contextlib.contextmanager
@@ -66,7 +66,7 @@ def build_skeleton(folder: Path):
     try:
         config = tf.AutoConfig.from_pretrained(str(folder), local_files_only=True)
     except (ValueError, OSError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{folder}: transformers cannot read config.json ({str(err).splitlines()[0][:200] if str(err) else type(err).__name__}); check the file.") from None
+        raise CheckpointError(f"{folder}: transformers cannot read config.json ({clip_text(str(err).splitlines()[0], 200) if str(err) else type(err).__name__}); check the file.") from None
     errors = []
     for cls in (tf.AutoModelForCausalLM, tf.AutoModel):
         for kw in ({"dtype": torch.float32}, {"torch_dtype": torch.float32}):
@@ -79,7 +79,7 @@ def build_skeleton(folder: Path):
             except (ValueError, KeyError, AttributeError) as err:
                 errors.append(str(err).splitlines()[0] if str(err) else type(err).__name__)
                 break
-    raise CheckpointError(f"{folder}: transformers cannot build a model from config.json ({errors[-1][:200]}); check the file.")
+    raise CheckpointError(f"{folder}: transformers cannot build a model from config.json ({clip_text(errors[-1], 200)}); check the file.")
 
 
 class ShardReader:
@@ -253,6 +253,23 @@ def prune_hf_folder(
     text_out = json.dumps({"output": str(out), **rep.to_dict(), "notes": notes}, indent=1) + "\n"
     atomic_write_file(json_path, lambda tmp: tmp.write_text(text_out, encoding="utf-8"), force=True)
     return rep, notes, str(json_path)
+
+
+def left_dense(folder: Union[str, Path], rep: PruneReport) -> Tuple[List[str], int]:
+    """What a run left dense in the checkpoint folder: the names of its tensors of 2 or more
+    dimensions that ``rep`` did not prune (embeddings, a head that fits no pattern, excluded
+    layers; a tied head has no tensor of its own), and the count of its other tensors (biases,
+    norms, scales). Reads the headers only."""
+    pruned = {r.name for r in rep.layers}
+    pruned |= {name.partition(".")[2] for name in pruned}  # a checkpoint saved without the model's prefix
+    matrices, others = [], 0
+    for header in read_layout(Path(folder)).headers.values():
+        for e in header.entries:
+            if len(e.shape) < 2:
+                others += 1
+            elif e.name not in pruned and e.name.partition(".")[2] not in pruned:
+                matrices.append(e.name)
+    return sorted(matrices), others
 
 
 def _prune_streamed(model, reader: ShardReader, writer: _ShardWriter, calib: Calibration, rep: PruneReport, notes, *,

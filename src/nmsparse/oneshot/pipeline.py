@@ -27,7 +27,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..errors import ConvertError, NMSparseError
+from ..errors import ConvertError, NMSparseError, clip_text
 from .blocks import BlockList, Capture, find_block_lists, output_hidden, output_like, record_blocks, stop_stub, stubbed
 from .calibration import run_batch
 from .capture import _StopPass, iterate_runs
@@ -208,7 +208,7 @@ def _guarded(fn: Callable, block: str, i: int, where: str):
     except Exception as err:  # the user's code: one rule for every exception it raises (kept as __cause__)
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ConvertError(
-            f"{where}: block {block} failed on calibration batch {i} ({type(err).__name__}: {first[:200]}); "
+            f"{where}: block {block} failed on calibration batch {i} ({type(err).__name__}: {clip_text(first, 200)}); "
             "check the model on that batch, or pass blocks=() to prune with truncated passes."
         ) from err
 
