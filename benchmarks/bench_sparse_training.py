@@ -146,7 +146,7 @@ def bench_overhead(quick: bool) -> list:
 
 def _step_time(make, x, y, dense_layers, windows: int) -> float:
     model = make()
-    nms.sparsify_(model, "2:4T", static=True, exclude=dense_layers)
+    nms.sparsify_(model, "2:4T", update="static", exclude=dense_layers)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
 

@@ -107,7 +107,7 @@ SITES = [
     ("sparsify_ model", lambda t: nmsparse.sparsify_("model", "2:4"), ArgumentError, r"model must be a torch.nn.Module, got str"),
     ("sparsify_ density", lambda t: nmsparse.sparsify_(_model(), 1.5), PatternError, r"density .* in \(0, 1\], got 1.5"),
     ("sparsify_ update_every", lambda t: nmsparse.sparsify_(_model(), "2:4", update_every=0), ArgumentError, r"update_every must be a positive int, got 0"),
-    ("sparsify_ ste", lambda t: nmsparse.sparsify_(_model(), "2:4", ste="sr"), ArgumentError, r"ste must be one of .*got 'sr'"),
+    ("sparsify_ gradient", lambda t: nmsparse.sparsify_(_model(), "2:4", gradient="sr"), ArgumentError, r"gradient must be one of .*got 'sr'"),
     ("sparsify_ srste_decay", lambda t: nmsparse.sparsify_(_model(), "2:4", srste_decay=-1.0), ArgumentError, r"srste_decay must be .*got -1.0"),
     ("sparsify_ kernels", lambda t: nmsparse.sparsify_(_model(), "2:4", kernels="fast"), ArgumentError, r"kernels must be one of .*got 'fast'"),
     ("sparsify_ explicit layer", lambda t: nmsparse.sparsify_(_model(), "2:4T", include="2"), ShapeError, r"layer '2.weight' with shape \(6, 16\) cannot take"),

@@ -50,7 +50,7 @@ class MaskError(NMSparseError, ValueError):
 
 class ArgumentError(NMSparseError, ValueError):
     """Any other argument outside its documented range or choices: a count, a rate, a schedule, a
-    mode such as ``ste=``, a model that is not (yet) what the call needs."""
+    mode such as ``gradient=``, a model that is not (yet) what the call needs."""
 
 
 class ConvertError(NMSparseError, ValueError):

@@ -162,7 +162,7 @@ def test_flip_rate_counts_changed_mask_entries():
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.Linear(8, 16))
-    nms.sparsify_(model, "2:4T", static=True)
+    nms.sparsify_(model, "2:4T", update="static")
     before = [m.parametrizations.weight[0].mask.clone() for m in model]
     with torch.no_grad():
         model[0].parametrizations.weight.original.mul_(torch.rand(8, 16) * 4)

@@ -176,7 +176,7 @@ BAD_MODELS = [
     ("sparsify_ update_every -5", lambda: nms.sparsify_(_variant(MLP)(), "2:4", update_every=-5), E, "update_every"),
     ("sparsify_ update_every str", lambda: nms.sparsify_(_variant(MLP)(), "2:4", update_every="10"), E, "update_every"),
     ("sparsify_ update_every float", lambda: nms.sparsify_(_variant(MLP)(), "2:4", update_every=1.5), E, "update_every"),
-    ("sparsify_ ste unknown", lambda: nms.sparsify_(_variant(MLP)(), "2:4", ste="magic"), E, "ste"),
+    ("sparsify_ gradient unknown", lambda: nms.sparsify_(_variant(MLP)(), "2:4", gradient="magic"), E, "gradient"),
     ("sparsify_ density 1.5", lambda: nms.sparsify_(_variant(MLP)(), 1.5), E, "1.5"),
     ("sparsify_ density 0", lambda: nms.sparsify_(_variant(MLP)(), 0.0), E, "density"),
     ("sparsify_ density NaN", lambda: nms.sparsify_(_variant(MLP)(), float("nan")), E, "nan"),

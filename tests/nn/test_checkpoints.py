@@ -103,14 +103,6 @@ def test_plain_state_dict_is_the_squashed_model():
         assert torch.equal(fresh(x), model(x))
 
 
-def test_plain_state_dict_reads_the_old_sparse_ift_layout():
-    old = {"fc.weight": torch.tensor([[1.0, -2.0, 3.0, 4.0]]), "fc.weight_mask": torch.tensor([[True, False, True, False]]),
-           "fc.bias": torch.tensor([0.5])}
-    plain = plain_state_dict(old)
-    assert list(plain) == ["fc.weight", "fc.bias"]
-    assert plain["fc.weight"].tolist() == [[1.0, 0.0, 3.0, 0.0]]
-
-
 def test_load_plain_state_dict_into_a_masked_model():
     pretrained = _mlp(5)
     model = sparsify_(_mlp(), "2:4T", exclude="4", method="greedy")

@@ -14,7 +14,7 @@ def test_compiled_training_matches_eager(pattern, method):
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
-    nms.sparsify_(model, pattern, method=method, update_every=2, exclude="4", ste="srste")
+    nms.sparsify_(model, pattern, method=method, update_every=2, exclude="4", gradient="srste")
     eager = copy.deepcopy(model)
     # aot_eager traces forward and backward through dynamo and AOTAutograd without a C compiler.
     compiled = torch.compile(model, backend="aot_eager")

@@ -21,7 +21,7 @@ def _model():
         ({"pattern": 0.5, "method": "greedy"}, nms.MethodError, "top-k"),
         ({"pattern": "5:4"}, nms.PatternError, "1 <= n <= m"),
         ({"pattern": 1.5}, nms.NMSparseError, "(0, 1]"),
-        ({"pattern": "2:4", "ste": "sr-ste"}, nms.NMSparseError, "ste must be one of"),
+        ({"pattern": "2:4", "gradient": "sr-ste"}, nms.NMSparseError, "gradient must be one of"),
         ({"pattern": "2:4", "update_every": 0}, nms.NMSparseError, "update_every must be a positive int"),
         ({"pattern": "2:4", "update_every": 2.5}, nms.NMSparseError, "update_every"),
         ({"pattern": "2:4", "srste_decay": -1.0}, nms.NMSparseError, "srste_decay"),

@@ -87,7 +87,7 @@ def test_pruned_weights_regrow_and_masks_follow_dense_weights():
 
 def test_dynamic_training_regrows_and_static_freezes(digits):
     dynamic = sparsify_(small_cnn(width=8, seed=0), "2:4T", update_every=5, exclude=["conv1", "fc2"])
-    static = sparsify_(small_cnn(width=8, seed=0), "2:4T", static=True, exclude=["conv1", "fc2"])
+    static = sparsify_(small_cnn(width=8, seed=0), "2:4T", update="static", exclude=["conv1", "fc2"])
     start_d, start_s = _masks(dynamic), _masks(static)
     train(dynamic, digits, epochs=1, lr=5e-3)
     train(static, digits, epochs=1, lr=5e-3)
@@ -117,7 +117,7 @@ def test_state_dict_round_trip_gives_identical_outputs(digits):
 
 
 def test_squash_bakes_positive_zeros_and_removes_everything(digits):
-    model = sparsify_(small_cnn(width=8, seed=0), "2:4T", update_every=1, exclude=["conv1", "fc2"], ste="srste")
+    model = sparsify_(small_cnn(width=8, seed=0), "2:4T", update_every=1, exclude=["conv1", "fc2"], gradient="srste")
     train(model, digits, epochs=1)
     model.eval()
     x = digits.x_test[:64]

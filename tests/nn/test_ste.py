@@ -29,7 +29,7 @@ def _plain_masked(model, masks):
 @pytest.mark.parametrize("pattern", ["2:4", "2:4T", "4:8T", 0.3])
 @pytest.mark.parametrize("ste", ["ste", "srste"])
 def test_outputs_and_gradients_match_plain_masked_model(pattern, ste):
-    model = sparsify_(_model(), pattern, ste=ste, srste_decay=0.01, update_every=1000)
+    model = sparsify_(_model(), pattern, gradient=ste, srste_decay=0.01, update_every=1000)
     entries = sparsified_parameters(model)
     masks = {n: m.parametrizations[p][0].mask.clone() for n, (m, p) in entries.items()}
     plain = _plain_masked(model, masks)

@@ -7,7 +7,7 @@
   dense weights on a refresh schedule, recording the flip rate (share of mask entries that
   changed) at every refresh.
 
-Every refresh here is driven by the run itself (``sparsify_(..., static=True)`` then
+Every refresh here is driven by the run itself (``sparsify_(..., update="static")`` then
 ``update_masks_(model, force=True)`` at the scheduled steps), so a fixed and a growing interval go
 through the same code, and the entries changed per layer are read from ``nmsparse.nn.summary``.
 """
@@ -135,7 +135,7 @@ def prune_model(model, structure: str, algorithm: str, calibration, exclude: Seq
 
     With ``nmsparse.prune_`` (the one-shot pruners) every algorithm goes through it, magnitude
     included, so the algorithms differ only in what they compute. Without it only magnitude
-    runs: ``sparsify_(..., static=True)``, the optimal mask of |W| under the structure, fixed.
+    runs: ``sparsify_(..., update="static")``, the optimal mask of |W| under the structure, fixed.
     """
     spec = RunSpec.parse(structure)
     prune = getattr(nmsparse, "prune_", None)
@@ -143,7 +143,7 @@ def prune_model(model, structure: str, algorithm: str, calibration, exclude: Seq
         prune(model, spec.pattern, calibration=None if algorithm == "magnitude" else calibration, algorithm=algorithm,
               method=spec.method, exclude=list(exclude), attach_masks=True)  # fine-tuned with the masks fixed
     elif algorithm == "magnitude":
-        sparsify_(model, spec.pattern, method=spec.method, static=True, exclude=list(exclude))
+        sparsify_(model, spec.pattern, method=spec.method, update="static", exclude=list(exclude))
     else:
         raise ArgumentError(f"bench claims: algorithm {algorithm!r} needs nmsparse.prune_, which this build lacks; use one of {available_algorithms()}.")
 
@@ -185,7 +185,7 @@ def run_scratch(cfg, data: dict, task: str, structure: str, schedule: str, seed:
     start, cpu = time.perf_counter(), time.process_time()
     spec = RunSpec.parse(structure)
     model, exclude = _model(cfg, task, seed)
-    sparsify_(model, spec.pattern, method=spec.method, static=True, exclude=exclude, ste="ste")
+    sparsify_(model, spec.pattern, method=spec.method, update="static", exclude=exclude, gradient="ste")
     total = cfg.lm_steps if task == "lm" else cfg.digits_epochs * _digits_steps(data)
     steps = refresh_steps(total, cfg.update_every, cfg.freeze_fraction, schedule, cfg.growth)
     flips: List[list] = []

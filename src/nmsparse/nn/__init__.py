@@ -8,7 +8,7 @@ from .reattach import reattach_masks_
 from .distributed import RefreshPlan
 from .driver import track_optimizers, watch_optimizer_
 from .fsdp import refresh_plan
-from .parametrization import GRADIENTS, UPDATES, NMMask
+from .parametrization import NMMask
 from .policies import drop_and_regrow, drop_fraction_schedule
 from .sparse_linear import CompressedWeight, sparse_linear
 from .sparsify import set_update_, sparsified_parameters, sparsify_, squash_, update_masks_
@@ -36,8 +36,6 @@ __all__ = [
     "NMMask",
     "refresh_plan",
     "RefreshPlan",
-    "GRADIENTS",
-    "UPDATES",
     "masked_weight_ste",
     "sparse_linear",
     "CompressedWeight",

@@ -37,7 +37,7 @@ def check_options(where: str, *, gradient: str, update: str, update_every, total
     if update not in UPDATES:
         raise ArgumentError(f"{where}: update must be one of {', '.join(UPDATES)}, got {update!r}; pick one of those.")
     if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
-        raise ArgumentError(f"{where}: update_every must be a positive int, got {update_every!r}; pass e.g. 100, or update='static' (static=True) to freeze masks.")
+        raise ArgumentError(f"{where}: update_every must be a positive int, got {update_every!r}; pass e.g. 100, or update='static' to freeze masks.")
     if update in ("set", "rigl"):
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
             raise ArgumentError(f"{where}: update={update!r} anneals its drop fraction over training and needs "

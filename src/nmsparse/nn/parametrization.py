@@ -40,7 +40,6 @@ from .ste import masked, masked_weight_ste
 
 GRADIENTS = ("ste", "srste", "masked")
 UPDATES = ("refresh", "static", "set", "rigl")
-STE_MODES = GRADIENTS  # the old name, kept for callers that imported it
 
 
 def resolve_solver(pattern: Union[NMPattern, float], method: Optional[str], where: str) -> str:
@@ -139,24 +138,9 @@ class NMMask(nn.Module):
         self.history: List[dict] = []
         self.driver_key: Optional[int] = None  # which MaskDriver counts this mask's passes
 
-    # -- options under their old names -------------------------------------------------------
-    @property
-    def ste(self) -> str:
-        return self.gradient
-
-    @property
-    def static(self) -> bool:
-        return self.update == "static"
-
-    @static.setter
-    def static(self, value: bool) -> None:
-        if value:
-            self.update = "static"
-        elif self.update == "static":
-            self.update = "refresh"
-
     @property
     def decay(self) -> float:
+        """The SR-STE decay the backward pass applies: ``srste_decay`` under ``gradient="srste"``, else 0."""
         return self.srste_decay if self.gradient == "srste" else 0.0
 
     # -- forward -------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from . import distributed
 from . import entries as _entries
 from .attach import attach, check_options, parse_pattern, replace_existing
 from .driver import install_driver, remove_drivers, watch_optimizer_
-from .parametrization import GRADIENTS, compute_mask, describe, resolve_solver
+from .parametrization import compute_mask, describe, resolve_solver
 from .select import Patterns, find_candidates, include_hints, split
 from .sparse_linear import SemiStructuredForward, wants_semi_structured
 
@@ -53,9 +53,7 @@ def sparsify_(
     include: Patterns = None,
     exclude: Patterns = None,
     gradient: Optional[str] = None,
-    ste: Optional[str] = None,
     srste_decay: float = 2e-4,
-    static: bool = False,
     total_steps: Optional[int] = None,
     drop_fraction: float = 0.3,
     stop_fraction: float = 0.75,
@@ -81,7 +79,7 @@ def sparsify_(
     update : {"refresh", "static", "set", "rigl"}
         How masks change during training (see :mod:`nmsparse.nn.policies`). ``"refresh"``
         (default): recompute from the dense weights every ``update_every`` training passes.
-        ``"static"``: never (same as ``static=True``). ``"set"`` / ``"rigl"``: drop the smallest
+        ``"static"``: never. ``"set"`` / ``"rigl"``: drop the smallest
         and regrow at random / by gradient every ``update_every`` steps, keeping every mask valid
         for ``pattern`` (row-wise, transposable or unstructured); they need ``total_steps``.
     update_every : int
@@ -93,8 +91,7 @@ def sparsify_(
         its groups run along dim 0, the input features).
     gradient : {"ste", "srste", "masked"}, optional
         Straight-through (default for refresh/static), SR-STE (adds ``srste_decay · (1 − S) ⊙ W``)
-        or masked (pruned weights get no gradient; default for SET/RigL). ``ste=`` is the old
-        name of this argument and still works.
+        or masked (pruned weights get no gradient; default for SET/RigL).
     total_steps, drop_fraction, stop_fraction : SET/RigL schedule (cosine-annealed from
         ``drop_fraction`` until ``stop_fraction · total_steps``).
     seed : int
@@ -134,8 +131,8 @@ def sparsify_(
         raise ArgumentError(f"{where}: model must be a torch.nn.Module, got {type(model).__name__}; pass the model itself.")
     pattern = parse_pattern(pattern, where)
     method = resolve_solver(pattern, method, where)
-    update = _resolve_update(update, static)
-    gradient = _resolve_gradient(gradient, ste, update)
+    update = update or "refresh"
+    gradient = gradient or ("masked" if update in ("set", "rigl") else "ste")
     check_options(where, gradient=gradient, update=update, update_every=update_every, total_steps=total_steps,
                   drop_fraction=drop_fraction, stop_fraction=stop_fraction, srste_decay=srste_decay)
     if kernels not in KERNELS:
@@ -212,7 +209,7 @@ def set_update_(
 
     Examples
     --------
-    >>> model = sparsify_(nn.Sequential(nn.Linear(8, 8)), "2:4T", static=True)
+    >>> model = sparsify_(nn.Sequential(nn.Linear(8, 8)), "2:4T", update="static")
     >>> set_update_(model, "rigl", total_steps=1000, update_every=10)  # doctest: +ELLIPSIS
     Sequential(...)
     """
@@ -320,24 +317,6 @@ def _fold_tied(model: nn.Module, chosen: list, exclude: Patterns) -> tuple:
             continue
         keep.append(cand)
     return keep, skips
-
-
-def _resolve_update(update: Optional[str], static: bool) -> str:
-    if static and update not in (None, "static"):
-        raise ArgumentError(f"sparsify_: static=True contradicts update={update!r}; pass one of them.")
-    return "static" if static else (update or "refresh")
-
-
-def _resolve_gradient(gradient: Optional[str], ste: Optional[str], update: str) -> str:
-    if ste is not None:
-        if ste not in GRADIENTS:
-            raise ArgumentError(f"sparsify_: ste must be one of {GRADIENTS} (gradient= is its new name), got {ste!r}; pick one of those.")
-        if gradient is not None and gradient != ste:
-            raise ArgumentError(f"sparsify_: ste={ste!r} and gradient={gradient!r} disagree; ste is the old name of gradient, pass one.")
-        return ste
-    if gradient is not None:
-        return gradient
-    return "masked" if update in ("set", "rigl") else "ste"
 
 
 def _describe(pattern) -> str:

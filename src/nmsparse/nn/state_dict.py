@@ -6,8 +6,7 @@ A masked model's ``state_dict`` stores, per masked weight ``<layer>.<name>``:
 * ``<layer>.parametrizations.<name>.0.mask`` / ``.0.last_refresh`` / ``.0._extra_state``.
 
 :func:`plain_state_dict` turns that into the state dict of the plain model (what ``squash_``
-gives): ``<layer>.<name> = where(mask, original, +0.0)``, mask keys dropped. It also reads the
-Sparse-IFT layout of nmsparse < issue 13 (``<layer>.weight`` + ``<layer>.weight_mask``).
+gives): ``<layer>.<name> = where(mask, original, +0.0)``, mask keys dropped.
 :func:`load_plain_state_dict_` loads a plain state dict (e.g. a pretrained checkpoint) into a
 masked model and, by default, recomputes the masks from the loaded weights.
 """
@@ -61,10 +60,6 @@ def plain_state_dict(model_or_state_dict: Union[nn.Module, Mapping[str, torch.Te
             out[f"{layer}.{name}" if layer else name] = _bake(value, mask)
         elif _PARAMS in key:
             continue  # the mask's own entries (mask, last_refresh, _extra_state)
-        elif key.endswith(".weight_mask") and key[: -len("_mask")] in sd:
-            continue  # legacy Sparse-IFT mask buffer, baked into its weight below
-        elif key.endswith(".weight") and f"{key}_mask" in sd:
-            out[key] = _bake(value, sd[f"{key}_mask"])
         else:
             out[key] = value
     return out

@@ -17,8 +17,8 @@ from .sparsify import _STATE
 @dataclass
 class SparsitySummary:
     """Rows of dicts (name, shape, group_dim (0 for HF Conv1D, grouped along its stored dim 0 =
-    input features; shown as ``[groups dim 0]`` after the shape), pattern, density, solver, gradient (also under "ste"), update,
-    static, last_refresh, refreshes, changed, steps, status); ``str()`` gives a table.
+    input features; shown as ``[groups dim 0]`` after the shape), pattern, density, solver, gradient, update,
+    update_every, last_refresh, refreshes, changed, steps, status); ``str()`` gives a table.
     ``forward_count``: the most training passes any mask has counted."""
 
     rows: List[Dict[str, object]] = field(default_factory=list)
@@ -63,10 +63,8 @@ def summary(model: nn.Module) -> SparsitySummary:
             "pattern": p.describe_pattern(),
             "density": float(p.mask.float().mean()),
             "solver": p.method,
-            "ste": p.gradient,
             "gradient": p.gradient,
             "update": p.update,
-            "static": p.static,
             "update_every": p.update_every,
             "last_refresh": int(p.last_refresh),
             "refreshes": p.refreshes,
@@ -82,8 +80,8 @@ def summary(model: nn.Module) -> SparsitySummary:
         if name in masked_names:
             continue
         rows.append({
-            "name": name, "shape": tuple(shape), "group_dim": None, "pattern": None, "density": None, "solver": None, "ste": None,
-            "gradient": None, "update": None, "static": False, "update_every": None, "last_refresh": None,
+            "name": name, "shape": tuple(shape), "group_dim": None, "pattern": None, "density": None, "solver": None,
+            "gradient": None, "update": None, "update_every": None, "last_refresh": None,
             "refreshes": 0, "changed": None, "steps": None, "status": f"skipped: {reason}",
         })
     position = {name: i for i, name in enumerate(state.order)} if state is not None else {}
