@@ -112,7 +112,7 @@ def find_groups(model: nn.Module, config=None, prefix: str = "") -> Tuple[List[G
                 owners.setdefault(id(t), set()).add(id(mod))
     for mod in model.modules():
         name = names[id(mod)]
-        for finder in (_gated_mlp, _plain_mlp, _bert_mlp, _attention, _sequential_chains):
+        for finder in (_mlp, _attention, _sequential_chains):
             for item in finder(mod, name, names, config):
                 if isinstance(item, Group):
                     ids = {(id(mb.module), mb.tensor, mb.dim, mb.start) for mb in item.members}
@@ -203,26 +203,11 @@ def _mlp_group(kind: str, name: str, names, writers: Sequence[nn.Module], reader
     yield Group(name, kind, width, members)
 
 
-def _gated_mlp(mod, name, names, config):
-    for gate, up, down in (("gate_proj", "up_proj", "down_proj"), ("w1", "w3", "w2"), ("wi_0", "wi_1", "wo")):
-        g, u, d = (_child(mod, p) for p in (gate, up, down))
-        if g is not None and u is not None and d is not None:
-            yield from _mlp_group("mlp (gated)", name, names, [g, u], d)
-            return
-
-
-def _plain_mlp(mod, name, names, config):
-    for first, second in (("fc1", "fc2"), ("c_fc", "c_proj"), ("dense_h_to_4h", "dense_4h_to_h"), ("wi", "wo")):
-        a, b = _child(mod, first), _child(mod, second)
-        if a is not None and b is not None and _child(mod, "wi_0") is None:
-            yield from _mlp_group("mlp", name, names, [a], b)
-            return
-
-
-def _bert_mlp(mod, name, names, config):
-    a, b = _child(mod, "intermediate.dense"), _child(mod, "output.dense")
-    if a is not None and b is not None and _child(mod, "attention") is not None:
-        yield from _mlp_group("mlp", name, names, [a], b)
+def _mlp(mod, name, names, config):
+    io = _mlp_io(mod)
+    if io is not None:
+        writers, (reader,) = io
+        yield from _mlp_group("mlp (gated)" if len(writers) == 2 else "mlp", name, names, writers, reader)
 
 
 # --- attention ------------------------------------------------------------------------------------
@@ -450,21 +435,18 @@ def _add(into: List[nn.Module], mods) -> None:
 
 
 def _mlp_io(mod) -> Optional[Tuple[List[nn.Module], List[nn.Module]]]:
-    """(layers reading the stream, layers writing it) of an MLP module, or None."""
+    """``(layers writing the hidden channels, [the layer reading them])`` of an MLP module, or None:
+    the first read the residual stream, the last writes it."""
     for gate, up, down in (("gate_proj", "up_proj", "down_proj"), ("w1", "w3", "w2"), ("wi_0", "wi_1", "wo")):
         g, u, d = (_child(mod, p) for p in (gate, up, down))
         if g is not None and u is not None and d is not None:
             return [g, u], [d]
     for first, second in (("fc1", "fc2"), ("c_fc", "c_proj"), ("dense_h_to_4h", "dense_4h_to_h"), ("wi", "wo")):
         a, b = _child(mod, first), _child(mod, second)
-        if a is not None and b is not None:
+        if a is not None and b is not None and _child(mod, "wi_0") is None:
             return [a], [b]
     a, b = _child(mod, "intermediate.dense"), _child(mod, "output.dense")
     if a is not None and b is not None and _child(mod, "attention") is not None:
         return [a], [b]
     return None
 
-
-def member_names(groups: Sequence[Group]) -> Dict[str, List[str]]:
-    """Group name -> the layers it touches (for reports)."""
-    return {g.name: g.layers() for g in groups}
