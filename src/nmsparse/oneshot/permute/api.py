@@ -135,15 +135,7 @@ def permute_(
                             "calibration=, or use scores='magnitude'.")
     rep = PermuteReport(pattern=str(spec), scores=scores if isinstance(scores, str) else type(scores).__name__)
     targets, _ = select_targets(model, spec, include, exclude, "skip", where)
-    groups, skipped = find_groups(model)
-    rep.skipped = list(skipped)
-    if residual:
-        stream, why = find_residual(model)
-        groups = ([stream] if stream is not None else []) + list(groups)  # first: the blocks' groups then see its order
-        if why is not None:
-            rep.skipped.append(("residual stream", why))
-    else:
-        rep.notes.append(RESIDUAL_NOTE)
+    groups = model_groups(model, getattr(model, "config", None), residual, rep)
     modes = {mod: mod.training for mod in model.modules()}
     model.eval()
     count = len(batches) if batches is not None else 0
@@ -160,6 +152,20 @@ def permute_(
             mod.training = mode
     rep.seconds = time.perf_counter() - start
     return rep
+
+
+def model_groups(model: nn.Module, config, residual: bool, rep: PermuteReport) -> List[Group]:
+    """Every group of ``model``, the residual stream first (the blocks' groups then see its order);
+    what is left alone goes to ``rep``."""
+    groups, skipped = find_groups(model, config)
+    rep.skipped += skipped
+    if not residual:
+        rep.notes.append(RESIDUAL_NOTE)
+        return groups
+    stream, why = find_residual(model, config)
+    if why is not None:
+        rep.skipped.append(("residual stream", why))
+    return ([stream] if stream is not None else []) + list(groups)
 
 
 def permute_groups_(groups: Sequence[Group], targets, spec: NMPattern, rep: PermuteReport, *, run: Callable[[int], object],

@@ -15,8 +15,8 @@ from torch import nn
 
 from ...pattern import NMPattern
 from ..calibration import run_batch
-from .api import permute_groups_
-from .groups import find_groups, find_residual
+from .api import model_groups, permute_groups_
+from .groups import find_groups
 from .report import PermuteReport
 
 __all__ = ["start_permutations"]
@@ -36,12 +36,7 @@ def start_permutations(model: nn.Module, spec: NMPattern, targets, batches: Opti
     config = getattr(model, "config", None)
     if not streamed:
         start = time.perf_counter()
-        groups, skipped = find_groups(model, config)
-        rep.skipped += skipped
-        stream, why = find_residual(model, config)
-        groups = ([stream] if stream is not None else []) + list(groups)
-        if why is not None:
-            rep.skipped.append(("residual stream", why))
+        groups = model_groups(model, config, True, rep)
         done += permute_groups_(groups, targets, spec, rep, run=lambda i: run_batch(model, batches[i], i, where),
                                 count=count, token_masks=token_masks, scores=scores, check=True, where=where,
                                 changed=changed, **_SEARCH)
