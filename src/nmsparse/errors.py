@@ -33,7 +33,8 @@ class PatternError(NMSparseError, ValueError):
 
 
 class ShapeError(NMSparseError, ValueError):
-    """A tensor's shape or dimensionality does not fit the requested layout or pattern."""
+    """A tensor's shape or dimensionality does not fit the requested layout or pattern, or no layer of a
+    model can take the pattern (``sparsify_`` and ``prune_`` alike: the message lists why each was left dense)."""
 
 
 class ScoreError(NMSparseError, ValueError):

@@ -161,8 +161,8 @@ CASES += [
     Case("sparsify_ Embedding only, no include", lambda: nms.sparsify_(_built(lambda: nn.Sequential(nn.Embedding(10, 8))), "2:4"), ShapeError,
          r"no nn.Linear.*include='0.weight'"),
     Case("prune_ include='0' on an Embedding", lambda: nms.prune_(_built(lambda: nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 8))), "2:4", include="0"),
-         ConvertError, r"include='0' matches '0' \(Embedding\), but prune_ prunes only .*sparsify_ takes any parameter"),
-    Case("prune_ include typo", lambda: nms.prune_(_mlp(), "2:4", include="fc9"), ConvertError, r"include='fc9' matches no layer name"),
+         ShapeError, r"include='0' matches '0' \(Embedding\), but prune_ prunes only .*sparsify_ takes any parameter"),
+    Case("prune_ include typo", lambda: nms.prune_(_mlp(), "2:4", include="fc9"), ShapeError, r"include='fc9' matches no layer name"),
 ]
 
 

@@ -120,7 +120,7 @@ for label, (edit, cls) in PARAMETRIZED.items():
         Case(f"attach_mask_ on {label}",
              lambda e=edit: nms.nn.attach_mask_(_first(e)(), "0.weight", torch.ones(8, 8, dtype=torch.bool), 0.5),
              MaskError, f"'0.weight' carries the parametrization {cls}, which is not an nmsparse mask"),
-        Case(f"prune_ leaves {label} dense", _report_skip(_first(edit), "0.weight", "already has a parametrization")),
+        Case(f"prune_ leaves {label} dense", _report_skip(_first(edit), "0.weight", f"already carries the parametrization {cls}.*remove_parametrizations")),
     ]
 for label, edit in HOOKED.items():
     CASES += [
@@ -130,7 +130,7 @@ for label, edit in HOOKED.items():
              ShapeError, "layer '0.weight'.*recomputed before each forward"),
         Case(f"prune_ leaves the {label} dense", _report_skip(_first(edit), "0.weight", "recomputed before each forward")),
         Case(f"prune_ on a model of only {label} layers",
-             lambda e=edit: nms.prune_(_built(lambda: nn.Sequential(e(nn.Linear(8, 8)))), "2:4"), ConvertError,
+             lambda e=edit: nms.prune_(_built(lambda: nn.Sequential(e(nn.Linear(8, 8)))), "2:4"), ShapeError,
              "no layer to prune.*recomputed before each forward"),
     ]
 
@@ -186,7 +186,7 @@ CASES += [
          r"0.weight: quantized layer \(torch.ao.nn.quantized.dynamic.*float model, then quantize"),
     Case("sparsify_ include= a quantized layer", lambda: nms.sparsify_(_quantized(), "2:4", include="0"), ShapeError,
          "layer '0.weight'.*quantized layer"),
-    Case("prune_ a dynamically quantized model", lambda: nms.prune_(_quantized(), "2:4"), ConvertError,
+    Case("prune_ a dynamically quantized model", lambda: nms.prune_(_quantized(), "2:4"), ShapeError,
          "no layer to prune.*quantized layer"),
     Case("find_mask of a quantized tensor",
          lambda: nms.find_mask(torch.quantize_per_tensor(torch.ones(8, 8), 0.1, 0, torch.qint8), "2:4"), ScoreError,

@@ -14,7 +14,7 @@ import nmsparse as nms
 from nmsparse.oneshot import PruneReport
 from nmsparse.oneshot import inverse_cholesky, lsq_refit, sparsegpt, wanda_scores
 from nmsparse.diversity import kept_count
-from nmsparse.errors import ConvertError, MethodError
+from nmsparse.errors import ConvertError, MethodError, ShapeError
 
 from _oneshot_refs import damped, lstsq_rows, output_error, sparsegpt_fixed_mask
 
@@ -301,7 +301,7 @@ def test_include_exclude_full_match_and_tied_weights():
     tied = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
     tied[1].weight = tied[0].weight
     rep = PruneReport()
-    with pytest.raises(ConvertError, match="no layer to prune .*tied"):
+    with pytest.raises(ShapeError, match="no layer to prune .*tied weights: shared with 1.weight .*untie it"):
         nms.prune_(tied, "2:4", report=rep)
 
 

@@ -57,7 +57,7 @@ def test_cli_prune_with_calibration_writes_the_folder(llama_folder, capsys):
                "--calibration", str(llama_folder.parent / "calib.txt"), "--samples", "8", "--seq-len", "16", "--quiet"])
     assert rc == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
-    assert "lm_head.weight" in printed and "tied weights: shared with model.embed_tokens.weight" in printed
+    assert "lm_head.weight" in printed and "tied to the embedding model.embed_tokens.weight, which stays dense by default" in printed
     before, after = _tensors(llama_folder / "model.safetensors"), _tensors(out / "model.safetensors")
     assert before.keys() == after.keys() and "lm_head.weight" not in after  # the tie is kept
     pruned = [k for k in after if k.endswith("_proj.weight")]

@@ -6,7 +6,8 @@ and ``exclude`` are regular expressions (a string or a sequence of them) matched
 (``re.fullmatch``) against a module's name (``"features.3"``) or a parameter's full name
 (``"features.3.weight"``). Naming a parameter of any other module in ``include`` sparsifies it too.
 A layer chosen only by default and unable to take the pattern is skipped with a reason (see
-``summary``); a layer that ``include`` names explicitly must take it, or ``sparsify_`` raises.
+``summary``); a layer that ``include`` names explicitly must take it, or ``sparsify_`` raises. The
+reasons, tied weights included, are :mod:`nmsparse.nn.eligibility`'s, shared with ``prune_``.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..layout import group_dim_of, is_hf_conv1d, matrix_layout
+from ..layout import is_hf_conv1d
 from ..pattern import NMPattern
 from ..selection import Patterns, compile_patterns, matches_any
+from .eligibility import LAYER_TYPES as DEFAULT_TYPES
+from .eligibility import unsupported_layer, weight_problem
 
-DEFAULT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+__all__ = ["Candidate", "find_candidates", "split", "include_hints", "unsupported_layer"]
 
 
 @dataclass
@@ -100,69 +102,9 @@ def _shape_of(module: nn.Module, name: str) -> tuple:
     return tuple(value.shape) if torch.is_tensor(value) else ()
 
 
-def unsupported_layer(module: nn.Module) -> Optional[str]:
-    """Why a Linear/Conv-like layer's weight cannot take a mask at all (None if it can or is no such layer):
-    quantized layers (packed int8 weights) and weights recomputed by a forward pre-hook (the old
-    ``torch.nn.utils.weight_norm`` / ``spectral_norm``, which turn ``weight`` into a plain attribute)."""
-    cls = type(module)
-    if cls.__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized", "torch.ao.nn.intrinsic.quantized")) \
-            and "weight" not in module._parameters and callable(getattr(module, "weight", None)):
-        return (f"quantized layer ({cls.__module__}.{cls.__name__}: packed integer weights, no parameter to mask); "
-                "sparsify or prune the float model, then quantize it")
-    if not (isinstance(module, DEFAULT_TYPES) or is_hf_conv1d(module)):
-        return None
-    if "weight" in module._parameters or parametrize.is_parametrized(module, "weight"):
-        return None
-    if not torch.is_tensor(getattr(module, "weight", None)):
-        return None
-    hooks = sorted({type(h).__name__ for h in module._forward_pre_hooks.values()})
-    by = f" (forward pre-hook {', '.join(hooks)})" if hooks else ""
-    return (f"weight is not a parameter but recomputed before each forward{by}, as the old torch.nn.utils.weight_norm / "
-            "spectral_norm do; remove it first (torch.nn.utils.remove_weight_norm / remove_spectral_norm)")
-
-
 def ineligibility(cand: Candidate, pattern: Union[NMPattern, float]) -> Optional[str]:
-    """Why ``cand`` cannot take ``pattern`` (None if it can)."""
-    module, pname = cand.module, cand.param_name
-    if parametrize.is_parametrized(module, pname):
-        from .parametrization import NMMask
-
-        plist = module.parametrizations[pname]
-        if len(plist) != 1 or not isinstance(plist[0], NMMask):
-            others = ", ".join(type(p).__name__ for p in plist if not isinstance(p, NMMask))
-            return (f"already carries the parametrization {others} (masks never stack); remove it first "
-                    f"(torch.nn.utils.parametrize.remove_parametrizations(layer, {pname!r}))")
-        # An nmsparse mask alone: eligible; sparsify_ replaces it (or refuses with replace=False).
-    tensor = _dense_param(module, pname)
-    if tensor.dtype not in _FLOATS:
-        return f"dtype {tensor.dtype} is not a floating-point type"
-    if tensor.numel() == 0:
-        return "empty tensor"
-    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and pname == "weight" and module.groups != 1:
-        return f"grouped convolution (groups={module.groups}); N:M groups need the dense implicit GEMM"
-    if not isinstance(pattern, NMPattern):
-        return None
-    if pattern.is_dense:
-        return f"pattern {pattern} keeps every entry (n = m is dense)"
-    layout = matrix_layout(tensor.shape, group_dim_of(module, pname), where="sparsify_")
-    if layout.cols % pattern.m:
-        return (
-            f"{_group_axis_name(module, pname)}={layout.group_len} is not a multiple of m={pattern.m} "
-            f"(pattern {pattern} groups {layout.describe()})"
-        )
-    if pattern.transposable and layout.rows % pattern.m:
-        return f"{layout.rows} matrix rows is not a multiple of m={pattern.m} (transposable tiles are m x m)"
-    return None
-
-
-def _group_axis_name(module: nn.Module, pname: str) -> str:
-    if isinstance(module, nn.Linear) and pname == "weight":
-        return "in_features"
-    if group_dim_of(module, pname) == 0:
-        return "nx (input features, dim 0)"
-    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and pname == "weight":
-        return "in_channels"
-    return "grouped axis length"
+    """Why ``cand`` cannot take ``pattern`` (None if it can): the shared rules of :mod:`nmsparse.nn.eligibility`."""
+    return weight_problem(cand.module, cand.param_name, pattern)
 
 
 def split(candidates: List[Candidate], pattern) -> Tuple[List[Candidate], List[Candidate]]:

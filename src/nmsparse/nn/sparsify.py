@@ -23,6 +23,7 @@ from . import distributed
 from . import entries as _entries
 from .attach import attach, check_options, parse_pattern, replace_existing
 from .driver import install_driver, remove_drivers, watch_optimizer_
+from .eligibility import is_layer, tied_problem
 from .parametrization import compute_mask, describe, resolve_solver
 from .select import Patterns, find_candidates, include_hints, split
 from .sparse_linear import SemiStructuredForward, wants_semi_structured
@@ -111,8 +112,11 @@ def sparsify_(
     -------
     nn.Module
         The same ``model``; ``nmsparse.nn.summary(model)`` lists every layer, skipped ones with why.
-        A weight shared by several modules (tied) gets one mask seen by every holder; if ``exclude``
-        keeps one holder dense, the weight is skipped with that reason.
+        A weight shared by several modules (tied) is one weight: it gets one mask seen by every
+        holder when every holder is selected (by default: every holder is a Linear/Conv weight; or
+        ``include`` names one of them); if a holder stays dense (an embedding by default, or
+        ``exclude`` names it) the weight is skipped with that reason, as in ``prune_``
+        (:mod:`nmsparse.nn.eligibility`).
 
     Raises
     ------
@@ -289,8 +293,9 @@ def _entries_dense(cand) -> torch.Tensor:
 
 
 def _fold_tied(model: nn.Module, chosen: list, exclude: Patterns) -> tuple:
-    """One candidate per weight: tied holders ride along (``cand.holders``), or the weight is
-    skipped when ``exclude`` keeps one of its holders dense (one weight, one view)."""
+    """One candidate per weight: tied holders ride along (``cand.holders``) when every holder is selected,
+    else the weight is skipped with :func:`~nmsparse.nn.eligibility.tied_problem`'s reason (the rule
+    ``prune_`` follows too: one weight, one decision)."""
     exc = compile_patterns(exclude, "exclude", "sparsify_")
     seen, keep, skips = {}, [], []
     for cand in chosen:
@@ -301,21 +306,15 @@ def _fold_tied(model: nn.Module, chosen: list, exclude: Patterns) -> tuple:
         seen[id(dense)] = cand.name
         cand.holders = _entries.holders_of(model, dense)
         cand.tied_names = [n for n, _, _ in cand.holders if n != cand.name]
-        embeddings = [n for n, module, _ in cand.holders if n != cand.name and isinstance(module, nn.Embedding)]
-        if embeddings and not cand.explicit:
-            # The library's one default (prune_, the prune CLI): embedding tables stay dense, and so
-            # does an LM head tied to one. Naming the weight in include= masks both.
-            cand.reason = (f"tied to the embedding {embeddings[0]}, which stays dense by default (include= "
-                           f"{cand.name!r} to mask both)")
-            skips.append(cand)
-            continue
-        dense_ones = [n for n in cand.tied_names if matches_any(exc, n.rpartition(".")[0], n)]
-        if dense_ones:
-            cand.reason = (f"tied to {', '.join(dense_ones)}, which exclude= keeps dense (one weight has one view: "
-                           f"mask both or neither)")
-            skips.append(cand)
-            continue
-        keep.append(cand)
+
+        def dense_why(full, module, pname, explicit=cand.explicit):
+            if matches_any(exc, full.rpartition(".")[0], full):
+                return "exclude"
+            # Naming one holder in include= selects the weight; by default only layer weights are selected.
+            return None if explicit or (is_layer(module) and pname == "weight") else "default"
+
+        cand.reason = tied_problem(cand.name, cand.holders, dense_why)
+        (skips if cand.reason else keep).append(cand)
     return keep, skips
 
 

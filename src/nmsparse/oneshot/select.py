@@ -3,37 +3,39 @@
 Candidates: the ``weight`` of every ``nn.Linear``, ``nn.Conv1d/2d/3d`` and Hugging Face ``Conv1D``.
 ``include`` / ``exclude`` follow the library's one rule (:mod:`nmsparse.selection`: full-match
 regexes on the module name and the full parameter name). Left dense, with the reason in the
-report: excluded or not included layers, non-float weights, grouped convolutions, weights
-already carrying a parametrization, **tied weights** (a
-parameter shared by several modules, e.g. an ``lm_head`` tied to the token embeddings: pruning
-it would prune the embeddings too, which stay dense by default) and, with ``ragged="skip"``,
-weights whose shape does not fit the pattern. As for checkpoints
-(:func:`nmsparse.convert.rules.is_embedding_name`), layers named as embeddings or patch-embedding
-stems (``patch_embed.proj``) stay dense unless ``include`` names them.
+report: excluded or not included layers, layers named as embeddings or patch-embedding stems
+(:func:`nmsparse.convert.rules.is_embedding_name`, as for checkpoints; ``include`` overrides), and
+every layer :mod:`nmsparse.nn.eligibility` rules out, with the same reason ``sparsify_`` gives:
+unusable (quantized, hooked) layers, foreign parametrizations, non-float or empty weights,
+grouped convolutions, a dense pattern, a shape that does not fit (with ``ragged="skip"``) and
+**tied weights**. A tied weight (an ``lm_head`` sharing the token embedding's parameter) is one
+weight: if a holder stays dense (the embedding, by default) it stays dense with it; if every
+holder is selected it is still left dense, with the reason, because pruning writes zeros into
+every holder fitted to one layer's inputs: untie it to prune it. A weight that already carries an
+nmsparse mask is left dense too (``squash_`` it first).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..errors import ConvertError, ScoreError, ShapeError
+from ..errors import ScoreError, ShapeError
 from ..pattern import NMPattern
 from ..selection import NameFilter
 from ..convert.rules import is_embedding_name, ragged_error, ragged_problem
 from ..layout import is_hf_conv1d
 from ..nn.distributed import is_dtensor
-from ..nn.select import unsupported_layer
-from .hessian import view_problem
+from ..nn.eligibility import LAYER_TYPES, PRUNE_TIED, fit_problem, is_layer, tied_problem, unsupported_layer, weight_problem
+from ..nn.entries import holders_of
 
 __all__ = ["Target", "select_targets"]
 
-PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # and HF Conv1D, found by layout.is_hf_conv1d
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+PRUNABLE_TYPES = LAYER_TYPES  # and HF Conv1D, found by layout.is_hf_conv1d
 
 
 @dataclass
@@ -63,13 +65,10 @@ def select_targets(
         if unusable is not None:
             skipped.append((full, unusable if chooser(mname, full) else "excluded by include=/exclude="))
             continue
-        if not (isinstance(module, PRUNABLE_TYPES) or is_hf_conv1d(module)):
-            continue
-        if parametrize.is_parametrized(module, "weight"):
-            skipped.append((full, "already has a parametrization (a mask from sparsify_? squash_ it first)"))
+        if not is_layer(module):
             continue
         w = module._parameters.get("weight")
-        if w is None:
+        if w is None and not parametrize.is_parametrized(module, "weight"):
             continue
         if not chooser(mname, full):
             skipped.append((full, "excluded by include=/exclude="))
@@ -77,8 +76,14 @@ def select_targets(
         if not chooser.include and is_embedding_name(full):
             skipped.append((full, "embedding or patch-embedding stem, left dense by default (name it in include= to prune it)"))
             continue
-        _refuse_unusable(w, full, where, allow_meta)
-        reason = _reason(module, w, spec, owners, full)
+        if _nmmask_of(module) is not None:
+            skipped.append((full, "already carries an nmsparse mask (from sparsify_, attach_mask_ or attach_masks=True); "
+                                  "squash_ the model first to prune its masked weights"))
+            continue
+        reason = weight_problem(module, "weight", spec, fit=False)
+        if reason is None:
+            _refuse_unusable(w, full, where, allow_meta)
+            reason = _tied_reason(model, module, w, full, owners, chooser)
         pad = False
         if reason is None and isinstance(spec, NMPattern):
             shape = (w.shape[1], w.shape[0]) if is_hf_conv1d(module) else tuple(w.shape)
@@ -86,7 +91,7 @@ def select_targets(
             if problem is not None and ragged == "error":
                 raise ragged_error(where, full, shape, problem, spec)
             if problem is not None and ragged == "skip":
-                reason = f"shape does not fit {spec}: {problem}"
+                reason = fit_problem(module, "weight", spec)
             pad = problem is not None
         if reason is not None:
             skipped.append((full, reason))
@@ -96,7 +101,7 @@ def select_targets(
         hints = _include_hints(model, chooser.include) if chooser.include else []
         why = "; ".join([*hints, *(f"{n}: {r}" for n, r in skipped[:4])]) or \
             "the model has no nn.Linear / nn.Conv / Conv1D layer"
-        raise ConvertError(f"{where}: no layer to prune ({why}). Check include=/exclude= and the pattern.")
+        raise ShapeError(f"{where}: no layer to prune ({why}). Check include=/exclude= and the pattern.")
     return targets, skipped
 
 
@@ -120,20 +125,35 @@ def _refuse_unusable(w: torch.Tensor, full: str, where: str, allow_meta: bool) -
         )
 
 
-def _reason(module, w, spec, owners, full):
-    if w.dtype not in _FLOATS:
-        return f"dtype {w.dtype} is not a floating-point type"
-    if w.numel() == 0:
-        return "empty tensor"
-    problem = view_problem(module)
+def _nmmask_of(module: nn.Module):
+    if not parametrize.is_parametrized(module, "weight"):
+        return None
+    from ..nn.parametrization import NMMask
+
+    plist = module.parametrizations["weight"]
+    return plist[0] if len(plist) == 1 and isinstance(plist[0], NMMask) else None
+
+
+def _tied_reason(model, module, w, full, owners, chooser) -> Optional[str]:
+    """The shared tied-weight rule (:func:`nmsparse.nn.eligibility.tied_problem`): a holder left dense keeps the
+    weight dense; if every holder is selected, prune_ still leaves it dense (:data:`PRUNE_TIED`)."""
+    if len(owners.get(id(w), ())) < 2:
+        return None
+    holders = holders_of(model, w)
+
+    def dense_why(name, holder, pname):
+        mname = name.rpartition(".")[0]
+        if chooser.excluded(mname, name):
+            return "exclude"
+        if chooser.include:  # naming one holder in include= selects the weight, as in sparsify_
+            return None
+        return None if is_layer(holder) and pname == "weight" and not is_embedding_name(name) else "default"
+
+    problem = tied_problem(full, holders, dense_why)
     if problem is not None:
         return problem
-    others = [n for n in owners.get(id(w), []) if n != full]
-    if others:
-        return f"tied weights: shared with {others[0]} (pruning it would prune that too; untie it to prune)"
-    if isinstance(spec, NMPattern) and spec.is_dense:
-        return f"pattern {spec} keeps every entry (n = m is dense)"
-    return None
+    others = [n for n, h, _ in holders if n != full and not isinstance(h, parametrize.ParametrizationList)]
+    return PRUNE_TIED.format(other=others[0]) if others else None
 
 
 def _include_hints(model: nn.Module, include) -> List[str]:
