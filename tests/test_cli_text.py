@@ -188,3 +188,37 @@ def test_calibrated_prune_counts_what_stayed_dense(tmp_path, capsys):
     assert "pruned 8 weights" in out  # 7 projections and the untied head
     assert "left dense: 1 weight of 2 or more dimensions (model.embed_tokens.weight) and 3 1-D tensors" in out
     assert not API_NAMES.search(out)
+
+
+# Commands that fail with a library error whose message starts with its own "where" (an app's or a
+# CLI-facing library path's "masks:" / "prune:", an API's "prune_:"): the error line names the command once.
+NAMED_ONCE = [
+    (["masks", "--size", "6", "--pattern", "2:4T"], "masks", "pattern 2:4T needs a matrix side"),
+    (["masks", "--method", "nope"], "masks", "unknown method(s) 'nope'"),
+    (["prune", "{ckpt}", "-o", "{out}", "--pattern", "2:4", "--calibration", "{text}", "--algorithm", "wanda"], "prune",
+     "--calibration needs a Hugging Face model folder"),
+    (["prune", "{ckpt}", "-o", "{out}", "--pattern", "1.5"], "prune", "an unstructured density is the fraction"),
+    (["prune", "{ckpt}", "-o", "{out}", "--pattern", "2:4", "--ragged", "error"], "prune", "layer odd.weight of shape"),
+]
+
+
+@pytest.mark.parametrize("argv, command, says", NAMED_ONCE, ids=[" ".join(a[:1] + a[-2:]) for a, _, _ in NAMED_ONCE])
+def test_a_library_error_names_the_command_once(argv, command, says, tmp_path, capsys):
+    ckpt = _ckpt(tmp_path)
+    text = tmp_path / "calib.txt"
+    text.write_text("some calibration text " * 50)
+    argv = [a.format(ckpt=ckpt, out=tmp_path / "out", text=text) for a in argv]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"nmsparse {command}: error: ") and says in err, err
+    rest = err[len(f"nmsparse {command}: error: "):]
+    assert not re.match(rf"(nmsparse )?{command}_?: ", rest), err  # not "nmsparse prune: error: prune: ..."
+    assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("message", ["prune_: layer fc: bad", "prune: layer fc: bad", "nmsparse prune: layer fc: bad",
+                                     "prune: prune_: layer fc: bad", "layer fc: bad"])
+def test_error_line_strips_the_entry_point_once(message):
+    from nmsparse.cli import error_line
+
+    assert error_line("prune", message) == "nmsparse prune: error: layer fc: bad"

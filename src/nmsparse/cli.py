@@ -574,9 +574,26 @@ def _internal(args: argparse.Namespace, err: Exception) -> int:
                  "(set NMSPARSE_DEBUG=1 for the traceback)")
 
 
+# A message that starts with a command's name (the apps and the CLI-facing library paths say where they
+# are, e.g. "prune: --calibration needs ..."): the error line already names the command once.
+_COMMAND_WHERE = re.compile(r"^(?:nmsparse )?(?:demo|masks|bench(?: claims)?|diversity|prune|eval|report): ")
+
+
+def error_line(command: str, message: str) -> str:
+    """The one line a failure prints: ``nmsparse COMMAND: error: MESSAGE``, the command named once (a leading
+    ``prune:`` / ``prune_:`` / ``nmsparse prune:`` of the message is dropped) and the message in flags."""
+    text = " ".join(str(message).split())
+    while True:
+        stripped = _API_WHERE.sub("", _COMMAND_WHERE.sub("", text))
+        if stripped == text:
+            break
+        text = stripped
+    return f"nmsparse {command}: error: {cli_text(text)}"
+
+
 def _fail(args: argparse.Namespace, message: str) -> int:
     command = " ".join(c for c in (args.command, getattr(args, "bench_command", None)) if c)
-    print(f"nmsparse {command}: error: {cli_text(' '.join(message.split()))}", file=sys.stderr)
+    print(error_line(command, message), file=sys.stderr)
     return 1
 
 
