@@ -101,15 +101,18 @@ class PruneReport:
         """Aligned text lines: one per pruned layer (errors with 4 significant digits in scientific
         notation, kept share and seconds fixed-point), then the layers left dense with the reason."""
         err = lambda v: "-" if v is None else f"{v:.3e}"  # noqa: E731
-        width = max([5] + [len(r.name) for r in self.layers] + [len(n) for n, _ in self.skipped])
-        shapes = ["x".join(map(str, r.shape)) for r in self.layers]
-        sw = max([5] + [len(x) for x in shapes])
+        headers = ["layer", "shape", "kept |W|", "err magn.", "err before", "err after", "seconds"]
+        rows = [[r.name, "x".join(map(str, r.shape)), f"{r.kept_fraction:.4f}", err(r.error_magnitude),
+                 err(r.error_before), err(r.error_after), f"{r.seconds:.2f}"] for r in self.layers]
+        # Each column as wide as its widest cell (a long name, an hour of seconds): boundaries never move.
+        widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(headers)]
+        width = max([widths[0]] + [len(n) for n, _ in self.skipped])
+        widths[0] = width
+        line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
+                                       for i, (c, w) in enumerate(zip(cells, widths)))
         lines = ["relative output errors ||Y'-Y||²/||Y||², measured on the calibration data"] if self.layers else []
-        lines.append(f"{'layer':<{width}}  {'shape':>{sw}}  {'kept |W|':>8}  {'err magn.':>10}  {'err before':>10}  "
-                     f"{'err after':>10}  {'seconds':>7}")
-        for r, shape in zip(self.layers, shapes):
-            lines.append(f"{r.name:<{width}}  {shape:>{sw}}  {r.kept_fraction:8.4f}  {err(r.error_magnitude):>10}  "
-                         f"{err(r.error_before):>10}  {err(r.error_after):>10}  {r.seconds:7.2f}")
+        lines.append(line(headers))
+        lines += [line(row) for row in rows]
         lines += [f"{name:<{width}}  dense: {reason}" for name, reason in self.skipped]
         return lines
 
