@@ -32,7 +32,7 @@ from .hessian import InputStats, MatrixView
 from .lsq import lsq_refit
 from .pipeline import iterate_pipeline
 from .permute.api import undo_
-from .permute.in_prune import start_permutations
+from .permute.in_prune import Trial, start_permutations
 from .hessian import token_mask_of
 from .options import check_options, check_step_result, check_topk, parse_algorithm, parse_spec
 from .report import LayerPrune, PipelineInfo, PruneReport
@@ -228,9 +228,12 @@ def prune_(
     permuted, permuter = [], None
     try:
         if permute:
+            token_masks = [token_mask_of(b) for b in batches or []]
+            trial = None if batches is None else Trial(
+                targets, views, _trial_pruner(views, steps, spec, opts), batches, token_masks, blocks, where)
             rep.permute, permuter, permuted, rep.permuted_tensors = start_permutations(
-                model, spec, targets, batches, [token_mask_of(b) for b in batches or []],
-                _permute_scores(steps, batches, scores), streamed=_on_block is not None, where=where)
+                model, spec, targets, batches, token_masks, _permute_scores(steps, batches, scores),
+                streamed=_on_block is not None, where=where, trial=trial)
         with Progress(len(targets), f"{where} {rep.algorithm} {rep.pattern}", enabled=progress) as bar:
             if batches is None:
                 layer_stats = ((t.name, None) for t in targets)
@@ -281,6 +284,17 @@ def check_permute(permute, spec, where: str) -> None:
     if permute and not isinstance(spec, NMPattern):
         raise PatternError(f"{where}: permute=True needs an N:M pattern such as '2:4' or '2:4T', got density {spec:g} "
                            "(an unstructured mask has no groups to rearrange); drop permute=True.")
+
+
+def _trial_pruner(views, steps, spec, o) -> Callable:
+    """``prune_layer(target, stats)`` for the permutation guard's trials: the algorithm's steps on one
+    layer in place, AdaPrune's fit left out (its mask decides; the fit is the costly part)."""
+    trial_steps = [s for s in steps if s != "adaprune"] or ["magnitude"]
+
+    def prune_layer(t: Target, stats: InputStats) -> None:
+        _prune_layer(t, views[t.name], stats, trial_steps, spec, o)
+
+    return prune_layer
 
 
 def _permute_scores(steps, batches, scores):

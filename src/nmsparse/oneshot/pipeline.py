@@ -17,7 +17,9 @@ finished block list is replayed from its cached outputs, so no block runs again.
 ``on_block(event, blocks, k)`` (``"load"`` before block k's turn, ``"done"`` after it) lets a caller
 keep only one block in memory (:mod:`nmsparse.oneshot.hf` streams them from the checkpoint).
 ``permuter(block, name, call, token_masks)`` runs at the start of a block's turn (channel
-permutations, :mod:`nmsparse.oneshot.permute`): ``call(i)`` is the block on batch i's cached inputs.
+permutations, :mod:`nmsparse.oneshot.permute`): ``call(i)`` is the block on batch i's cached inputs;
+``after_block(block, name, call)`` runs once the caller has pruned the block's layers (the
+permutation guard's trial walk measures the pruned block there, :mod:`nmsparse.oneshot.permute.guard`).
 """
 
 from __future__ import annotations
@@ -38,12 +40,13 @@ __all__ = ["PipelineInfo", "iterate_pipeline"]
 
 OnBlock = Callable[[str, BlockList, int], None]
 Permuter = Callable[[nn.Module, str, Callable[[int], object], Sequence], None]
+AfterBlock = Callable[[nn.Module, str, Callable[[int], object]], None]
 
 
 def iterate_pipeline(
     model: nn.Module, views: Dict[str, MatrixView], batches: Sequence, *, sequential: bool, keep_samples: bool,
     where: str = "prune_", blocks=None, on_block: Optional[OnBlock] = None, info: Optional[PipelineInfo] = None,
-    device=None, permuter: Optional[Permuter] = None,
+    device=None, permuter: Optional[Permuter] = None, after_block: Optional[AfterBlock] = None,
 ) -> Iterator[Tuple[str, InputStats]]:
     """Yield ``(name, stats)`` per layer; the caller prunes the layer before resuming (as
     :func:`~nmsparse.oneshot.capture.iterate_runs`). ``blocks`` names the block lists (default:
@@ -101,7 +104,7 @@ def iterate_pipeline(
             info.block_lists.append(f"{cap.blocks.name} ({len(cap.blocks)} blocks)")
             more = any(bl.name not in done and bl.name != cap.blocks.name and bl.name not in rejected for bl in todo)
             final = yield from _run_list(cap, remaining, masks, count, sequential, keep_samples, where, on_block, more,
-                                         permuter)
+                                         permuter, after_block)
             done[cap.blocks.name] = (cap.blocks, final, cap.example)
         if remaining:
             if info.mode == "none":
@@ -118,7 +121,8 @@ def iterate_pipeline(
             h.remove()
 
 
-def _run_list(cap: Capture, remaining, masks, count, sequential, keep_samples, where, on_block, more: bool, permuter=None):
+def _run_list(cap: Capture, remaining, masks, count, sequential, keep_samples, where, on_block, more: bool, permuter=None,
+              after_block=None):
     """Prune one block list block by block; returns the last block's outputs (None if nothing needs them)."""
     bl = cap.blocks
     hidden: List[torch.Tensor] = list(cap.hidden0)
@@ -133,6 +137,8 @@ def _run_list(cap: Capture, remaining, masks, count, sequential, keep_samples, w
                 permuter(block, bl.block_name(k), _block_caller(cap, k, hidden, where), masks)
             outs = yield from _run_block(cap, k, block, hidden, remaining, masks, count, sequential, keep_samples,
                                          where, more)
+            if after_block is not None:
+                after_block(block, bl.block_name(k), _block_caller(cap, k, hidden, where))
         finally:
             if cap.device is not None and home is not None:
                 block.to(home)

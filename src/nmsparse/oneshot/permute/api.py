@@ -171,11 +171,13 @@ def model_groups(model: nn.Module, config, residual: bool, rep: PermuteReport) -
 def permute_groups_(groups: Sequence[Group], targets, spec: NMPattern, rep: PermuteReport, *, run: Callable[[int], object],
                     count: int, token_masks: Sequence, scores, check: bool, iterations: int, patience: int,
                     time_budget: Optional[float], seed: int, progress: bool, where: str,
-                    changed: Optional[set] = None) -> List[tuple]:
+                    changed: Optional[set] = None, keep: Optional[dict] = None) -> List[tuple]:
     """Search and fold ``groups`` (of a model or of one block), appending to ``rep``. ``run(i)``
     calls the model (or the block) on calibration batch i and returns its output; ``targets`` are
-    the layers that count. ``changed`` collects the names of the tensors reordered. Returns the
-    folded ``(group, perm, row)`` (:func:`undo_` reverts them)."""
+    the layers that count. ``changed`` collects the names of the tensors reordered; ``keep`` gets
+    the layers' scores (``"score"``, moving with later folds) and ``"rows"`` (their report rows and
+    targets) for :func:`refresh_kept`. Returns the folded ``(group, perm, row)`` (:func:`undo_`
+    reverts them)."""
     counted = {t.module_name: t for t in targets}
     norms, reference = _calibration_pass(run, count, token_masks, counted, scores == "wanda", check)
     if reference == []:
@@ -197,11 +199,24 @@ def permute_groups_(groups: Sequence[Group], targets, spec: NMPattern, rep: Perm
     for row, t in zip(rows, targets):
         row.kept_after = _kept(t.module, score.get(t.module_name), spec)
     rep.layers += rows
+    done = [d for d in done if d[2].status == "permuted"]
     if changed is not None:
-        for g, _, row in done:
-            if row.status == "permuted":
-                changed.update(f"{mb.module_name}.{mb.tensor}" if mb.module_name else mb.tensor for mb in g.members)
-    return [d for d in done if d[2].status == "permuted"]
+        changed.update(changed_tensors(done))
+    if keep is not None:
+        keep["score"], keep["rows"] = score, list(zip(rows, targets))
+    return done
+
+
+def changed_tensors(done: Sequence[tuple]) -> set:
+    """Names of the tensors that the folded ``(group, perm, row)`` reorder."""
+    return {f"{mb.module_name}.{mb.tensor}" if mb.module_name else mb.tensor for g, _, _ in done for mb in g.members}
+
+
+def refresh_kept(keep: dict, spec: NMPattern) -> None:
+    """Recompute the counted layers' kept score after groups were unfolded (``keep`` from
+    :func:`permute_groups_`)."""
+    for row, t in keep.get("rows", []):
+        row.kept_after = _kept(t.module, keep["score"].get(t.module_name), spec)
 
 
 def undo_(done: Sequence[tuple]) -> None:

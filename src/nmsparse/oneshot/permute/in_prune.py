@@ -4,6 +4,10 @@ In memory, the whole model is permuted before the pipeline starts (one more forw
 calibration batch). Streamed from a checkpoint (:mod:`nmsparse.oneshot.hf`), only one block is in
 memory at a time, so each block is permuted at the start of its turn from its cached inputs (one
 more block forward per batch) and its reordered tensors are written back with its pruned weights.
+
+With calibration data, :mod:`.guard` then keeps each permutation only where the pruning algorithm
+errs less with it: the residual stream up front (a trial walk over the blocks, in memory), each
+block's own groups at the block's turn.
 """
 
 from __future__ import annotations
@@ -15,33 +19,64 @@ from torch import nn
 
 from ...pattern import NMPattern
 from ..calibration import run_batch
-from .api import model_groups, permute_groups_
+from .api import changed_tensors, model_groups, permute_groups_, refresh_kept
 from .groups import find_groups
+from .guard import Trial, guard_block, guard_residual
 from .report import PermuteReport
 
-__all__ = ["start_permutations"]
+__all__ = ["start_permutations", "Trial"]
 
 # The defaults of permute_; prune_(permute=True) takes no search options (call permute_ for those).
 _SEARCH = dict(iterations=50, patience=8, time_budget=None, seed=0, progress=False)
 
 
 def start_permutations(model: nn.Module, spec: NMPattern, targets, batches: Optional[Sequence], token_masks: Sequence,
-                       scores, streamed: bool, where: str) -> Tuple[PermuteReport, Optional[Callable], List[tuple], set]:
-    """Permute ``model`` now (in memory) or return a per-block permuter for the pipeline (streamed).
-    Returns ``(report, permuter or None, folded groups for undo_, names of the tensors reordered)``."""
+                       scores, streamed: bool, where: str,
+                       trial: Optional[Trial] = None) -> Tuple[PermuteReport, Optional[Callable], List[tuple], set]:
+    """Permute ``model`` now (in memory) or return a per-block permuter for the pipeline (streamed);
+    with a ``trial`` (calibration data), the permuter also guards each block's groups.
+    Returns ``(report, permuter or None, folded groups for undo_, names of the tensors reordered)``:
+    the list and the set stay current as the guard reverts groups."""
     rep = PermuteReport(pattern=str(spec), scores=scores if isinstance(scores, str) else type(scores).__name__)
     done: List[tuple] = []
     changed: set = set()
     count = len(batches) if batches is not None else 0
     config = getattr(model, "config", None)
+    keeps: List[dict] = []
+
+    def settle() -> None:  # after the guard reverted groups: the report's kept scores and the tensor names
+        for keep in keeps:
+            refresh_kept(keep, spec)
+        changed.clear()
+        changed.update(changed_tensors(done))
+
     if not streamed:
         start = time.perf_counter()
+        keeps.append({})
         groups = model_groups(model, config, True, rep)
         done += permute_groups_(groups, targets, spec, rep, run=lambda i: run_batch(model, batches[i], i, where),
                                 count=count, token_masks=token_masks, scores=scores, check=True, where=where,
-                                changed=changed, **_SEARCH)
+                                changed=changed, keep=keeps[0], **_SEARCH)
+        residual = next((d for d in done if d[0].kind == "residual"), None)
+        if trial is not None and residual is not None:
+            if guard_residual(trial, model, done, residual, keeps[0].get("score")) is None:
+                rep.notes.append("residual stream: kept untried (no block ran on the calibration data)")
+            settle()
         rep.seconds = time.perf_counter() - start
-        return rep, None, done, changed
+        if trial is None:
+            return rep, None, done, changed
+
+        def guard(block: nn.Module, name: str, call: Callable[[int], object], masks: Sequence) -> None:
+            t0 = time.perf_counter()
+            mine = {id(m) for m in block.modules()}
+            local = [d for d in done if d[0].kind != "residual"
+                     and all(id(mb.module) in mine for mb in d[0].members if mb.layer)]
+            if local:
+                guard_block(trial, block, call, done, local, keeps[0].get("score"))
+                settle()
+            rep.seconds += time.perf_counter() - t0
+
+        return rep, guard, done, changed
 
     rep.notes.append("residual stream: not permuted when streaming (its permutation spans every block, and only one "
                      "block is in memory at a time)")
@@ -52,8 +87,13 @@ def start_permutations(model: nn.Module, spec: NMPattern, targets, batches: Opti
         rep.skipped += skipped
         mine = {id(m) for m in block.modules()}
         local = [t for t in targets if id(t.module) in mine]
-        done.extend(permute_groups_(groups, local, spec, rep, run=call, count=count, token_masks=masks, scores=scores,
-                                    check=True, where=where, changed=changed, **_SEARCH))
+        keeps.append({})
+        new = permute_groups_(groups, local, spec, rep, run=call, count=count, token_masks=masks, scores=scores,
+                              check=True, where=where, changed=changed, keep=keeps[-1], **_SEARCH)
+        done.extend(new)
+        if trial is not None and new:
+            guard_block(trial, block, call, done, new, keeps[-1].get("score"))
+            settle()
         rep.seconds += time.perf_counter() - start
 
     return rep, permuter, done, changed

@@ -15,8 +15,12 @@ class GroupPermute:
     ``status``: ``"permuted"`` (folded in), ``"unchanged"`` (the search found nothing better than
     the current order), ``"no effect"`` (no counted layer's mask depends on this order under the
     pattern), ``"skipped"`` (not permutable, see ``reason``) or ``"unsafe"`` (folding it changed
-    the model's outputs on the check batch, so it was undone). ``kept_before`` / ``kept_after``:
-    the score the optimal masks keep in the layers it touches, along its channels.
+    the model's outputs on the check batch, so it was undone) or ``"reverted"`` (``prune_``'s guard
+    found that pruning the permuted model errs more, :mod:`nmsparse.oneshot.permute.guard`).
+    ``kept_before`` / ``kept_after``: the score the optimal masks keep in the layers it touches,
+    along its channels. ``error_plain`` / ``error_permuted`` (``prune_`` only): the pruned block's
+    (residual stream: the blocks' summed) output error on the calibration data, relative to the
+    dense output's energy, without and with the permutation.
     """
 
     name: str
@@ -30,6 +34,8 @@ class GroupPermute:
     start: str = ""
     seconds: float = 0.0
     reason: str = ""
+    error_plain: Optional[float] = None
+    error_permuted: Optional[float] = None
 
 
 @dataclass

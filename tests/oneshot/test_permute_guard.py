@@ -1,0 +1,131 @@
+"""prune_(permute=True)'s guard (nmsparse.oneshot.permute.guard): a permutation stays only where the
+pruning algorithm's trial does not err clearly more with it; reverted groups leave exactly the
+model that permute=False gives."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+import nmsparse as nms
+from nmsparse.oneshot import PruneReport
+from nmsparse.oneshot.permute import guard
+
+transformers = pytest.importorskip("transformers")
+
+
+def _llama():
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # outlier channels, as trained LLMs have: the order matters
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.Linear):
+                mod.weight.mul_(1 + 4 * torch.rand(mod.weight.shape, generator=g) ** 8)
+    return model
+
+
+def _batches():
+    g = torch.Generator().manual_seed(0)
+    return [{"input_ids": torch.randint(0, 64, (2, 12), generator=g)} for _ in range(2)]
+
+
+def _trials(monkeypatch, permuted: float, plain: float):
+    """Make every trial report ``permuted`` for the permuted order and ``plain`` for the original
+    (the guard tries the permuted order first, then the original)."""
+    state = {"block": 0, "walk": 0}
+
+    def block_error(*a, **k):
+        state["block"] += 1
+        return permuted if state["block"] % 2 else plain
+
+    def walk(*a, **k):
+        state["walk"] += 1
+        return (permuted, 1.0) if state["walk"] % 2 else (plain, 1.0)
+
+    monkeypatch.setattr(guard, "_pruned_error", block_error)
+    monkeypatch.setattr(guard, "_walk", walk)
+    return state
+
+
+def _prune(model, algorithm, permute, **kw):
+    rep = PruneReport()
+    nms.prune_(model, "2:4T", calibration=_batches(), algorithm=algorithm, permute=permute, exclude="lm_head",
+               report=rep, **kw)
+    return rep
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+@pytest.mark.parametrize("algorithm", ["wanda", "sparsegpt"])
+def test_reverted_everywhere_gives_the_permute_false_model(monkeypatch, algorithm, streamed):
+    dense = _llama()
+    plain = copy.deepcopy(dense)
+    _prune(plain, algorithm, False)
+    state = _trials(monkeypatch, permuted=2.0, plain=1.0)
+    model = copy.deepcopy(dense)
+    kw = {"_on_block": lambda *a: None} if streamed else {}
+    rep = _prune(model, algorithm, True, **kw)
+    assert state["block"] > 0 and (streamed or state["walk"] > 0)  # the guard ran
+    statuses = {g.status for g in rep.permute.groups}
+    assert "reverted" in statuses and "permuted" not in statuses
+    assert rep.permute.permuted == 0 and rep.permuted_tensors == set()
+    assert rep.permute.kept_after == pytest.approx(rep.permute.kept_before)
+    for k, v in plain.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+@pytest.mark.parametrize("algorithm", ["wanda", "sparsegpt"])
+def test_kept_everywhere_gives_the_permute_then_prune_model(monkeypatch, algorithm):
+    dense = _llama()
+    ref = copy.deepcopy(dense)
+    nms.permute_(ref, "2:4T", calibration=_batches(), scores="wanda", exclude="lm_head")
+    _prune(ref, algorithm, False)
+    _trials(monkeypatch, permuted=1.0, plain=2.0)
+    model = copy.deepcopy(dense)
+    rep = _prune(model, algorithm, True)
+    assert rep.permute.permuted > 0 and "reverted" not in {g.status for g in rep.permute.groups}
+    for k, v in ref.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+@pytest.mark.parametrize("permuted,plain,kept", [
+    (1.0, 1.0, True),                          # a tie keeps the search's order
+    (0.5, 1.0, True),                          # better
+    (1.0 + guard.MARGIN / 2, 1.0, True),       # within the margin
+    (1.0 + 2 * guard.MARGIN, 1.0, False),      # clearly worse: reverted
+    (math.inf, 1.0, False),                    # a trial whose output broke
+])
+def test_margin_rule(monkeypatch, permuted, plain, kept):
+    _trials(monkeypatch, permuted=permuted, plain=plain)
+    rep = _prune(_llama(), "wanda", True)
+    guarded = [g for g in rep.permute.groups if g.error_plain is not None]
+    assert guarded and all((g.status == "permuted") == kept for g in guarded)
+    assert all((g.status == "reverted") == (not kept) for g in guarded)
+    assert all(g.reason.startswith("kept:" if kept else "reverted:") for g in guarded)
+
+
+def test_real_trials_measure_and_restore():
+    """Unpatched: every guarded group carries both trial errors, the pruned model obeys the pattern,
+    and the dense function check still passed."""
+    model = _llama()
+    rep = _prune(model, "sparsegpt", True)
+    guarded = [g for g in rep.permute.groups if g.error_plain is not None]
+    assert guarded and rep.permute.verified is True
+    for g in guarded:
+        assert math.isfinite(g.error_plain) and math.isfinite(g.error_permuted) and g.error_plain > 0
+        assert (g.status == "reverted") == (g.error_permuted > g.error_plain * (1 + guard.MARGIN))
+    for r in rep.layers:
+        assert nms.is_valid_mask(model.get_submodule(r.module_name).weight != 0, "2:4T"), r.name
+
+
+def test_magnitude_without_calibration_is_not_guarded(monkeypatch):
+    state = _trials(monkeypatch, permuted=2.0, plain=1.0)
+    model = _llama()
+    rep = PruneReport()
+    nms.prune_(model, "2:4T", algorithm="magnitude", permute=True, exclude="lm_head", report=rep)
+    assert state == {"block": 0, "walk": 0} and rep.permute.permuted > 0
