@@ -145,7 +145,11 @@ def prune_(
         First fold channel permutations into the model (:func:`nmsparse.permute_`, its default
         search) so that the masks keep more: same dense function, reordered weights, a plain
         checkpoint. Scores: Wanda's ``|W|·‖x‖`` for ``wanda`` and ``sparsegpt``, ``|W|`` (or
-        ``scores=``) otherwise. N:M patterns only; ``report.permute`` says what moved.
+        ``scores=``) otherwise. With calibration data each permutation is then tried with the
+        algorithm itself and reverted where the pruned block (or, for the residual stream, all
+        blocks) would err more than 5 % above the original order
+        (:mod:`nmsparse.oneshot.permute.guard`). N:M patterns only; ``report.permute`` says what
+        moved and what was reverted.
 
     Returns
     -------
@@ -159,6 +163,11 @@ def prune_(
         An option outside the ranges above (checked before any work; nothing is clamped), or a
         step whose weights or bias come out NaN/Inf (or beyond the model's dtype): checked before
         they are written, naming the layer, the step and the option that drove its update.
+    ShapeError
+        No layer can take the pattern (as in :func:`nmsparse.sparsify_`); the skipped layers and
+        why are in the message. Layer eligibility is :mod:`nmsparse.nn.eligibility`'s, shared
+        with ``sparsify_``: a tied weight (an LM head tied to its embeddings) stays dense with
+        the reason, since its fit would be written into every holder.
 
     Notes
     -----

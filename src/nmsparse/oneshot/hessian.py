@@ -20,15 +20,7 @@ from torch import nn
 from ..errors import ConvertError
 from ..layout import is_hf_conv1d, matrix_layout
 
-__all__ = ["MatrixView", "InputStats", "inverse_cholesky", "view_problem", "token_mask_of", "is_hf_conv1d"]
-
-
-def view_problem(module: nn.Module) -> Optional[str]:
-    """Why ``module`` cannot be pruned as a matrix (None if it can)."""
-    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        if module.groups != 1:
-            return f"grouped convolution (groups={module.groups}); N:M groups need the dense implicit GEMM"
-    return None
+__all__ = ["MatrixView", "InputStats", "inverse_cholesky", "token_mask_of", "is_hf_conv1d"]
 
 
 def token_mask_of(batch) -> Optional[torch.Tensor]:
