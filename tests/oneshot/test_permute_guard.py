@@ -129,3 +129,26 @@ def test_magnitude_without_calibration_is_not_guarded(monkeypatch):
     rep = PruneReport()
     nms.prune_(model, "2:4T", algorithm="magnitude", permute=True, exclude="lm_head", report=rep)
     assert state == {"block": 0, "walk": 0} and rep.permute.permuted > 0
+
+
+@pytest.mark.parametrize("where", ["walk", "block"])
+def test_a_failing_trial_leaves_the_model_unchanged(monkeypatch, where):
+    """An exception in any trial (here the second, original-order one) undoes every permutation:
+    prune_ leaves the caller's model as it was."""
+    model = _llama()
+    state = copy.deepcopy(model.state_dict())
+    calls = {"n": 0}
+    real = guard._walk if where == "walk" else guard._pruned_error
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("trial failed")
+        return real(*a, **k)
+
+    monkeypatch.setattr(guard, "_walk" if where == "walk" else "_pruned_error", flaky)
+    with pytest.raises(RuntimeError, match="trial failed"):
+        _prune(model, "wanda", True)
+    assert calls["n"] == 2
+    for k, v in state.items():
+        assert torch.equal(model.state_dict()[k], v), k

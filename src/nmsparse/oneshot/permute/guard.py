@@ -77,7 +77,12 @@ def guard_block(trial: Trial, block: nn.Module, call: Callable[[int], object], d
     permuted = _pruned_error(trial, targets, call, reference)
     for g, perm, _ in reversed(local):
         fold_(g, inverse(perm), scores)
-    plain = _pruned_error(trial, targets, call, reference)
+    try:
+        plain = _pruned_error(trial, targets, call, reference)
+    except BaseException:  # leave the folds as ``done`` says, so that the caller's undo is exact
+        for g, perm, _ in local:
+            fold_(g, perm, scores)
+        raise
     keep = not permuted > plain * (1 + MARGIN)
     if keep:
         for g, perm, _ in local:
@@ -94,7 +99,11 @@ def guard_residual(trial: Trial, model: nn.Module, done: List[tuple], residual: 
     g, perm, _ = residual
     permuted = _walk(trial, model)
     fold_(g, inverse(perm), scores)
-    plain = _walk(trial, model)
+    try:
+        plain = _walk(trial, model)
+    except BaseException:  # leave the folds as ``done`` says, so that the caller's undo is exact
+        fold_(g, perm, scores)
+        raise
     if permuted is None or plain is None:
         fold_(g, perm, scores)
         return None

@@ -19,7 +19,7 @@ from torch import nn
 
 from ...pattern import NMPattern
 from ..calibration import run_batch
-from .api import changed_tensors, model_groups, permute_groups_, refresh_kept
+from .api import changed_tensors, model_groups, permute_groups_, refresh_kept, undo_
 from .groups import find_groups
 from .guard import Trial, guard_block, guard_residual
 from .report import PermuteReport
@@ -59,7 +59,12 @@ def start_permutations(model: nn.Module, spec: NMPattern, targets, batches: Opti
                                 changed=changed, keep=keeps[0], **_SEARCH)
         residual = next((d for d in done if d[0].kind == "residual"), None)
         if trial is not None and residual is not None:
-            if guard_residual(trial, model, done, residual, keeps[0].get("score")) is None:
+            try:
+                tried = guard_residual(trial, model, done, residual, keeps[0].get("score"))
+            except BaseException:  # the caller never sees ``done``: put every channel back here
+                undo_(done)
+                raise
+            if tried is None:
                 rep.notes.append("residual stream: kept untried (no block ran on the calibration data)")
             settle()
         rep.seconds = time.perf_counter() - start
