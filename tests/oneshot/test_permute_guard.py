@@ -1,6 +1,7 @@
-"""prune_(permute=True)'s guard (nmsparse.oneshot.permute.guard): a permutation stays only where the
-pruning algorithm's trial does not err clearly more with it; reverted groups leave exactly the
-model that permute=False gives."""
+"""prune_(permute=True)'s checks: the trials of nmsparse.oneshot.permute.guard (a permutation stays
+only where the pruning algorithm's trial does not err clearly more with it) and, on a language
+model, nmsparse.oneshot.permute.loss_check (both prunes compared by the calibration loss). Reverted
+groups leave exactly the model that permute=False gives."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import pytest
 import torch
 
 import nmsparse as nms
-from nmsparse.oneshot import PruneReport
+from nmsparse.oneshot import PruneReport, driver
 from nmsparse.oneshot.permute import guard
+from nmsparse.oneshot.permute.loss_check import calibration_loss
 
 transformers = pytest.importorskip("transformers")
 
@@ -35,9 +37,16 @@ def _batches():
     return [{"input_ids": torch.randint(0, 64, (2, 12), generator=g)} for _ in range(2)]
 
 
+@pytest.fixture
+def no_loss(monkeypatch):
+    """The trials' tests: a causal LM would be compared by its loss instead, so switch that off."""
+    monkeypatch.setattr(driver, "loss_applies", lambda *a: False)
+
+
 def _trials(monkeypatch, permuted: float, plain: float):
     """Make every trial report ``permuted`` for the permuted order and ``plain`` for the original
     (the guard tries the permuted order first, then the original)."""
+    monkeypatch.setattr(driver, "loss_applies", lambda *a: False)
     state = {"block": 0, "walk": 0}
 
     def block_error(*a, **k):
@@ -109,7 +118,7 @@ def test_margin_rule(monkeypatch, permuted, plain, kept):
     assert all(g.reason.startswith("kept:" if kept else "reverted:") for g in guarded)
 
 
-def test_real_trials_measure_and_restore():
+def test_real_trials_measure_and_restore(no_loss):
     """Unpatched: every guarded group carries both trial errors, the pruned model obeys the pattern,
     and the dense function check still passed."""
     model = _llama()
@@ -132,7 +141,7 @@ def test_magnitude_without_calibration_is_not_guarded(monkeypatch):
 
 
 @pytest.mark.parametrize("where", ["walk", "block"])
-def test_a_failing_trial_leaves_the_model_unchanged(monkeypatch, where):
+def test_a_failing_trial_leaves_the_model_unchanged(monkeypatch, no_loss, where):
     """An exception in any trial (here the second, original-order one) undoes every permutation:
     prune_ leaves the caller's model as it was."""
     model = _llama()
@@ -152,3 +161,92 @@ def test_a_failing_trial_leaves_the_model_unchanged(monkeypatch, where):
     assert calls["n"] == 2
     for k, v in state.items():
         assert torch.equal(model.state_dict()[k], v), k
+
+
+def _losses(monkeypatch, permuted: float, plain: float):
+    """The loss check measures the permuted prune first, then the plain one."""
+    calls = {"n": 0}
+
+    def loss(*a, **k):
+        calls["n"] += 1
+        return permuted if calls["n"] % 2 else plain
+
+    monkeypatch.setattr(driver, "calibration_loss", loss)
+    return calls
+
+
+@pytest.mark.parametrize("attach", [False, True])
+@pytest.mark.parametrize("algorithm", ["wanda", "sparsegpt"])
+def test_loss_check_plain_wins_gives_the_permute_false_model(monkeypatch, algorithm, attach):
+    dense = _llama()
+    plain = copy.deepcopy(dense)
+    _prune(plain, algorithm, False, attach_masks=attach)
+    calls = _losses(monkeypatch, permuted=2.0, plain=1.0)
+    model = copy.deepcopy(dense)
+    rep = _prune(model, algorithm, True, attach_masks=attach)
+    assert calls["n"] == 2 and (rep.permute.loss_plain, rep.permute.loss_permuted) == (1.0, 2.0)
+    assert rep.permute.permuted == 0 and "reverted" in {g.status for g in rep.permute.groups}
+    assert rep.permuted_tensors == set() and "plain kept" in rep.permute.summary()
+    assert [r.name for r in rep.layers] == [r.name for r in _rows(dense, algorithm)]
+    for k, v in plain.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+@pytest.mark.parametrize("algorithm", ["wanda", "sparsegpt"])
+def test_loss_check_permuted_wins_gives_the_permute_then_prune_model(monkeypatch, algorithm):
+    dense = _llama()
+    ref = copy.deepcopy(dense)
+    nms.permute_(ref, "2:4T", calibration=_batches(), scores="wanda", exclude="lm_head")
+    _prune(ref, algorithm, False)
+    _losses(monkeypatch, permuted=1.0, plain=2.0)
+    model = copy.deepcopy(dense)
+    rep = _prune(model, algorithm, True)
+    assert rep.permute.permuted > 0 and "permuted kept" in rep.permute.summary()
+    assert rep.permuted_tensors and "reverted" not in {g.status for g in rep.permute.groups}
+    for k, v in ref.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+def _rows(dense, algorithm):
+    return _prune(copy.deepcopy(dense), algorithm, False).layers
+
+
+def test_loss_check_real_keeps_the_lower_loss():
+    """Unpatched: the model returned is the prune whose calibration loss is the lower of the two
+    reported, and no trial ran (the loss decides on a language model)."""
+    model = _llama()
+    rep = _prune(model, "sparsegpt", True)
+    lp, lq = rep.permute.loss_plain, rep.permute.loss_permuted
+    assert lp is not None and lq is not None and math.isfinite(lp) and math.isfinite(lq)
+    assert calibration_loss(model, _batches(), "test") == pytest.approx(min(lp, lq), rel=1e-6)
+    assert all(g.error_plain is None for g in rep.permute.groups)
+    for r in rep.layers:
+        assert nms.is_valid_mask(model.get_submodule(r.module_name).weight != 0, "2:4T"), r.name
+
+
+def test_loss_check_failing_second_prune_leaves_the_model_unchanged(monkeypatch):
+    model = _llama()
+    state = copy.deepcopy(model.state_dict())
+    calls = {"n": 0}
+
+    def loss(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("loss failed")
+        return 1.0
+
+    monkeypatch.setattr(driver, "calibration_loss", loss)
+    with pytest.raises(RuntimeError, match="loss failed"):
+        _prune(model, "wanda", True)
+    for k, v in state.items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_loss_check_not_streamed_and_not_without_input_ids(monkeypatch):
+    calls = _losses(monkeypatch, permuted=2.0, plain=1.0)
+    _prune(_llama(), "wanda", True, _on_block=lambda *a: None)  # streamed: one block in memory, no second prune
+    model = _llama()
+    rep = PruneReport()
+    ids = [b["input_ids"] for b in _batches()]  # plain tensors: no labels to score with
+    nms.prune_(model, "2:4T", calibration=ids, algorithm="wanda", permute=True, exclude="lm_head", report=rep)
+    assert calls["n"] == 0 and rep.permute.loss_plain is None

@@ -32,6 +32,8 @@ from .hessian import InputStats, MatrixView
 from .lsq import lsq_refit
 from .pipeline import iterate_pipeline
 from .permute.api import undo_
+from .permute.fold import fold_
+from .permute.loss_check import calibration_loss, loss_applies
 from .permute.in_prune import Trial, start_permutations
 from .hessian import token_mask_of
 from .options import check_options, check_step_result, check_topk, parse_algorithm, parse_spec
@@ -148,8 +150,10 @@ def prune_(
         ``scores=``) otherwise. With calibration data each permutation is then tried with the
         algorithm itself and reverted where the pruned block (or, for the residual stream, all
         blocks) would err more than 5 % above the original order
-        (:mod:`nmsparse.oneshot.permute.guard`). N:M patterns only; ``report.permute`` says what
-        moved and what was reverted.
+        (:mod:`nmsparse.oneshot.permute.guard`); on a language model (in memory) the model is
+        instead pruned both ways and the prune with the lower calibration loss kept
+        (:mod:`nmsparse.oneshot.permute.loss_check`). N:M patterns only; ``report.permute`` says
+        what moved and what was reverted.
 
     Returns
     -------
@@ -226,23 +230,20 @@ def prune_(
     by_name = {t.name: t for t in targets}
     views = {t.name: MatrixView(t.module, m, tiles) for t in targets}
     originals: Dict[str, Tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
-    masks: List[Tuple[Target, torch.Tensor]] = []
-    dense = None
-    if "adaprune" in steps and sequential and adaprune_target == "model" and batches is not None:
-        dense = copy.deepcopy(model).eval()  # the targets: the dense model's activations
-    opts["dense"], opts["batches"] = dense, batches
+    want_dense = "adaprune" in steps and sequential and adaprune_target == "model" and batches is not None
+    opts["dense"], opts["batches"] = None, batches
     modes = {m: m.training for m in model.modules()}  # each module's own mode (a frozen BatchNorm stays eval)
     threads = opts["threads"] = torch.get_num_threads()  # the transposable solvers' numba start-up can change it
     model.eval()
     permuted, permuter = [], None
-    try:
-        if permute:
-            token_masks = [token_mask_of(b) for b in batches or []]
-            trial = None if batches is None else Trial(
-                targets, views, _trial_pruner(views, steps, spec, opts), batches, token_masks, blocks, where)
-            rep.permute, permuter, permuted, rep.permuted_tensors = start_permutations(
-                model, spec, targets, batches, token_masks, _permute_scores(steps, batches, scores),
-                streamed=_on_block is not None, where=where, trial=trial)
+
+    def run_pass(permuter) -> Tuple[List[Tuple[Target, torch.Tensor]], set]:
+        """Prune every target once (the pipeline feeding the statistics): ``(masks, names seen)``."""
+        opts["gen"] = torch.Generator().manual_seed(seed)
+        if want_dense:  # AdaPrune's targets: the dense model's activations, in the model's current order
+            opts["dense"] = copy.deepcopy(model).eval()
+        found: List[Tuple[Target, torch.Tensor]] = []
+        seen = set()
         with Progress(len(targets), f"{where} {rep.algorithm} {rep.pattern}", enabled=progress) as bar:
             if batches is None:
                 layer_stats = ((t.name, None) for t in targets)
@@ -251,7 +252,6 @@ def prune_(
                     model, views, batches, sequential=sequential, keep_samples="adaprune" in steps, where=where,
                     blocks=blocks, on_block=_on_block, info=rep.pipeline, device=device, permuter=permuter,
                 )
-            seen = set()
             for name, stats in layer_stats:
                 t = by_name[name]
                 seen.add(name)
@@ -260,8 +260,25 @@ def prune_(
                 row, mask = _prune_layer(t, views[name], stats, steps, spec, opts)
                 rep.layers.append(row)
                 if attach_masks:
-                    masks.append((t, mask))
+                    found.append((t, mask))
                 bar.advance()
+        opts["dense"] = None
+        return found, seen
+
+    try:
+        loss_check = False
+        if permute:
+            token_masks = [token_mask_of(b) for b in batches or []]
+            loss_check = _on_block is None and loss_applies(model, batches)
+            trial = None if batches is None or loss_check else Trial(
+                targets, views, _trial_pruner(views, steps, spec, opts), batches, token_masks, blocks, where)
+            rep.permute, permuter, permuted, rep.permuted_tensors = start_permutations(
+                model, spec, targets, batches, token_masks, _permute_scores(steps, batches, scores),
+                streamed=_on_block is not None, where=where, trial=trial)
+        masks, seen = run_pass(permuter)
+        if loss_check and permuted:
+            masks, seen = _choose_by_loss(model, rep, permuted, originals, by_name, run_pass, (masks, seen), batches,
+                                          where)
         for t in targets:
             if t.name not in seen:
                 rep.skipped.append((t.name, "not called by the model on the calibration data"))
@@ -293,6 +310,48 @@ def check_permute(permute, spec, where: str) -> None:
     if permute and not isinstance(spec, NMPattern):
         raise PatternError(f"{where}: permute=True needs an N:M pattern such as '2:4' or '2:4T', got density {spec:g} "
                            "(an unstructured mask has no groups to rearrange); drop permute=True.")
+
+
+def _choose_by_loss(model, rep: PruneReport, permuted: list, originals: dict, by_name, run_pass, first, batches,
+                    where: str):
+    """Prune ``model`` again without its permutations and keep whichever prune has the lower
+    calibration loss (:mod:`nmsparse.oneshot.permute.loss_check`). ``permuted`` and ``originals``
+    are updated in place so that the caller's undo on an error stays exact; returns the chosen
+    pass's ``(masks, seen)``."""
+    loss_perm = calibration_loss(model, batches, where)
+    if loss_perm is None:
+        rep.permute.notes.append("calibration loss: the model returned none; the permuted prune is kept unchecked")
+        return first
+    pruned = {name: _snapshot(by_name[name].module) for name in originals}
+    kept_rows, kept_pipeline, kept_originals, folded = rep.layers, rep.pipeline, dict(originals), list(permuted)
+    for name, snap in originals.items():
+        _restore(by_name[name].module, snap)
+    undo_(folded)  # dense and in its original order again
+    permuted.clear()
+    originals.clear()
+    rep.layers, rep.pipeline = [], PipelineInfo()
+    second = run_pass(None)
+    loss_plain = calibration_loss(model, batches, where)
+    rep.permute.loss_plain, rep.permute.loss_permuted = loss_plain, loss_perm
+    if loss_plain is not None and not loss_perm < loss_plain:
+        for _, _, row in folded:
+            row.status = "reverted"
+            row.reason = (f"reverted: the calibration loss of the pruned model is not lower permuted ({loss_plain:.5g} "
+                          f"-> {loss_perm:.5g})")
+            row.kept_after = row.kept_before
+        for layer in rep.permute.layers:
+            layer.kept_after = layer.kept_before
+        rep.permuted_tensors.clear()
+        return second
+    for g, perm, _ in folded:  # the permuted prune comes back: its order, then its pruned layers
+        fold_(g, perm)
+    for name, snap in pruned.items():
+        _restore(by_name[name].module, snap)
+    originals.clear()
+    originals.update(kept_originals)
+    permuted.extend(folded)
+    rep.layers, rep.pipeline = kept_rows, kept_pipeline
+    return first
 
 
 def _trial_pruner(views, steps, spec, o) -> Callable:

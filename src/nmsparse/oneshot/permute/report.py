@@ -58,6 +58,9 @@ class PermuteReport:
     ``verified``: True if the model's outputs on a check batch (the first calibration batch) were
     compared before and after and agree up to float rounding; None if there was no batch to check
     with. ``skipped``: structures left alone and why; ``notes``: what was not permuted by design.
+    ``loss_plain`` / ``loss_permuted`` (``prune_`` on a language model): the calibration loss of
+    the model pruned without and with the permutations; the lower one was kept
+    (:mod:`nmsparse.oneshot.permute.loss_check`).
     """
 
     pattern: str = ""
@@ -68,6 +71,8 @@ class PermuteReport:
     notes: List[str] = field(default_factory=list)
     verified: Optional[bool] = None
     seconds: float = 0.0
+    loss_plain: Optional[float] = None
+    loss_permuted: Optional[float] = None
 
     @property
     def kept_before(self) -> float:
@@ -90,9 +95,14 @@ class PermuteReport:
         """One line: groups permuted and the kept score before and after."""
         gain = (self.kept_after / self.kept_before - 1.0) * 100 if self.kept_before else 0.0
         check = {True: "outputs checked unchanged", False: "outputs NOT checked", None: "outputs not checked (no batch)"}
+        loss = ""
+        if self.loss_plain is not None and self.loss_permuted is not None:
+            kept = "permuted" if self.permuted else "plain"
+            loss = (f", calibration loss pruned {self.loss_plain:.5g} plain / {self.loss_permuted:.5g} permuted "
+                    f"({kept} kept)")
         return (f"permuted {self.permuted} of {len(self.groups)} channel groups for {self.pattern} ({self.scores} scores): "
-                f"kept score {self.kept_before:.6g} -> {self.kept_after:.6g} ({gain:+.2f} %), {check[self.verified]}, "
-                f"{self.seconds:.1f} s")
+                f"kept score {self.kept_before:.6g} -> {self.kept_after:.6g} ({gain:+.2f} %), {check[self.verified]}"
+                f"{loss}, {self.seconds:.1f} s")
 
     def table(self) -> str:
         """Per layer: kept score before, after, and the gain (aligned columns)."""
