@@ -29,6 +29,7 @@ from ..convert.rules import check_ragged_choice
 from .adafit import check_adaprune_options, fit_layer, stack_samples
 from .capture import dense_outputs
 from .hessian import InputStats, MatrixView
+from .layer_state import restore, snapshot
 from .lsq import lsq_refit
 from .pipeline import iterate_pipeline
 from .permute.api import undo_
@@ -256,7 +257,7 @@ def prune_(
                 t = by_name[name]
                 seen.add(name)
                 if _on_block is None:  # streamed blocks are never restored: nothing is written on an error
-                    originals[name] = _snapshot(t.module)
+                    originals[name] = snapshot(t.module)
                 row, mask = _prune_layer(t, views[name], stats, steps, spec, opts)
                 rep.layers.append(row)
                 if attach_masks:
@@ -286,7 +287,7 @@ def prune_(
             rep.batchnorm = reestimate_batchnorm(model, batches)
     except BaseException:
         for name, snap in originals.items():
-            _restore(by_name[name].module, snap)
+            restore(by_name[name].module, snap)
         if _on_block is None:
             undo_(permuted)
         raise
@@ -322,10 +323,10 @@ def _choose_by_loss(model, rep: PruneReport, permuted: list, originals: dict, by
     if loss_perm is None:
         rep.permute.notes.append("calibration loss: the model returned none; the permuted prune is kept unchecked")
         return first
-    pruned = {name: _snapshot(by_name[name].module) for name in originals}
+    pruned = {name: snapshot(by_name[name].module) for name in originals}
     kept_rows, kept_pipeline, kept_originals, folded = rep.layers, rep.pipeline, dict(originals), list(permuted)
     for name, snap in originals.items():
-        _restore(by_name[name].module, snap)
+        restore(by_name[name].module, snap)
     undo_(folded)  # dense and in its original order again
     permuted.clear()
     originals.clear()
@@ -346,7 +347,7 @@ def _choose_by_loss(model, rep: PruneReport, permuted: list, originals: dict, by
     for g, perm, _ in folded:  # the permuted prune comes back: its order, then its pruned layers
         fold_(g, perm)
     for name, snap in pruned.items():
-        _restore(by_name[name].module, snap)
+        restore(by_name[name].module, snap)
     originals.clear()
     originals.update(kept_originals)
     permuted.extend(folded)
@@ -394,20 +395,6 @@ def _check_device(device, where: str):
     if dev.type == "meta":
         raise ArgumentError(f"{where}: device 'meta' holds no values; pass a device that computes ('cuda', 'cpu').")
     return dev
-
-
-def _snapshot(module: nn.Module):
-    # On the CPU: a block pruned on a GPU (device=) must not keep every layer's dense copy there.
-    bias = getattr(module, "bias", None)
-    copy_ = lambda t: t.detach().to("cpu", copy=True)  # noqa: E731
-    return copy_(module.weight), None if bias is None else copy_(bias)
-
-
-@torch.no_grad()
-def _restore(module: nn.Module, snap) -> None:
-    module.weight.copy_(snap[0])
-    if snap[1] is not None:
-        module.bias.copy_(snap[1])
 
 
 @torch.no_grad()

@@ -37,6 +37,7 @@ from torch import nn
 from ..blocks import output_hidden
 from ..capture import iterate_runs
 from ..hessian import InputStats, MatrixView
+from ..layer_state import restore, snapshot
 from ..pipeline import iterate_pipeline
 from .fold import fold_, inverse
 
@@ -142,7 +143,7 @@ def _hidden(out) -> torch.Tensor:
 def _pruned_error(trial: Trial, targets: Sequence, call: Callable[[int], object], reference) -> float:
     """Prune ``targets`` (statistics from one pass of ``call`` over every batch), sum the squared
     output error against ``reference``, and put the weights back."""
-    snaps = [_snapshot(t.module) for t in targets]
+    snaps = [snapshot(t.module) for t in targets]
     try:
         views = {t.name: trial.views[t.name] for t in targets}
         stats = dict(iterate_runs(call, len(reference), trial.token_masks, views, sequential=False, keep_samples=False))
@@ -152,7 +153,7 @@ def _pruned_error(trial: Trial, targets: Sequence, call: Callable[[int], object]
         return sum(_sq_error(_hidden(call(i)), r) for i, r in enumerate(reference))
     finally:
         for t, snap in zip(targets, snaps):
-            _restore(t.module, snap)
+            restore(t.module, snap)
 
 
 def _walk(trial: Trial, model: nn.Module):
@@ -164,7 +165,7 @@ def _walk(trial: Trial, model: nn.Module):
 
     def start(block, name, call, masks):
         state["targets"] = [by_module[id(m)] for m in block.modules() if id(m) in by_module]
-        state["snaps"] = [_snapshot(t.module) for t in state["targets"]]
+        state["snaps"] = [snapshot(t.module) for t in state["targets"]]
         state["reference"] = [_hidden(call(i)) for i in range(len(trial.batches))]
 
     def end(block, name, call):
@@ -190,7 +191,7 @@ def _walk(trial: Trial, model: nn.Module):
 
 def _put_back(state) -> None:
     for t, snap in zip(state["targets"], state["snaps"]):
-        _restore(t.module, snap)
+        restore(t.module, snap)
     state["targets"], state["snaps"] = [], []
 
 
@@ -198,15 +199,3 @@ def _sq_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     if out.shape != ref.shape:
         return float("inf")
     return float((out.double() - ref.double()).pow(2).sum())
-
-
-def _snapshot(module: nn.Module):
-    bias = getattr(module, "bias", None)
-    return module.weight.detach().clone(), None if bias is None else bias.detach().clone()
-
-
-@torch.no_grad()
-def _restore(module: nn.Module, snap) -> None:
-    module.weight.copy_(snap[0])
-    if snap[1] is not None:
-        module.bias.copy_(snap[1])
