@@ -189,7 +189,8 @@ def test_cli_invalid_pattern_is_one_line_naming_prune(arg, tmp_path, capsys):
     save_file(Net().state_dict(), str(src))
     assert main(["prune", str(src), "-o", str(tmp_path / "o.safetensors"), "--pattern", "2:4", arg, "fc1", arg, "fc["]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"prune: {arg[2:]} pattern 'fc[' is not a valid regular expression" in err[0]
+    assert len(err) == 1 and err[0].startswith(f"nmsparse prune: error: {arg[2:]} pattern 'fc[' is not a valid regular expression")
+    assert err[0].count("prune") == 1  # the command is named once
     assert not (tmp_path / "o.safetensors").exists()
 
 
