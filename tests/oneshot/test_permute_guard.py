@@ -10,11 +10,13 @@ import math
 
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 import nmsparse as nms
 from nmsparse.oneshot import PruneReport, driver
 from nmsparse.oneshot.permute import guard
-from nmsparse.oneshot.permute.loss_check import calibration_loss
+from nmsparse.oneshot.permute.loss_check import SIGNIFICANCE, LossSample, calibration_loss, clearly_worse
 
 transformers = pytest.importorskip("transformers")
 
@@ -164,12 +166,13 @@ def test_a_failing_trial_leaves_the_model_unchanged(monkeypatch, no_loss, where)
 
 
 def _losses(monkeypatch, permuted: float, plain: float):
-    """The loss check measures the permuted prune first, then the plain one."""
+    """The loss check measures the permuted prune first, then the plain one (every sequence alike)."""
     calls = {"n": 0}
 
     def loss(*a, **k):
         calls["n"] += 1
-        return permuted if calls["n"] % 2 else plain
+        value = permuted if calls["n"] % 2 else plain
+        return LossSample(value, [value] * 4)
 
     monkeypatch.setattr(driver, "calibration_loss", loss)
     return calls
@@ -211,14 +214,15 @@ def _rows(dense, algorithm):
     return _prune(copy.deepcopy(dense), algorithm, False).layers
 
 
-def test_loss_check_real_keeps_the_lower_loss():
-    """Unpatched: the model returned is the prune whose calibration loss is the lower of the two
-    reported, and no trial ran (the loss decides on a language model)."""
+def test_loss_check_real_keeps_the_reported_prune():
+    """Unpatched: the model returned is the prune whose calibration loss the report names, and no
+    trial ran (the loss decides on a language model)."""
     model = _llama()
     rep = _prune(model, "sparsegpt", True)
     lp, lq = rep.permute.loss_plain, rep.permute.loss_permuted
     assert lp is not None and lq is not None and math.isfinite(lp) and math.isfinite(lq)
-    assert calibration_loss(model, _batches(), "test") == pytest.approx(min(lp, lq), rel=1e-6)
+    chosen = lq if rep.permute.permuted else lp
+    assert calibration_loss(model, _batches(), "test").mean == pytest.approx(chosen, rel=1e-9)
     assert all(g.error_plain is None for g in rep.permute.groups)
     for r in rep.layers:
         assert nms.is_valid_mask(model.get_submodule(r.module_name).weight != 0, "2:4T"), r.name
@@ -233,7 +237,7 @@ def test_loss_check_failing_second_prune_leaves_the_model_unchanged(monkeypatch)
         calls["n"] += 1
         if calls["n"] == 2:
             raise RuntimeError("loss failed")
-        return 1.0
+        return LossSample(1.0, [1.0])
 
     monkeypatch.setattr(driver, "calibration_loss", loss)
     with pytest.raises(RuntimeError, match="loss failed"):
@@ -250,3 +254,52 @@ def test_loss_check_not_streamed_and_not_without_input_ids(monkeypatch):
     ids = [b["input_ids"] for b in _batches()]  # plain tensors: no labels to score with
     nms.prune_(model, "2:4T", calibration=ids, algorithm="wanda", permute=True, exclude="lm_head", report=rep)
     assert calls["n"] == 0 and rep.permute.loss_plain is None
+
+
+@pytest.mark.parametrize("name,permuted,plain,worse", [
+    ("identical", [1.0, 2.0, 3.0], [1.0, 2.0, 3.0], False),
+    ("permuted lower", [0.9, 1.9, 2.9], [1.0, 2.0, 3.0], False),
+    ("noise around zero", [1.1, 1.9, 3.1, 3.95], [1.0, 2.0, 3.0, 4.0], False),
+    ("consistently higher", [1.01, 2.012, 3.009, 4.011, 5.01], [1.0, 2.0, 3.0, 4.0, 5.0], True),
+    ("higher but not significantly", [1.3, 2.0, 2.9, 4.0], [1.0, 2.0, 3.0, 4.0], False),
+    ("one sequence, higher", [1.5], [1.0], True),
+    ("one sequence, equal", [1.0], [1.0], False),
+    ("no sequence", [], [], False),
+])
+def test_clearly_worse_table(name, permuted, plain, worse):
+    assert clearly_worse(LossSample(0.0, permuted), LossSample(0.0, plain)) is worse, name
+
+
+@settings(max_examples=60)
+@given(st.lists(st.tuples(st.floats(0.5, 5.0), st.floats(-0.2, 0.3)), min_size=3, max_size=30))
+def test_clearly_worse_is_a_paired_t_statistic_over_two(pairs):
+    """Oracle: scipy's paired t-test statistic; worse exactly when it exceeds SIGNIFICANCE."""
+    scipy_stats = pytest.importorskip("scipy.stats")
+    plain = [p for p, _ in pairs]
+    permuted = [p + d for p, d in pairs]
+    diffs = [a - b for a, b in zip(permuted, plain)]
+    assume(max(diffs) - min(diffs) > 1e-6)  # a constant difference has no standard error (the table covers it)
+    t = float(scipy_stats.ttest_rel(permuted, plain).statistic)
+    assume(abs(t - SIGNIFICANCE) > 1e-6)
+    assert clearly_worse(LossSample(0.0, permuted), LossSample(0.0, plain)) is (t > SIGNIFICANCE)
+
+
+def test_calibration_loss_matches_the_models_own_loss():
+    """Oracle: Hugging Face's loss (mean over a batch's predicted tokens), token-weighted over
+    the batches; padding (attention_mask 0) left out by both."""
+    model = _llama()
+    batches = _batches()
+    batches[1]["attention_mask"] = torch.ones_like(batches[1]["input_ids"])
+    batches[1]["attention_mask"][1, 8:] = 0
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for b in batches:
+            labels = b["input_ids"].clone()
+            if "attention_mask" in b:
+                labels[b["attention_mask"] == 0] = -100
+            n = int((labels[:, 1:] != -100).sum())
+            total += float(model(**b, labels=labels).loss) * n
+            count += n
+    got = calibration_loss(model, batches, "test")
+    assert got.mean == pytest.approx(total / count, rel=1e-5)
+    assert len(got.sequences) == 4 and all(math.isfinite(v) for v in got.sequences)

@@ -34,7 +34,7 @@ from .lsq import lsq_refit
 from .pipeline import iterate_pipeline
 from .permute.api import undo_
 from .permute.fold import fold_
-from .permute.loss_check import calibration_loss, loss_applies
+from .permute.loss_check import SIGNIFICANCE, calibration_loss, clearly_worse, loss_applies
 from .permute.in_prune import Trial, start_permutations
 from .hessian import token_mask_of
 from .options import check_options, check_step_result, check_topk, parse_algorithm, parse_spec
@@ -152,8 +152,8 @@ def prune_(
         algorithm itself and reverted where the pruned block (or, for the residual stream, all
         blocks) would err more than 5 % above the original order
         (:mod:`nmsparse.oneshot.permute.guard`); on a language model (in memory) the model is
-        instead pruned both ways and the prune with the lower calibration loss kept
-        (:mod:`nmsparse.oneshot.permute.loss_check`). N:M patterns only; ``report.permute`` says
+        instead pruned both ways, and the permuted prune kept unless its calibration loss is
+        significantly higher (:mod:`nmsparse.oneshot.permute.loss_check`). N:M patterns only; ``report.permute`` says
         what moved and what was reverted.
 
     Returns
@@ -315,8 +315,9 @@ def check_permute(permute, spec, where: str) -> None:
 
 def _choose_by_loss(model, rep: PruneReport, permuted: list, originals: dict, by_name, run_pass, first, batches,
                     where: str):
-    """Prune ``model`` again without its permutations and keep whichever prune has the lower
-    calibration loss (:mod:`nmsparse.oneshot.permute.loss_check`). ``permuted`` and ``originals``
+    """Prune ``model`` again without its permutations and keep the permuted prune unless its
+    calibration loss is significantly higher (:mod:`nmsparse.oneshot.permute.loss_check`).
+    ``permuted`` and ``originals``
     are updated in place so that the caller's undo on an error stays exact; returns the chosen
     pass's ``(masks, seen)``."""
     loss_perm = calibration_loss(model, batches, where)
@@ -333,12 +334,15 @@ def _choose_by_loss(model, rep: PruneReport, permuted: list, originals: dict, by
     rep.layers, rep.pipeline = [], PipelineInfo()
     second = run_pass(None)
     loss_plain = calibration_loss(model, batches, where)
-    rep.permute.loss_plain, rep.permute.loss_permuted = loss_plain, loss_perm
-    if loss_plain is not None and not loss_perm < loss_plain:
+    rep.permute.loss_permuted = loss_perm.mean
+    rep.permute.loss_plain = None if loss_plain is None else loss_plain.mean
+    if loss_plain is not None and len(loss_plain.sequences) == len(loss_perm.sequences) \
+            and clearly_worse(loss_perm, loss_plain):
         for _, _, row in folded:
             row.status = "reverted"
-            row.reason = (f"reverted: the calibration loss of the pruned model is not lower permuted ({loss_plain:.5g} "
-                          f"-> {loss_perm:.5g})")
+            row.reason = (f"reverted: the pruned model's calibration loss is significantly higher permuted "
+                          f"({loss_plain.mean:.5g} -> {loss_perm.mean:.5g}, per sequence over "
+                          f"{SIGNIFICANCE:g} standard errors)")
             row.kept_after = row.kept_before
         for layer in rep.permute.layers:
             layer.kept_after = layer.kept_before
