@@ -90,16 +90,20 @@ def test_reverted_everywhere_gives_the_permute_false_model(monkeypatch, algorith
         assert torch.equal(model.state_dict()[k], v), k
 
 
+@pytest.mark.parametrize("check", ["trials", "loss"])
 @pytest.mark.parametrize("algorithm", ["wanda", "sparsegpt"])
-def test_kept_everywhere_gives_the_permute_then_prune_model(monkeypatch, algorithm):
+def test_kept_everywhere_gives_the_permute_then_prune_model(monkeypatch, algorithm, check):
+    """The trials (no loss check) or the loss check say the permuted prune is better: the result is
+    exactly permute_ followed by prune_(permute=False)."""
     dense = _llama()
     ref = copy.deepcopy(dense)
     nms.permute_(ref, "2:4T", calibration=_batches(), scores="wanda", exclude="lm_head")
     _prune(ref, algorithm, False)
-    _trials(monkeypatch, permuted=1.0, plain=2.0)
+    (_trials if check == "trials" else _losses)(monkeypatch, permuted=1.0, plain=2.0)
     model = copy.deepcopy(dense)
     rep = _prune(model, algorithm, True)
-    assert rep.permute.permuted > 0 and "reverted" not in {g.status for g in rep.permute.groups}
+    assert rep.permute.permuted > 0 and rep.permuted_tensors and "reverted" not in {g.status for g in rep.permute.groups}
+    assert ("permuted kept" in rep.permute.summary()) is (check == "loss")
     for k, v in ref.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k
 
@@ -192,21 +196,6 @@ def test_loss_check_plain_wins_gives_the_permute_false_model(monkeypatch, algori
     assert rep.permuted_tensors == set() and "plain kept" in rep.permute.summary()
     assert [r.name for r in rep.layers] == [r.name for r in _rows(dense, algorithm)]
     for k, v in plain.state_dict().items():
-        assert torch.equal(model.state_dict()[k], v), k
-
-
-@pytest.mark.parametrize("algorithm", ["wanda", "sparsegpt"])
-def test_loss_check_permuted_wins_gives_the_permute_then_prune_model(monkeypatch, algorithm):
-    dense = _llama()
-    ref = copy.deepcopy(dense)
-    nms.permute_(ref, "2:4T", calibration=_batches(), scores="wanda", exclude="lm_head")
-    _prune(ref, algorithm, False)
-    _losses(monkeypatch, permuted=1.0, plain=2.0)
-    model = copy.deepcopy(dense)
-    rep = _prune(model, algorithm, True)
-    assert rep.permute.permuted > 0 and "permuted kept" in rep.permute.summary()
-    assert rep.permuted_tensors and "reverted" not in {g.status for g in rep.permute.groups}
-    for k, v in ref.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k
 
 
