@@ -317,9 +317,8 @@ def _choose_by_loss(model, rep: PruneReport, permuted: list, originals: dict, by
                     where: str):
     """Prune ``model`` again without its permutations and keep the permuted prune unless its
     calibration loss is significantly higher (:mod:`nmsparse.oneshot.permute.loss_check`).
-    ``permuted`` and ``originals``
-    are updated in place so that the caller's undo on an error stays exact; returns the chosen
-    pass's ``(masks, seen)``."""
+    ``permuted`` and ``originals`` are updated in place so that the caller's undo on an error
+    stays exact; returns the chosen pass's ``(masks, seen)``."""
     loss_perm = calibration_loss(model, batches, where)
     if loss_perm is None:
         rep.permute.notes.append("calibration loss: the model returned none; the permuted prune is kept unchecked")
