@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import nmsparse as nms
 from nmsparse.oneshot import PruneReport, driver
-from nmsparse.oneshot.permute import guard
+from nmsparse.oneshot.permute import guard, loss_check
 from nmsparse.oneshot.permute.loss_check import SIGNIFICANCE, LossSample, calibration_loss, clearly_worse
 
 transformers = pytest.importorskip("transformers")
@@ -178,7 +178,7 @@ def _losses(monkeypatch, permuted: float, plain: float):
         value = permuted if calls["n"] % 2 else plain
         return LossSample(value, [value] * 4)
 
-    monkeypatch.setattr(driver, "calibration_loss", loss)
+    monkeypatch.setattr(loss_check, "calibration_loss", loss)
     return calls
 
 
@@ -228,7 +228,7 @@ def test_loss_check_failing_second_prune_leaves_the_model_unchanged(monkeypatch)
             raise RuntimeError("loss failed")
         return LossSample(1.0, [1.0])
 
-    monkeypatch.setattr(driver, "calibration_loss", loss)
+    monkeypatch.setattr(loss_check, "calibration_loss", loss)
     with pytest.raises(RuntimeError, match="loss failed"):
         _prune(model, "wanda", True)
     for k, v in state.items():

@@ -33,8 +33,7 @@ from .layer_state import restore, snapshot
 from .lsq import lsq_refit
 from .pipeline import iterate_pipeline
 from .permute.api import undo_
-from .permute.fold import fold_
-from .permute.loss_check import SIGNIFICANCE, calibration_loss, clearly_worse, loss_applies
+from .permute.loss_check import choose_by_loss, loss_applies
 from .permute.in_prune import Trial, start_permutations
 from .hessian import token_mask_of
 from .options import check_options, check_step_result, check_topk, parse_algorithm, parse_spec
@@ -278,8 +277,8 @@ def prune_(
                 streamed=_on_block is not None, where=where, trial=trial)
         masks, seen = run_pass(permuter)
         if loss_check and permuted:
-            masks, seen = _choose_by_loss(model, rep, permuted, originals, by_name, run_pass, (masks, seen), batches,
-                                          where)
+            masks, seen = choose_by_loss(model, rep, permuted, originals, by_name, run_pass, (masks, seen), batches,
+                                         where)
         for t in targets:
             if t.name not in seen:
                 rep.skipped.append((t.name, "not called by the model on the calibration data"))
@@ -311,51 +310,6 @@ def check_permute(permute, spec, where: str) -> None:
     if permute and not isinstance(spec, NMPattern):
         raise PatternError(f"{where}: permute=True needs an N:M pattern such as '2:4' or '2:4T', got density {spec:g} "
                            "(an unstructured mask has no groups to rearrange); drop permute=True.")
-
-
-def _choose_by_loss(model, rep: PruneReport, permuted: list, originals: dict, by_name, run_pass, first, batches,
-                    where: str):
-    """Prune ``model`` again without its permutations and keep the permuted prune unless its
-    calibration loss is significantly higher (:mod:`nmsparse.oneshot.permute.loss_check`).
-    ``permuted`` and ``originals`` are updated in place so that the caller's undo on an error
-    stays exact; returns the chosen pass's ``(masks, seen)``."""
-    loss_perm = calibration_loss(model, batches, where)
-    if loss_perm is None:
-        rep.permute.notes.append("calibration loss: the model returned none; the permuted prune is kept unchecked")
-        return first
-    pruned = {name: snapshot(by_name[name].module) for name in originals}
-    kept_rows, kept_pipeline, kept_originals, folded = rep.layers, rep.pipeline, dict(originals), list(permuted)
-    for name, snap in originals.items():
-        restore(by_name[name].module, snap)
-    undo_(folded)  # dense and in its original order again
-    permuted.clear()
-    originals.clear()
-    rep.layers, rep.pipeline = [], PipelineInfo()
-    second = run_pass(None)
-    loss_plain = calibration_loss(model, batches, where)
-    rep.permute.loss_permuted = loss_perm.mean
-    rep.permute.loss_plain = None if loss_plain is None else loss_plain.mean
-    if loss_plain is not None and len(loss_plain.sequences) == len(loss_perm.sequences) \
-            and clearly_worse(loss_perm, loss_plain):
-        for _, _, row in folded:
-            row.status = "reverted"
-            row.reason = (f"reverted: the pruned model's calibration loss is significantly higher permuted "
-                          f"({loss_plain.mean:.5g} -> {loss_perm.mean:.5g}, per sequence over "
-                          f"{SIGNIFICANCE:g} standard errors)")
-            row.kept_after = row.kept_before
-        for layer in rep.permute.layers:
-            layer.kept_after = layer.kept_before
-        rep.permuted_tensors.clear()
-        return second
-    for g, perm, _ in folded:  # the permuted prune comes back: its order, then its pruned layers
-        fold_(g, perm)
-    for name, snap in pruned.items():
-        restore(by_name[name].module, snap)
-    originals.clear()
-    originals.update(kept_originals)
-    permuted.extend(folded)
-    rep.layers, rep.pipeline = kept_rows, kept_pipeline
-    return first
 
 
 def _trial_pruner(views, steps, spec, o) -> Callable:

@@ -25,15 +25,19 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..calibration import run_batch
+from ..layer_state import restore, snapshot
+from ..report import PipelineInfo
+from .api import undo_
+from .fold import fold_
 
-__all__ = ["loss_applies", "calibration_loss", "clearly_worse", "LossSample", "SIGNIFICANCE"]
+__all__ = ["loss_applies", "calibration_loss", "clearly_worse", "choose_by_loss", "LossSample", "SIGNIFICANCE"]
 
 SIGNIFICANCE = 2.0  # standard errors of the paired per-sequence loss differences
 
@@ -102,3 +106,50 @@ def clearly_worse(permuted: LossSample, plain: LossSample) -> bool:
         return mean > 0
     se = float(d.std(unbiased=True)) / math.sqrt(d.numel())
     return mean > SIGNIFICANCE * se
+
+
+def choose_by_loss(model: nn.Module, rep, permuted: list, originals: dict, by_name, run_pass: Callable, first,
+                   batches: Sequence, where: str):
+    """For :func:`nmsparse.prune_`, after its permuted pass: prune ``model`` again without its
+    permutations (``run_pass(None)``) and keep the permuted prune unless its calibration loss is
+    significantly higher. ``rep`` is the PruneReport; ``originals`` the dense copies of the pruned
+    layers (by name, ``by_name`` their targets).
+    ``permuted`` and ``originals`` are updated in place so that the caller's undo on an error
+    stays exact; returns the chosen pass's ``(masks, seen)``."""
+    loss_perm = calibration_loss(model, batches, where)
+    if loss_perm is None:
+        rep.permute.notes.append("calibration loss: the model returned none; the permuted prune is kept unchecked")
+        return first
+    pruned = {name: snapshot(by_name[name].module) for name in originals}
+    kept_rows, kept_pipeline, kept_originals, folded = rep.layers, rep.pipeline, dict(originals), list(permuted)
+    for name, snap in originals.items():
+        restore(by_name[name].module, snap)
+    undo_(folded)  # dense and in its original order again
+    permuted.clear()
+    originals.clear()
+    rep.layers, rep.pipeline = [], PipelineInfo()
+    second = run_pass(None)
+    loss_plain = calibration_loss(model, batches, where)
+    rep.permute.loss_permuted = loss_perm.mean
+    rep.permute.loss_plain = None if loss_plain is None else loss_plain.mean
+    if loss_plain is not None and len(loss_plain.sequences) == len(loss_perm.sequences) \
+            and clearly_worse(loss_perm, loss_plain):
+        for _, _, row in folded:
+            row.status = "reverted"
+            row.reason = (f"reverted: the pruned model's calibration loss is significantly higher permuted "
+                          f"({loss_plain.mean:.5g} -> {loss_perm.mean:.5g}, per sequence over "
+                          f"{SIGNIFICANCE:g} standard errors)")
+            row.kept_after = row.kept_before
+        for layer in rep.permute.layers:
+            layer.kept_after = layer.kept_before
+        rep.permuted_tensors.clear()
+        return second
+    for g, perm, _ in folded:  # the permuted prune comes back: its order, then its pruned layers
+        fold_(g, perm)
+    for name, snap in pruned.items():
+        restore(by_name[name].module, snap)
+    originals.clear()
+    originals.update(kept_originals)
+    permuted.extend(folded)
+    rep.layers, rep.pipeline = kept_rows, kept_pipeline
+    return first
