@@ -64,6 +64,14 @@ def _trials(monkeypatch, permuted: float, plain: float):
     return state
 
 
+def _assert_same(model, state: dict) -> None:
+    """Every tensor of ``model`` equals ``state``'s, bit for bit (and no key is missing)."""
+    got = model.state_dict()
+    assert set(got) == set(state)
+    for k, v in state.items():
+        assert torch.equal(got[k], v), k
+
+
 def _prune(model, algorithm, permute, **kw):
     rep = PruneReport()
     nms.prune_(model, "2:4T", calibration=_batches(), algorithm=algorithm, permute=permute, exclude="lm_head",
@@ -86,8 +94,7 @@ def test_reverted_everywhere_gives_the_permute_false_model(monkeypatch, algorith
     assert "reverted" in statuses and "permuted" not in statuses
     assert rep.permute.permuted == 0 and rep.permuted_tensors == set()
     assert rep.permute.kept_after == pytest.approx(rep.permute.kept_before)
-    for k, v in plain.state_dict().items():
-        assert torch.equal(model.state_dict()[k], v), k
+    _assert_same(model, plain.state_dict())
 
 
 @pytest.mark.parametrize("check", ["trials", "loss"])
@@ -104,8 +111,7 @@ def test_kept_everywhere_gives_the_permute_then_prune_model(monkeypatch, algorit
     rep = _prune(model, algorithm, True)
     assert rep.permute.permuted > 0 and rep.permuted_tensors and "reverted" not in {g.status for g in rep.permute.groups}
     assert ("permuted kept" in rep.permute.summary()) is (check == "loss")
-    for k, v in ref.state_dict().items():
-        assert torch.equal(model.state_dict()[k], v), k
+    _assert_same(model, ref.state_dict())
 
 
 @pytest.mark.parametrize("permuted,plain,kept", [
@@ -165,8 +171,7 @@ def test_a_failing_trial_leaves_the_model_unchanged(monkeypatch, no_loss, where)
     with pytest.raises(RuntimeError, match="trial failed"):
         _prune(model, "wanda", True)
     assert calls["n"] == 2
-    for k, v in state.items():
-        assert torch.equal(model.state_dict()[k], v), k
+    _assert_same(model, state)
 
 
 def _losses(monkeypatch, permuted: float, plain: float):
@@ -195,8 +200,7 @@ def test_loss_check_plain_wins_gives_the_permute_false_model(monkeypatch, algori
     assert rep.permute.permuted == 0 and "reverted" in {g.status for g in rep.permute.groups}
     assert rep.permuted_tensors == set() and "plain kept" in rep.permute.summary()
     assert [r.name for r in rep.layers] == [r.name for r in _rows(dense, algorithm)]
-    for k, v in plain.state_dict().items():
-        assert torch.equal(model.state_dict()[k], v), k
+    _assert_same(model, plain.state_dict())
 
 
 def _rows(dense, algorithm):
@@ -231,8 +235,7 @@ def test_loss_check_failing_second_prune_leaves_the_model_unchanged(monkeypatch)
     monkeypatch.setattr(loss_check, "calibration_loss", loss)
     with pytest.raises(RuntimeError, match="loss failed"):
         _prune(model, "wanda", True)
-    for k, v in state.items():
-        assert torch.equal(model.state_dict()[k], v), k
+    _assert_same(model, state)
 
 
 def test_loss_check_not_streamed_and_not_without_input_ids(monkeypatch):
