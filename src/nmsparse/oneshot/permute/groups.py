@@ -22,16 +22,17 @@ Groups found (each only where the structure is recognised; :func:`find_groups`):
 * **Chains in ``nn.Sequential``**: a Linear/Conv whose outputs reach the next Linear/Conv only
   through channel-wise modules (activations, dropout, BatchNorm, pooling, 1-D LayerNorm).
 
-* **The residual stream of a transformer** (:func:`find_residual`): one permutation shared by the
-  embedding tables' columns, every norm of the stream's width, the columns of every layer that
-  reads the stream (q, k, v, gate/up or fc1 in every block, the LM head) and the rows of every
-  layer that writes it (o, down or fc2). Norms normalise over all channels and scale each one, so
-  they commute with any reordering.
+* **The residual stream of a transformer** (:func:`find_residual`, in :mod:`.residual`): one
+  permutation shared by the embeddings, every norm on the stream, the layers reading it and the
+  layers writing it, in all blocks; refused where the model returns the stream itself.
 
 Not permuted, with the reason in the report: layers with a parametrization or tied weights
 (unless every holder is in the group, as a tied LM head and its embeddings), grouped
-convolutions, groups whose channel count or offset is not a multiple of m (ragged groups), and a
-residual stream next to a parameter of its width that none of the rules explains.
+convolutions, groups whose channel count or offset is not a multiple of m (ragged groups), an
+attention module holding a parameter its rules do not explain (a norm of v: v/o and q/k are left
+alone), query/key channels under q/k norms, MLP hidden channels with a parameter of their width
+between the layers, and fused projections in layouts not modelled (only GPT-2's q | k | v
+``c_attn`` is).
 """
 
 from __future__ import annotations
@@ -43,10 +44,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ...layout import is_hf_conv1d
+from .interior import attention_interior, mlp_extra
 
 __all__ = ["Member", "Group", "find_groups", "find_residual", "RESIDUAL_NOTE"]
 
-RESIDUAL_NOTE = "residual stream: not permuted (residual=False)"
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CHANNELWISE = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU,
@@ -56,6 +57,9 @@ _POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, 
           nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
           nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+# Attention classes whose fused c_attn is q | k | v side by side. Others with the same names lay it
+# out differently (GPTBigCode interleaves k and v per head; its multi-query form has one kv head).
+_QKV_SPLIT = ("GPT2Attention", "DecisionTransformerGPT2Attention", "ImageGPTAttention")
 _ROPE_KEYS = ("rope_theta", "rope_scaling", "rope_parameters", "rotary_dim", "rotary_pct", "rotary_emb_base",
               "partial_rotary_factor", "rotary_emb_fraction")
 
@@ -187,7 +191,7 @@ def _child(mod, path: str):
     return mod
 
 
-def _mlp_group(kind: str, name: str, names, writers: Sequence[nn.Module], reader: nn.Module):
+def _mlp_group(kind: str, name: str, names, writers: Sequence[nn.Module], reader: nn.Module, holder: nn.Module):
     """One hidden-channel group: ``writers`` produce the channels, ``reader`` consumes them."""
     mods = list(writers) + [reader]
     for mod in mods:
@@ -199,6 +203,11 @@ def _mlp_group(kind: str, name: str, names, writers: Sequence[nn.Module], reader
     if any(_dims(w)[2] != width for w in writers) or _dims(reader)[3] != width:
         yield (name, f"{kind}: not permuted: the writers' outputs and the reader's inputs differ in size")
         return
+    extra = mlp_extra(holder, writers, reader, width)
+    if extra is not None:
+        yield (name, f"{kind}: not permuted: {extra} has the hidden width {width} and is not a writer or the reader "
+                     "(a norm or scale of the hidden channels would have to move with them)")
+        return
     members = [mb for w in writers for mb in _writes(w, names[id(w)], 0)] + _reads(reader, names[id(reader)], 0)
     yield Group(name, kind, width, members)
 
@@ -207,7 +216,7 @@ def _mlp(mod, name, names, config):
     io = _mlp_io(mod)
     if io is not None:
         writers, (reader,) = io
-        yield from _mlp_group("mlp (gated)" if len(writers) == 2 else "mlp", name, names, writers, reader)
+        yield from _mlp_group("mlp (gated)" if len(writers) == 2 else "mlp", name, names, writers, reader, mod)
 
 
 # --- attention ------------------------------------------------------------------------------------
@@ -230,12 +239,20 @@ def _attention(mod, name, names, config):
     group_size = heads // kv_heads
     embed = heads * head_dim
     q_off, k_off, v_off = (0, embed, embed + kv_heads * head_dim) if fused else (0, 0, 0)
+    qk_norms, extras = attention_interior(mod, (q, k, v, o))
+    if extras:
+        yield (name, f"attention: not permuted: {extras[0]} is a parameter between the projections that no rule "
+                     "explains (a norm of v or of o's input would have to move with the channels)")
+        return
     for h in range(kv_heads):
         members = [mb for mb in _writes(v, names[id(v)], v_off + h * head_dim)]
         for j in range(group_size):
             members += _reads(o, names[id(o)], (h * group_size + j) * head_dim)
         yield Group(f"{name}[kv head {h}]", "attention v/o", head_dim, members)
     position = _position_encoding(mod, config)
+    if position is None and qk_norms:
+        position = (f"{qk_norms[0]} normalises the query/key channels (its weight is shared by the heads or spans "
+                    "them all, so a per-head reordering does not commute with it)")
     if position is not None:
         yield (name, f"attention q/k: not permuted: {position}")
         return
@@ -249,12 +266,14 @@ def _attention(mod, name, names, config):
 def _attention_parts(mod):
     """``(q, k, v, o, fused)`` of an attention module, or None."""
     for qn, kn, vn, on in (("q_proj", "k_proj", "v_proj", "o_proj"), ("q_proj", "k_proj", "v_proj", "out_proj"),
-                           ("q", "k", "v", "out"), ("q", "k", "v", "o"), ("self.query", "self.key", "self.value", "output.dense")):
+                           ("q", "k", "v", "out"), ("q", "k", "v", "o"), ("self.query", "self.key", "self.value", "output.dense"),
+                           ("q_lin", "k_lin", "v_lin", "out_lin"),  # DistilBERT
+                           ("q_proj", "k_proj", "v_proj", "dense")):  # Phi
         parts = [_child(mod, p) for p in (qn, kn, vn, on)]
         if all(p is not None for p in parts):
             return (*parts, False)
     c_attn, c_proj = _child(mod, "c_attn"), _child(mod, "c_proj")
-    if c_attn is not None and c_proj is not None and _child(mod, "q_attn") is None and hasattr(mod, "split_size"):
+    if c_attn is not None and c_proj is not None and _child(mod, "q_attn") is None and type(mod).__name__ in _QKV_SPLIT:
         return c_attn, c_attn, c_attn, c_proj, True  # GPT-2: one fused q|k|v projection
     return None
 
@@ -362,78 +381,6 @@ def _norm_size(mod) -> Optional[int]:
     return mod.num_features
 
 
-# --- the residual stream ---------------------------------------------------------------------------
-
-
-def find_residual(model: nn.Module, config=None) -> Tuple[Optional[Group], Optional[str]]:
-    """The residual stream of a transformer as one group, or ``(None, why not)``.
-
-    Members: the columns of every layer that reads the stream (q, k, v; gate/up or fc1; an LM head
-    or pooler), the rows and biases of every layer that writes it (o; down or fc2), the embedding
-    tables' columns and every norm's weight and bias of the stream's width. A norm normalises over
-    all channels (order-free) and scales each one; adds and embedding look-ups are channel-wise.
-    A parameter of the stream's width that none of these explains makes the group unsafe."""
-    names = {id(mod): n for n, mod in model.named_modules()}
-    readers: List[nn.Module] = []
-    writers: List[nn.Module] = []
-    attention = False
-    for mod in model.modules():
-        parts = _attention_parts(mod)
-        if parts is not None:
-            attention = True
-            _add(readers, parts[:3])
-            _add(writers, parts[3:4])
-            continue
-        io = _mlp_io(mod)
-        if io is not None:
-            _add(readers, io[0])
-            _add(writers, io[1])
-    if not attention:
-        return None, None  # not a transformer: there is no residual stream to speak of
-    for mod in readers + writers:
-        why = _problem(mod, names.get(id(mod), "?"))
-        if why is not None:
-            return None, f"residual stream: not permuted: {why}"
-    widths = {_dims(r)[3] for r in readers} | {_dims(w)[2] for w in writers}
-    if len(widths) != 1:
-        return None, f"residual stream: not permuted: its readers and writers disagree on its width ({sorted(widths)})"
-    width = widths.pop()
-    members: List[Member] = []
-    known = {id(m) for m in readers + writers}
-    for mod in model.modules():
-        name = names[id(mod)]
-        if id(mod) in known:
-            continue
-        if isinstance(mod, nn.Embedding) and mod.embedding_dim == width:
-            members.append(Member(name, mod, "weight", 1, 0, "param"))
-            known.add(id(mod))
-        elif "norm" in type(mod).__name__.lower() and getattr(mod, "weight", None) is not None \
-                and tuple(mod.weight.shape) == (width,):
-            members += [Member(name, mod, t, 0, 0, "param") for t in ("weight", "bias") if getattr(mod, t, None) is not None]
-            known.add(id(mod))
-        elif _linear_like(mod) and getattr(mod, "weight", None) is not None and _dims(mod)[3] == width:
-            readers.append(mod)  # an LM head, a pooler, a classifier
-            known.add(id(mod))
-    for mod in model.modules():
-        if id(mod) in known:
-            continue
-        for t_name, t in mod._parameters.items():
-            if t is not None and width in tuple(t.shape):
-                return None, (f"residual stream: not permuted: {names[id(mod)]}.{t_name} has the stream's width "
-                              f"{width} and is not a recognised reader, writer, norm or embedding")
-    for r in readers:
-        members += _reads(r, names[id(r)], 0)
-    for w in writers:
-        members += _writes(w, names[id(w)], 0)
-    return Group("residual stream", "residual", width, members), None
-
-
-def _add(into: List[nn.Module], mods) -> None:
-    for m in mods:
-        if all(m is not x for x in into):
-            into.append(m)
-
-
 def _mlp_io(mod) -> Optional[Tuple[List[nn.Module], List[nn.Module]]]:
     """``(layers writing the hidden channels, [the layer reading them])`` of an MLP module, or None:
     the first read the residual stream, the last writes it."""
@@ -441,7 +388,8 @@ def _mlp_io(mod) -> Optional[Tuple[List[nn.Module], List[nn.Module]]]:
         g, u, d = (_child(mod, p) for p in (gate, up, down))
         if g is not None and u is not None and d is not None:
             return [g, u], [d]
-    for first, second in (("fc1", "fc2"), ("c_fc", "c_proj"), ("dense_h_to_4h", "dense_4h_to_h"), ("wi", "wo")):
+    for first, second in (("fc1", "fc2"), ("c_fc", "c_proj"), ("dense_h_to_4h", "dense_4h_to_h"), ("wi", "wo"),
+                          ("lin1", "lin2")):
         a, b = _child(mod, first), _child(mod, second)
         if a is not None and b is not None and _child(mod, "wi_0") is None:
             return [a], [b]
@@ -450,3 +398,5 @@ def _mlp_io(mod) -> Optional[Tuple[List[nn.Module], List[nn.Module]]]:
         return [a], [b]
     return None
 
+
+from .residual import RESIDUAL_NOTE, find_residual  # noqa: E402  (it builds on the finders above)
