@@ -17,7 +17,8 @@ Models, trained here on offline data and cached under ``--cache``:
   validation split;
 * ``charlm``: the claims report's byte-level LM (``CharTransformer``: 2 blocks, d 96, MLP 384, 4
   heads, learned positions, so q/k channels are permuted too), trained 1000 steps, perplexity on every
-  window of the validation split;
+  window of the validation split; not a Hugging Face model, so ``permute=True`` is given its
+  next-byte loss (``permute_loss=``) to judge the two prunes by;
 * ``cnn``: the digits CNN with BatchNorm (``small_cnn(16)``).
 
 Run: ``python benchmarks/bench_permute.py`` (about 25 minutes on 2 cores with the models cached;
@@ -86,9 +87,17 @@ def charlm_world(args):
     windows = corpus.train[starts[:, None] + torch.arange(64)].long()
     calib = [windows[i:i + 32] for i in range(0, 256, 32)]
     return dict(model=model, calib=calib, quality=lambda m: math.exp(evaluate_lm(m, corpus.valid, max_windows=10 ** 6)), metric="val ppl",
-                lower_better=True, exclude="head", scores="wanda", train_s=train_s,
+                lower_better=True, exclude="head", scores="wanda", train_s=train_s, permute_loss=next_byte_loss,
                 label="the claims LM (CharTransformer: 2 blocks, d 96, MLP 384, 4 heads, learned positions), 1000 steps; "
                       "256 x 64 calibration bytes")
+
+
+def next_byte_loss(model, batch):
+    """Per-window next-byte cross-entropy: the claims LM is not a Hugging Face model, so
+    ``prune_(permute=True)`` is given its loss to compare the two prunes by."""
+    logits = model(batch[:, :-1])
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
+    return nll.mean(dim=1)
 
 
 def cnn_world(args):
@@ -121,8 +130,10 @@ def run_model(name, world, patterns, records):
             for permute in (False, True):
                 m = copy.deepcopy(world["model"])
                 t0 = time.perf_counter()
-                nms.prune_(m, pattern, calibration=world["calib"] if algorithm != "magnitude" else None,
-                           algorithm=algorithm, exclude=world["exclude"], permute=permute)
+                calibrated = algorithm != "magnitude"
+                nms.prune_(m, pattern, calibration=world["calib"] if calibrated else None,
+                           algorithm=algorithm, exclude=world["exclude"], permute=permute,
+                           permute_loss=world.get("permute_loss") if permute and calibrated else None)
                 key = "perm" if permute else "plain"
                 row[key], row[f"s_{key}"] = world["quality"](m), time.perf_counter() - t0
             gap_plain, gap_perm = row["plain"] - dense_q, row["perm"] - dense_q

@@ -185,10 +185,59 @@ def test_parametrized_layers_are_skipped_with_the_reason():
     assert not rep.groups and any("parametrization" in why for _, why in rep.skipped)
 
 
-def test_no_calibration_means_no_check():
-    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+class _WantsMore(nn.Module):
+    """Looks like a Hugging Face LM fed token ids, but its forward needs another argument."""
+
+    main_input_name = "input_ids"
+
+    def __init__(self):
+        super().__init__()
+        self.config = transformers.PretrainedConfig(vocab_size=64)
+        self.embed = nn.Embedding(64, 16)
+        self.mlp = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16))
+
+    def forward(self, input_ids, scale):
+        return self.mlp(self.embed(input_ids)) * scale
+
+
+@pytest.mark.parametrize("name,build,verified,note", [
+    ("Sequential from a Linear", lambda: nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)), True,
+     "random probe of 8 x 16 inputs"),
+    ("HF causal LM", lambda: _llama().eval(), True, "random probe of 2 x 16 token ids"),
+    ("HF encoder", lambda: _bert().eval(), True, "random probe of 2 x 16 token ids"),
+    ("Sequential from a conv", lambda: nn.Sequential(nn.Conv2d(4, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3)), None, None),
+    ("probe rejected", _WantsMore, None, "rejected a random probe input (TypeError"),
+])
+def test_without_calibration_a_probe_checks_the_outputs(name, build, verified, note):
+    model = build()
     rep = nms.permute_(model, "2:4", iterations=2)
-    assert rep.verified is None and "not checked" in rep.summary()
+    assert rep.verified is verified, name
+    assert ("checked unchanged" if verified else "not checked") in rep.summary()
+    assert (note is None and not rep.notes) or any(note in n for n in rep.notes), rep.notes
+
+
+def test_the_probe_finds_an_unsafe_group_without_calibration():
+    torch.manual_seed(0)
+    model = _trained_like(nn.Sequential(nn.Linear(16, 16), _Mixer(), nn.ReLU(), nn.Linear(16, 8))).eval()
+    x = torch.randn(32, 16)
+    ref = model(x)
+    rep = nms.permute_(model, "2:4", iterations=4)
+    mixer = [g for g in rep.groups if g.name == "1"]
+    assert mixer and mixer[0].status == "unsafe" and rep.verified is True
+    assert torch.allclose(model(x), ref, atol=1e-6)
+
+
+def test_prune_without_calibration_is_checked_on_a_probe():
+    model = _trained_like(_llama()).eval()
+    x = _tokens(5)
+    ref = copy.deepcopy(model)
+    nms.permute_(ref, "2:4", check=False)
+    rep = PruneReport()
+    nms.prune_(model, "2:4", algorithm="magnitude", permute=True, report=rep)
+    assert rep.permute.verified is True and rep.permute.permuted > 0
+    assert any("random probe" in n for n in rep.permute.notes)
+    nms.prune_(ref, "2:4", algorithm="magnitude")
+    assert torch.equal(model(**x).logits, ref(**x).logits)
 
 
 def test_prune_with_permute_keeps_more_and_obeys_the_pattern():

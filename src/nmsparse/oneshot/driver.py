@@ -74,6 +74,7 @@ def prune_(
     blocks=None,
     device=None,
     permute: bool = False,
+    permute_loss=None,
     where: str = "prune_",
     _on_block=None,
 ) -> nn.Module:
@@ -154,6 +155,11 @@ def prune_(
         instead pruned both ways, and the permuted prune kept unless its calibration loss is
         significantly higher (:mod:`nmsparse.oneshot.permute.loss_check`). N:M patterns only; ``report.permute`` says
         what moved and what was reverted.
+    permute_loss : callable, optional
+        With ``permute=True`` and calibration data, in memory: ``permute_loss(model, batch)`` returns
+        the model's loss on one batch (a scalar, or a 1-D tensor of per-sample losses), and the
+        model is pruned both ways and judged by it as a language model is by its next-token loss
+        (instead of the block trials). For any model that is not a Hugging Face language model.
 
     Returns
     -------
@@ -201,7 +207,7 @@ def prune_(
     check_options(damp, blocksize, sequential, where)
     device = _check_device(device, where)
     check_adaprune_options(iterations, lr, batch_size, where, seed)
-    check_permute(permute, spec, where)
+    check_permute(permute, spec, where, permute_loss)
     calibrated = steps != ["magnitude"]
     if scores is not None and steps[0] not in ("magnitude", "adaprune"):
         raise ConvertError(
@@ -216,6 +222,8 @@ def prune_(
             f"{where}: algorithm {algorithm!r} needs calibration data; pass calibration= an iterable of batches "
             "([x, ...]: tensors, tuples or dicts of model inputs), or use algorithm='magnitude'."
         )
+    if permute_loss is not None and batches is None:
+        raise ArgumentError(f"{where}: permute_loss= compares two prunes on the calibration data; pass calibration=.")
     targets, skipped = select_targets(model, spec, include, exclude, ragged, where, allow_meta=_on_block is not None)
     rep = report if report is not None else PruneReport()
     rep.pattern = str(spec) if isinstance(spec, NMPattern) else f"{spec:g}"
@@ -269,7 +277,7 @@ def prune_(
         loss_check = False
         if permute:
             token_masks = [token_mask_of(b) for b in batches or []]
-            loss_check = _on_block is None and loss_applies(model, batches)
+            loss_check = _on_block is None and loss_applies(model, batches, permute_loss)
             trial = None if batches is None or loss_check else Trial(
                 targets, views, _trial_pruner(views, steps, spec, opts), batches, token_masks, blocks, where)
             rep.permute, permuter, permuted, rep.permuted_tensors = start_permutations(
@@ -278,7 +286,7 @@ def prune_(
         masks, seen = run_pass(permuter)
         if loss_check and permuted:
             masks, seen = choose_by_loss(model, rep, permuted, originals, by_name, run_pass, (masks, seen), batches,
-                                         where)
+                                         where, permute_loss)
         for t in targets:
             if t.name not in seen:
                 rep.skipped.append((t.name, "not called by the model on the calibration data"))
@@ -304,9 +312,14 @@ def prune_(
     return model
 
 
-def check_permute(permute, spec, where: str) -> None:
+def check_permute(permute, spec, where: str, loss=None) -> None:
     if not isinstance(permute, bool):
         raise ArgumentError(f"{where}: permute must be True or False, got {permute!r}.")
+    if loss is not None and not callable(loss):
+        raise ArgumentError(f"{where}: permute_loss must be a callable loss(model, batch) -> tensor, got "
+                            f"{type(loss).__name__}.")
+    if loss is not None and not permute:
+        raise ArgumentError(f"{where}: permute_loss= judges the channel permutations; it needs permute=True.")
     if permute and not isinstance(spec, NMPattern):
         raise PatternError(f"{where}: permute=True needs an N:M pattern such as '2:4' or '2:4T', got density {spec:g} "
                            "(an unstructured mask has no groups to rearrange); drop permute=True.")

@@ -17,7 +17,7 @@ from ..._progress import Progress
 from ...errors import ArgumentError, ConvertError, PatternError, ScoreError
 from ...masks import solve_mask
 from ...pattern import NMPattern, PatternLike
-from ..calibration import as_batches, run_batch
+from ..calibration import as_batches, call_model, run_batch
 from ..hessian import MatrixView, select_tokens, token_mask_of
 from ..select import select_targets
 from .fold import fold_, inverse
@@ -90,7 +90,10 @@ def permute_(
         Seeds the bin pairings of the swap rounds.
     check : bool
         Compare the model's outputs on the first calibration batch before and after; a group
-        whose folding moves them is undone and reported ``"unsafe"``.
+        whose folding moves them is undone and reported ``"unsafe"``. Without calibration data
+        the check runs on a deterministic random probe where the model's input is known (a
+        Hugging Face model fed token ids, an ``nn.Sequential`` starting with a Linear; see
+        :func:`probe_batches`); otherwise ``rep.verified`` is None.
     residual : bool
         Also permute a transformer's residual stream: one permutation shared by the embeddings,
         every norm of the stream's width, the columns of every layer reading the stream and the
@@ -138,9 +141,11 @@ def permute_(
     groups = model_groups(model, getattr(model, "config", None), residual, rep)
     modes = {mod: mod.training for mod in model.modules()}
     model.eval()
-    count = len(batches) if batches is not None else 0
     try:
         with torch.no_grad():
+            if batches is None and check and groups:
+                batches = probe_batches(model, rep)  # no data: still check the function on a probe input
+            count = len(batches) if batches is not None else 0
             permute_groups_(
                 groups, targets, spec, rep, run=lambda i: run_batch(model, batches[i], i, where), count=count,
                 token_masks=[token_mask_of(b) for b in batches or []], scores=scores, check=check,
@@ -166,6 +171,52 @@ def model_groups(model: nn.Module, config, residual: bool, rep: PermuteReport) -
     if why is not None:
         rep.skipped.append(("residual stream", why))
     return ([stream] if stream is not None else []) + list(groups)
+
+
+def probe_batches(model: nn.Module, rep: PermuteReport) -> Optional[list]:
+    """A check input for a model given no calibration data, or None (then nothing is checked).
+
+    Folding is exact by construction, but the structure is recognised by names and shapes; a
+    model that breaks a rule the search relies on must not go unnoticed. Where the input is known
+    from the model itself — a Hugging Face model fed token ids (``main_input_name``, the config's
+    ``vocab_size``), or an ``nn.Sequential`` starting with a Linear — a deterministic random probe
+    checks the outputs as a calibration batch would. A probe the model rejects is reported, and
+    the outputs are then not checked."""
+    probe = _probe_of(model)
+    if probe is None:
+        return None
+    try:
+        with torch.no_grad():
+            call_model(model, probe[0])
+    except Exception as err:  # the probe is our guess at the model's input; the model may want more
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        rep.notes.append(f"outputs not checked: the model rejected a random probe input ({type(err).__name__}: "
+                         f"{first[:160]}); pass calibration= to check them")
+        return None
+    rep.notes.append(f"outputs checked on {probe[1]} (no calibration data)")
+    return [probe[0]]
+
+
+def _probe_of(model: nn.Module) -> Optional[tuple]:
+    param = next((p for p in model.parameters() if p.device.type != "meta"), None)
+    if param is None:
+        return None
+    gen = torch.Generator().manual_seed(0)
+    config = getattr(model, "config", None)
+    vocab = getattr(config, "vocab_size", None)
+    if getattr(model, "main_input_name", None) == "input_ids" and isinstance(vocab, int) and vocab > 0:
+        limits = [getattr(config, k, None) for k in ("max_position_embeddings", "n_positions", "max_seq_len")]
+        length = min([16] + [v for v in limits if isinstance(v, int) and v > 0])
+        ids = torch.randint(0, vocab, (2, length), generator=gen).to(param.device)
+        batch = {"input_ids": ids}
+        if getattr(config, "is_encoder_decoder", False):
+            batch["decoder_input_ids"] = ids
+        return batch, f"a random probe of 2 x {length} token ids"
+    first = next(iter(model.children()), None) if isinstance(model, nn.Sequential) else None
+    if isinstance(first, nn.Linear) and first.weight.device.type != "meta":
+        x = torch.randn(8, first.in_features, generator=gen, dtype=torch.float64).to(first.weight)
+        return x, f"a random probe of 8 x {first.in_features} inputs"
+    return None
 
 
 def permute_groups_(groups: Sequence[Group], targets, spec: NMPattern, rep: PermuteReport, *, run: Callable[[int], object],

@@ -19,7 +19,7 @@ from torch import nn
 
 from ...pattern import NMPattern
 from ..calibration import run_batch
-from .api import changed_tensors, model_groups, permute_groups_, refresh_kept, undo_
+from .api import changed_tensors, model_groups, permute_groups_, probe_batches, refresh_kept, undo_
 from .groups import find_groups
 from .guard import Trial, guard_block, guard_residual
 from .report import PermuteReport
@@ -54,9 +54,10 @@ def start_permutations(model: nn.Module, spec: NMPattern, targets, batches: Opti
         start = time.perf_counter()
         keeps.append({})
         groups = model_groups(model, config, True, rep)
-        done += permute_groups_(groups, targets, spec, rep, run=lambda i: run_batch(model, batches[i], i, where),
-                                count=count, token_masks=token_masks, scores=scores, check=True, where=where,
-                                changed=changed, keep=keeps[0], **_SEARCH)
+        checks = batches if batches is not None or not groups else probe_batches(model, rep)
+        done += permute_groups_(groups, targets, spec, rep, run=lambda i: run_batch(model, checks[i], i, where),
+                                count=len(checks) if checks is not None else 0, token_masks=token_masks,
+                                scores=scores, check=True, where=where, changed=changed, keep=keeps[0], **_SEARCH)
         residual = next((d for d in done if d[0].kind == "residual"), None)
         if trial is not None and residual is not None:
             try:

@@ -31,13 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...errors import ConvertError, NMSparseError, clip_text
 from ..calibration import run_batch
 from ..layer_state import restore, snapshot
 from ..report import PipelineInfo
 from .api import undo_
 from .fold import fold_
 
-__all__ = ["loss_applies", "calibration_loss", "clearly_worse", "choose_by_loss", "LossSample", "SIGNIFICANCE"]
+__all__ = ["loss_applies", "calibration_loss", "user_loss", "clearly_worse", "choose_by_loss", "LossSample", "SIGNIFICANCE"]
 
 SIGNIFICANCE = 2.0  # standard errors of the paired per-sequence loss differences
 
@@ -51,8 +52,14 @@ class LossSample:
     sequences: List[float]
 
 
-def loss_applies(model: nn.Module, batches: Optional[Sequence]) -> bool:
-    """True for a Hugging Face model that generates, with dict batches holding ``input_ids``."""
+LossFn = Callable[[nn.Module, object], torch.Tensor]
+
+
+def loss_applies(model: nn.Module, batches: Optional[Sequence], loss: Optional[LossFn] = None) -> bool:
+    """True with calibration data and a user's ``loss``, or for a Hugging Face model that
+    generates, with dict batches holding ``input_ids``."""
+    if loss is not None:
+        return bool(batches)
     can = getattr(model, "can_generate", None)
     try:
         generates = bool(callable(can) and can())
@@ -63,21 +70,30 @@ def loss_applies(model: nn.Module, batches: Optional[Sequence]) -> bool:
 
 
 @torch.no_grad()
-def calibration_loss(model: nn.Module, batches: Sequence, where: str) -> Optional[LossSample]:
+def calibration_loss(model: nn.Module, batches: Sequence, where: str, loss: Optional[LossFn] = None) -> Optional[LossSample]:
     """The next-token loss on ``batches`` (``labels`` = ``input_ids``, padding as -100), from the
-    model's logits; None if the model returns no logits of the labels' shape."""
+    model's logits; None if the model returns no logits of the labels' shape. With ``loss``, the
+    user's ``loss(model, batch)`` instead (:func:`user_loss`)."""
+    if loss is not None:
+        return user_loss(model, batches, loss, where)
     seq2seq = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
     total, count, sequences = 0.0, 0, []
     for i, batch in enumerate(batches):
-        labels = batch["input_ids"].clone()
-        mask = batch.get("attention_mask")
+        decoded = batch.get("decoder_input_ids") if seq2seq else None
+        if isinstance(decoded, torch.Tensor):
+            # The batch says what the decoder reads: score its next-token predictions, as a causal LM's.
+            labels, mask, call, shift = decoded.clone(), batch.get("decoder_attention_mask"), dict(batch), True
+        else:
+            # A causal LM reads input_ids; an encoder-decoder given labels = input_ids decodes them (shifted).
+            labels, mask = batch["input_ids"].clone(), batch.get("attention_mask")
+            call, shift = {**batch, "labels": labels}, not seq2seq
         if isinstance(mask, torch.Tensor) and mask.shape == labels.shape:
             labels[mask == 0] = -100
-        out = run_batch(model, {**batch, "labels": labels}, i, where)
+        out = run_batch(model, call, i, where)
         logits = out.get("logits") if isinstance(out, Mapping) else getattr(out, "logits", None)
         if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or tuple(logits.shape[:2]) != tuple(labels.shape):
             return None
-        if not seq2seq:  # a causal LM predicts token t + 1 from the tokens up to t
+        if shift:  # token t + 1 predicted from the tokens up to t
             logits, labels = logits[:, :-1], labels[:, 1:]
         for row in range(labels.shape[0]):  # one row's log-softmax at a time
             keep = labels[row] != -100
@@ -92,6 +108,32 @@ def calibration_loss(model: nn.Module, batches: Sequence, where: str) -> Optiona
             count += n
             sequences.append(value / n)
     return LossSample(total / count, sequences) if count else None
+
+
+def user_loss(model: nn.Module, batches: Sequence, loss: LossFn, where: str) -> LossSample:
+    """``loss(model, batch)`` on every batch: a 1-D tensor of per-sample losses (each sample one
+    pair in :func:`clearly_worse`) or a scalar (the batch is one sample). Exceptions from ``loss``
+    become a :class:`ConvertError` naming the batch; the values must be finite."""
+    samples: List[float] = []
+    for i, batch in enumerate(batches):
+        try:
+            value = loss(model, batch)
+        except NMSparseError:
+            raise
+        except Exception as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise ConvertError(f"{where}: permute_loss failed on calibration batch {i} ({type(err).__name__}: "
+                               f"{clip_text(first, 200)}); it is called as permute_loss(model, batch).") from err
+        if not isinstance(value, torch.Tensor) or value.dim() > 1 or value.numel() == 0:
+            got = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ConvertError(f"{where}: permute_loss must return a scalar tensor or a 1-D tensor of per-sample "
+                               f"losses, got {got} on calibration batch {i}.")
+        value = value.detach().double().reshape(-1).cpu()
+        if not bool(torch.isfinite(value).all()):
+            raise ConvertError(f"{where}: permute_loss returned NaN or Inf on calibration batch {i}; the two prunes "
+                               "cannot be compared.")
+        samples += value.tolist()
+    return LossSample(sum(samples) / len(samples), samples)
 
 
 def clearly_worse(permuted: LossSample, plain: LossSample) -> bool:
@@ -109,14 +151,14 @@ def clearly_worse(permuted: LossSample, plain: LossSample) -> bool:
 
 
 def choose_by_loss(model: nn.Module, rep, permuted: list, originals: dict, by_name, run_pass: Callable, first,
-                   batches: Sequence, where: str):
+                   batches: Sequence, where: str, loss: Optional[LossFn] = None):
     """For :func:`nmsparse.prune_`, after its permuted pass: prune ``model`` again without its
     permutations (``run_pass(None)``) and keep the permuted prune unless its calibration loss is
     significantly higher. ``rep`` is the PruneReport; ``originals`` the dense copies of the pruned
     layers (by name, ``by_name`` their targets).
     ``permuted`` and ``originals`` are updated in place so that the caller's undo on an error
     stays exact; returns the chosen pass's ``(masks, seen)``."""
-    loss_perm = calibration_loss(model, batches, where)
+    loss_perm = calibration_loss(model, batches, where, loss)
     if loss_perm is None:
         rep.permute.notes.append("calibration loss: the model returned none; the permuted prune is kept unchecked")
         return first
@@ -129,7 +171,7 @@ def choose_by_loss(model: nn.Module, rep, permuted: list, originals: dict, by_na
     originals.clear()
     rep.layers, rep.pipeline = [], PipelineInfo()
     second = run_pass(None)
-    loss_plain = calibration_loss(model, batches, where)
+    loss_plain = calibration_loss(model, batches, where, loss)
     rep.permute.loss_permuted = loss_perm.mean
     rep.permute.loss_plain = None if loss_plain is None else loss_plain.mean
     if loss_plain is not None and len(loss_plain.sequences) == len(loss_perm.sequences) \
@@ -137,7 +179,7 @@ def choose_by_loss(model: nn.Module, rep, permuted: list, originals: dict, by_na
         for _, _, row in folded:
             row.status = "reverted"
             row.reason = (f"reverted: the pruned model's calibration loss is significantly higher permuted "
-                          f"({loss_plain.mean:.5g} -> {loss_perm.mean:.5g}, per sequence over "
+                          f"({loss_plain.mean:.5g} -> {loss_perm.mean:.5g}, paired per sample, over "
                           f"{SIGNIFICANCE:g} standard errors)")
             row.kept_after = row.kept_before
         for layer in rep.permute.layers:
