@@ -17,11 +17,14 @@ from ..._progress import Progress
 from ...errors import ArgumentError, ConvertError, PatternError, ScoreError
 from ...masks import solve_mask
 from ...pattern import NMPattern, PatternLike
-from ..calibration import as_batches, call_model, run_batch
+from ..calibration import as_batches, run_batch
 from ..hessian import MatrixView, select_tokens, token_mask_of
 from ..select import select_targets
+from .check import float_outputs, probe_batches, verify_
 from .fold import fold_, inverse
-from .groups import RESIDUAL_NOTE, Group, find_groups, find_residual
+from .groups import find_groups
+from .residual import RESIDUAL_NOTE, find_residual
+from .structure import Group
 from .report import GroupPermute, LayerPermute, PermuteReport
 from .search import group_matrix, search_permutation
 
@@ -173,52 +176,6 @@ def model_groups(model: nn.Module, config, residual: bool, rep: PermuteReport) -
     return ([stream] if stream is not None else []) + list(groups)
 
 
-def probe_batches(model: nn.Module, rep: PermuteReport) -> Optional[list]:
-    """A check input for a model given no calibration data, or None (then nothing is checked).
-
-    Folding is exact by construction, but the structure is recognised by names and shapes; a
-    model that breaks a rule the search relies on must not go unnoticed. Where the input is known
-    from the model itself — a Hugging Face model fed token ids (``main_input_name``, the config's
-    ``vocab_size``), or an ``nn.Sequential`` starting with a Linear — a deterministic random probe
-    checks the outputs as a calibration batch would. A probe the model rejects is reported, and
-    the outputs are then not checked."""
-    probe = _probe_of(model)
-    if probe is None:
-        return None
-    try:
-        with torch.no_grad():
-            call_model(model, probe[0])
-    except Exception as err:  # the probe is our guess at the model's input; the model may want more
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        rep.notes.append(f"outputs not checked: the model rejected a random probe input ({type(err).__name__}: "
-                         f"{first[:160]}); pass calibration= to check them")
-        return None
-    rep.notes.append(f"outputs checked on {probe[1]} (no calibration data)")
-    return [probe[0]]
-
-
-def _probe_of(model: nn.Module) -> Optional[tuple]:
-    param = next((p for p in model.parameters() if p.device.type != "meta"), None)
-    if param is None:
-        return None
-    gen = torch.Generator().manual_seed(0)
-    config = getattr(model, "config", None)
-    vocab = getattr(config, "vocab_size", None)
-    if getattr(model, "main_input_name", None) == "input_ids" and isinstance(vocab, int) and vocab > 0:
-        limits = [getattr(config, k, None) for k in ("max_position_embeddings", "n_positions", "max_seq_len")]
-        length = min([16] + [v for v in limits if isinstance(v, int) and v > 0])
-        ids = torch.randint(0, vocab, (2, length), generator=gen).to(param.device)
-        batch = {"input_ids": ids}
-        if getattr(config, "is_encoder_decoder", False):
-            batch["decoder_input_ids"] = ids
-        return batch, f"a random probe of 2 x {length} token ids"
-    first = next(iter(model.children()), None) if isinstance(model, nn.Sequential) else None
-    if isinstance(first, nn.Linear) and first.weight.device.type != "meta":
-        x = torch.randn(8, first.in_features, generator=gen, dtype=torch.float64).to(first.weight)
-        return x, f"a random probe of 8 x {first.in_features} inputs"
-    return None
-
-
 def permute_groups_(groups: Sequence[Group], targets, spec: NMPattern, rep: PermuteReport, *, run: Callable[[int], object],
                     count: int, token_masks: Sequence, scores, check: bool, iterations: int, patience: int,
                     time_budget: Optional[float], seed: int, progress: bool, where: str,
@@ -239,7 +196,7 @@ def permute_groups_(groups: Sequence[Group], targets, spec: NMPattern, rep: Perm
     try:
         _search_all(groups, score, spec, set(score), rep, done, iterations, patience, time_budget, seed, progress, where)
         if reference is not None:
-            _verify(run, reference, done, score)
+            verify_(run, reference, done, score)
     except BaseException:  # an interrupted search or a failing forward: put every channel back
         undo_([d for d in done if d[2].status == "permuted"])
         raise
@@ -320,7 +277,7 @@ def _calibration_pass(run, count: int, token_masks, counted, want_norms: bool, c
             state["mask"] = token_masks[i] if i < len(token_masks) else None
             out = run(i)
             if i == 0 and check:
-                reference = _float_outputs(out)
+                reference = float_outputs(out)
     finally:
         for h in handles:
             h.remove()
@@ -414,58 +371,3 @@ def _ragged(g: Group, spec: NMPattern) -> Optional[str]:
     if any(mb.start % m for mb in g.members if mb.layer):
         return f"its channels start at an offset that is not a multiple of m = {m} in a layer"
     return None
-
-
-def _verify(run, reference, done, score) -> None:
-    """Compare the outputs on batch 0 with the reference; undo the groups whose folding moved them."""
-    if not done or _close(_float_outputs(run(0)), reference):
-        return
-    for g, perm, _ in reversed(done):  # undo everything, then fold the groups back one by one
-        fold_(g, inverse(perm), score)
-    for g, perm, row in done:
-        fold_(g, perm, score)
-        if not _close(_float_outputs(run(0)), reference):
-            fold_(g, inverse(perm), score)
-            row.status = "unsafe"
-            row.reason = "folding it changed the outputs on the first calibration batch; undone"
-            if g.kind == "residual":
-                row.reason += " (a model that returns the stream itself, such as a base encoder without a head, cannot reorder it)"
-            row.kept_after = row.kept_before
-
-
-def _float_outputs(out) -> List[torch.Tensor]:
-    found: List[torch.Tensor] = []
-
-    def walk(o):
-        if isinstance(o, torch.Tensor):
-            if o.is_floating_point():
-                found.append(o.detach().clone())
-        elif isinstance(o, dict):
-            for v in o.values():
-                walk(v)
-        elif isinstance(o, (tuple, list)):
-            for v in o:
-                walk(v)
-        elif hasattr(o, "to_tuple"):
-            walk(o.to_tuple())
-
-    walk(out)
-    return found
-
-
-_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 5e-2, torch.bfloat16: 5e-2}
-
-
-def _close(a: List[torch.Tensor], b: List[torch.Tensor]) -> bool:
-    """Equal up to float rounding (a permutation reorders sums): the largest difference, relative to
-    the largest reference value, within the dtype's tolerance."""
-    if len(a) != len(b):
-        return False
-    for x, y in zip(a, b):
-        if x.shape != y.shape:
-            return False
-        ref = float(y.double().abs().max()) if y.numel() else 0.0
-        err = float((x.double() - y.double()).abs().max()) if y.numel() else 0.0
-        if not math.isfinite(err) or err > _TOLERANCE.get(y.dtype, 1e-4) * max(ref, 1e-12):
-            return False
-    return True

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from .groups import Group, Member
+from .structure import Group, Member
 
 __all__ = ["fold_", "inverse", "member_tensor", "oriented_dim"]
 

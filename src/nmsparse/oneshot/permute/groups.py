@@ -37,19 +37,27 @@ between the layers, and fused projections in layouts not modelled (only GPT-2's 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from torch import nn
-from torch.nn.utils import parametrize
 
-from ...layout import is_hf_conv1d
 from .interior import attention_interior, mlp_extra
+from .residual import RESIDUAL_NOTE, find_residual  # noqa: F401  (re-exported: the residual stream's group)
+from .structure import CONVS as _CONVS
+from .structure import Group, Member
+from .structure import attention_parts as _attention_parts
+from .structure import child as _child
+from .structure import dims as _dims
+from .structure import linear_like as _linear_like
+from .structure import mlp_io as _mlp_io
+from .structure import norm_size as _norm_size
+from .structure import problem as _problem
+from .structure import reads as _reads
+from .structure import writes as _writes
 
 __all__ = ["Member", "Group", "find_groups", "find_residual", "RESIDUAL_NOTE"]
 
 
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CHANNELWISE = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU,
                 nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Mish, nn.Softplus, nn.Identity, nn.Dropout, nn.Dropout1d,
                 nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
@@ -57,46 +65,8 @@ _POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, 
           nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
           nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-# Attention classes whose fused c_attn is q | k | v side by side. Others with the same names lay it
-# out differently (GPTBigCode interleaves k and v per head; its multi-query form has one kv head).
-_QKV_SPLIT = ("GPT2Attention", "DecisionTransformerGPT2Attention", "ImageGPTAttention")
 _ROPE_KEYS = ("rope_theta", "rope_scaling", "rope_parameters", "rotary_dim", "rotary_pct", "rotary_emb_base",
               "partial_rotary_factor", "rotary_emb_fraction")
-
-
-@dataclass(frozen=True)
-class Member:
-    """One tensor axis a group reorders: channels ``start .. start+C-1`` along ``dim`` of
-    ``module.<tensor>``. ``role``: ``"in"`` (a layer's input columns), ``"out"`` (its output rows)
-    or ``"param"`` (a bias, norm or running statistic)."""
-
-    module_name: str
-    module: nn.Module
-    tensor: str
-    dim: int
-    start: int
-    role: str
-
-    @property
-    def layer(self) -> bool:
-        return self.tensor == "weight" and self.role in ("in", "out")
-
-
-@dataclass
-class Group:
-    """C channels and every member that indexes them; ``name`` is the module that holds them."""
-
-    name: str
-    kind: str
-    channels: int
-    members: List[Member] = field(default_factory=list)
-
-    def layers(self) -> List[str]:
-        seen: List[str] = []
-        for mb in self.members:
-            if mb.layer and mb.module_name not in seen:
-                seen.append(mb.module_name)
-        return seen
 
 
 def find_groups(model: nn.Module, config=None, prefix: str = "") -> Tuple[List[Group], List[Tuple[str, str]]]:
@@ -145,50 +115,6 @@ def _tied_member(group: Group, owners: Dict[int, set], names) -> Optional[str]:
 
 
 # --- members --------------------------------------------------------------------------------------
-
-
-def _linear_like(mod) -> bool:
-    return isinstance(mod, nn.Linear) or is_hf_conv1d(mod) or isinstance(mod, _CONVS)
-
-
-def _dims(mod) -> Tuple[int, int, int, int]:
-    """``(out_dim, in_dim, out_features, in_features)`` of a layer's stored weight."""
-    w = mod.weight
-    if is_hf_conv1d(mod):
-        return 1, 0, w.shape[1], w.shape[0]
-    return 0, 1, w.shape[0], w.shape[1]
-
-
-def _writes(mod, name: str, start: int) -> List[Member]:
-    out_dim = _dims(mod)[0]
-    members = [Member(name, mod, "weight", out_dim, start, "out")]
-    if getattr(mod, "bias", None) is not None:
-        members.append(Member(name, mod, "bias", 0, start, "param"))
-    return members
-
-
-def _reads(mod, name: str, start: int) -> List[Member]:
-    return [Member(name, mod, "weight", _dims(mod)[1], start, "in")]
-
-
-def _problem(mod, name: str) -> Optional[str]:
-    if not _linear_like(mod):
-        return f"{name} is a {type(mod).__name__}, not a Linear/Conv layer"
-    if getattr(mod, "weight", None) is None or mod.weight.is_meta:
-        return f"{name} has no weight values (meta device or missing)"
-    if parametrize.is_parametrized(mod):
-        return f"{name} has a parametrization (a mask from sparsify_? squash_ it first)"
-    if isinstance(mod, _CONVS) and mod.groups != 1:
-        return f"{name} is a grouped convolution"
-    return None
-
-
-def _child(mod, path: str):
-    for part in path.split("."):
-        mod = getattr(mod, part, None)
-        if mod is None or not isinstance(mod, nn.Module):
-            return None
-    return mod
 
 
 def _mlp_group(kind: str, name: str, names, writers: Sequence[nn.Module], reader: nn.Module, holder: nn.Module):
@@ -261,21 +187,6 @@ def _attention(mod, name, names, config):
         for j in range(group_size):
             members += _writes(q, names[id(q)], q_off + (h * group_size + j) * head_dim)
         yield Group(f"{name}[kv head {h}]", "attention q/k", head_dim, members)
-
-
-def _attention_parts(mod):
-    """``(q, k, v, o, fused)`` of an attention module, or None."""
-    for qn, kn, vn, on in (("q_proj", "k_proj", "v_proj", "o_proj"), ("q_proj", "k_proj", "v_proj", "out_proj"),
-                           ("q", "k", "v", "out"), ("q", "k", "v", "o"), ("self.query", "self.key", "self.value", "output.dense"),
-                           ("q_lin", "k_lin", "v_lin", "out_lin"),  # DistilBERT
-                           ("q_proj", "k_proj", "v_proj", "dense")):  # Phi
-        parts = [_child(mod, p) for p in (qn, kn, vn, on)]
-        if all(p is not None for p in parts):
-            return (*parts, False)
-    c_attn, c_proj = _child(mod, "c_attn"), _child(mod, "c_proj")
-    if c_attn is not None and c_proj is not None and _child(mod, "q_attn") is None and type(mod).__name__ in _QKV_SPLIT:
-        return c_attn, c_attn, c_attn, c_proj, True  # GPT-2: one fused q|k|v projection
-    return None
 
 
 def _head_shape(mod, config, q, v, o, fused) -> Tuple[Optional[int], Optional[int], Optional[int]]:
@@ -375,28 +286,3 @@ def _passes_channels(mod, first) -> bool:
     return False
 
 
-def _norm_size(mod) -> Optional[int]:
-    if isinstance(mod, nn.LayerNorm):
-        return mod.normalized_shape[0] if len(mod.normalized_shape) == 1 else None
-    return mod.num_features
-
-
-def _mlp_io(mod) -> Optional[Tuple[List[nn.Module], List[nn.Module]]]:
-    """``(layers writing the hidden channels, [the layer reading them])`` of an MLP module, or None:
-    the first read the residual stream, the last writes it."""
-    for gate, up, down in (("gate_proj", "up_proj", "down_proj"), ("w1", "w3", "w2"), ("wi_0", "wi_1", "wo")):
-        g, u, d = (_child(mod, p) for p in (gate, up, down))
-        if g is not None and u is not None and d is not None:
-            return [g, u], [d]
-    for first, second in (("fc1", "fc2"), ("c_fc", "c_proj"), ("dense_h_to_4h", "dense_4h_to_h"), ("wi", "wo"),
-                          ("lin1", "lin2")):
-        a, b = _child(mod, first), _child(mod, second)
-        if a is not None and b is not None and _child(mod, "wi_0") is None:
-            return [a], [b]
-    a, b = _child(mod, "intermediate.dense"), _child(mod, "output.dense")
-    if a is not None and b is not None and _child(mod, "attention") is not None:
-        return [a], [b]
-    return None
-
-
-from .residual import RESIDUAL_NOTE, find_residual  # noqa: E402  (it builds on the finders above)

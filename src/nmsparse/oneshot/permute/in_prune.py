@@ -19,7 +19,8 @@ from torch import nn
 
 from ...pattern import NMPattern
 from ..calibration import run_batch
-from .api import changed_tensors, model_groups, permute_groups_, probe_batches, refresh_kept, undo_
+from .api import changed_tensors, model_groups, permute_groups_, refresh_kept, undo_
+from .check import probe_batches
 from .groups import find_groups
 from .guard import Trial, guard_block, guard_residual
 from .report import PermuteReport

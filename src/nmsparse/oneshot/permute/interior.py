@@ -9,6 +9,8 @@ from typing import List, Optional, Tuple
 
 from torch import nn
 
+from .structure import attention_parts as _attention_parts
+
 __all__ = ["attention_interior", "mlp_extra", "QK_NORM", "norm_like"]
 
 QK_NORM = re.compile(r"(q|k|query|key)_?(norm|layernorm|layer_norm|ln)", re.IGNORECASE)
@@ -49,8 +51,6 @@ def mlp_extra(mod: nn.Module, writers, reader, width: int) -> Optional[str]:
     """A parameter of the hidden width inside an MLP module other than its writers' and reader's,
     or None. Attention sub-modules (a whole layer holding fc1/fc2) are not looked into; a norm in the
     reader's own sub-module (BERT's ``output.LayerNorm``, after the reader) is on the stream."""
-    from .groups import _attention_parts  # groups imports this module first
-
     skip = {id(m) for m in list(writers) + [reader]}
     for n, t in mod._parameters.items():
         if t is not None and width in tuple(t.shape):

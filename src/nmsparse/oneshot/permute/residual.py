@@ -23,7 +23,7 @@ from typing import List, Optional, Tuple
 
 from torch import nn
 
-from .groups import Group, Member, _attention_parts, _dims, _linear_like, _mlp_io, _problem, _reads, _writes
+from .structure import Group, Member, attention_parts as _attention_parts, dims as _dims, linear_like as _linear_like, mlp_io as _mlp_io, problem as _problem, reads as _reads, writes as _writes
 from .interior import QK_NORM, norm_like
 
 __all__ = ["find_residual", "RESIDUAL_NOTE"]

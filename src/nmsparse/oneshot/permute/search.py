@@ -44,7 +44,7 @@ import torch
 from ...masks._exact_kernels import solve_tiles_exact
 from ...pattern import NMPattern
 from ..hessian import MatrixView
-from .groups import Group
+from .structure import Group
 from .swaps import column_tops, rowwise_gains, tile_proxy_gains
 
 __all__ = ["SearchResult", "group_matrix", "search_permutation", "bin_values"]
