@@ -136,7 +136,7 @@ def prune_(
     report : PruneReport, optional
         Filled in place with one :class:`LayerPrune` per pruned weight and the skipped layers.
     progress : bool
-        A progress bar on stderr.
+        A progress bar on stderr (and one for the permutation search with ``permute=True``).
     blocks : str, list of str or (), optional
         The stacks of repeated blocks for the block-wise pipeline (``"model.layers"``); default:
         detected (:mod:`nmsparse.oneshot.blocks`); ``()``: truncated passes from the model's input only.
@@ -282,7 +282,7 @@ def prune_(
                 targets, views, _trial_pruner(views, steps, spec, opts), batches, token_masks, blocks, where)
             rep.permute, permuter, permuted, rep.permuted_tensors = start_permutations(
                 model, spec, targets, batches, token_masks, _permute_scores(steps, batches, scores),
-                streamed=_on_block is not None, where=where, trial=trial)
+                streamed=_on_block is not None, where=where, trial=trial, progress=progress)
         masks, seen = run_pass(permuter)
         if loss_check and permuted:
             masks, seen = choose_by_loss(model, rep, permuted, originals, by_name, run_pass, (masks, seen), batches,

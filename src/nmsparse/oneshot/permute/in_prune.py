@@ -19,7 +19,7 @@ from torch import nn
 
 from ...pattern import NMPattern
 from ..calibration import run_batch
-from .api import changed_tensors, model_groups, permute_groups_, refresh_kept, undo_
+from .api import ITERATIONS, PATIENCE, changed_tensors, model_groups, permute_groups_, refresh_kept, undo_
 from .check import probe_batches
 from .groups import find_groups
 from .guard import Trial, guard_block, guard_residual
@@ -28,16 +28,18 @@ from .report import PermuteReport
 __all__ = ["start_permutations", "Trial"]
 
 # The defaults of permute_; prune_(permute=True) takes no search options (call permute_ for those).
-_SEARCH = dict(iterations=50, patience=8, time_budget=None, seed=0, progress=False)
+_SEARCH = dict(iterations=ITERATIONS, patience=PATIENCE, time_budget=None, seed=0)
 
 
 def start_permutations(model: nn.Module, spec: NMPattern, targets, batches: Optional[Sequence], token_masks: Sequence,
                        scores, streamed: bool, where: str,
-                       trial: Optional[Trial] = None) -> Tuple[PermuteReport, Optional[Callable], List[tuple], set]:
+                       trial: Optional[Trial] = None,
+                       progress: bool = False) -> Tuple[PermuteReport, Optional[Callable], List[tuple], set]:
     """Permute ``model`` now (in memory) or return a per-block permuter for the pipeline (streamed);
     with a ``trial`` (calibration data), the permuter also guards each block's groups.
     Returns ``(report, permuter or None, folded groups for undo_, names of the tensors reordered)``:
-    the list and the set stay current as the guard reverts groups."""
+    the list and the set stay current as the guard reverts groups. ``progress``: the search's bar
+    (one step per group; in memory only: streamed, the pipeline's bar counts the blocks)."""
     rep = PermuteReport(pattern=str(spec), scores=scores if isinstance(scores, str) else type(scores).__name__)
     done: List[tuple] = []
     changed: set = set()
@@ -58,7 +60,8 @@ def start_permutations(model: nn.Module, spec: NMPattern, targets, batches: Opti
         checks = batches if batches is not None or not groups else probe_batches(model, rep)
         done += permute_groups_(groups, targets, spec, rep, run=lambda i: run_batch(model, checks[i], i, where),
                                 count=len(checks) if checks is not None else 0, token_masks=token_masks,
-                                scores=scores, check=True, where=where, changed=changed, keep=keeps[0], **_SEARCH)
+                                scores=scores, check=True, where=where, changed=changed, keep=keeps[0],
+                                progress=progress, **_SEARCH)
         residual = next((d for d in done if d[0].kind == "residual"), None)
         if trial is not None and residual is not None:
             try:
@@ -96,7 +99,7 @@ def start_permutations(model: nn.Module, spec: NMPattern, targets, batches: Opti
         local = [t for t in targets if id(t.module) in mine]
         keeps.append({})
         new = permute_groups_(groups, local, spec, rep, run=call, count=count, token_masks=masks, scores=scores,
-                              check=True, where=where, changed=changed, keep=keeps[-1], **_SEARCH)
+                              check=True, where=where, changed=changed, keep=keeps[-1], progress=False, **_SEARCH)
         done.extend(new)
         if trial is not None and new:
             guard_block(trial, block, call, done, new, keeps[-1].get("score"))

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from ...masks._exact_kernels import solve_tiles_exact
+from ...masks._threads import kernel_threads
 from ...pattern import NMPattern
 from ..hessian import MatrixView
 from .structure import Group
@@ -107,7 +108,8 @@ def bin_values(x: torch.Tensor, bins: torch.Tensor, n: int) -> torch.Tensor:
         else:
             # The tile of bin b, slice q is g[b, :, q, :] transposed; a tile's optimum is its transpose's.
             tiles = g.transpose(1, 2).contiguous().numpy().reshape(-1, m, h)
-            keep = solve_tiles_exact(tiles, n)
+            with kernel_threads(tiles.size):  # small batches serial; the caller's thread counts kept
+                keep = solve_tiles_exact(tiles, n)
             kept = (tiles * keep).reshape(idx.shape[0], -1).sum(axis=1, dtype=np.float64)
             out.append(torch.from_numpy(kept))
     return torch.cat(out).reshape(shape) if out else torch.zeros(shape, dtype=torch.float64)
