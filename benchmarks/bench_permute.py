@@ -21,7 +21,7 @@ Models, trained here on offline data and cached under ``--cache``:
   next-byte loss (``permute_loss=``) to judge the two prunes by;
 * ``cnn``: the digits CNN with BatchNorm (``small_cnn(16)``).
 
-Run: ``python benchmarks/bench_permute.py`` (about 25 minutes on 2 cores with the models cached;
+Run: ``python benchmarks/bench_permute.py`` (about 30 minutes on 2 cores with the models cached;
 ``--quick``: 2:4 and 2:4T only; ``--models llama``). Prints Markdown tables and appends JSON lines
 to ``bench-results/permute.jsonl``.
 """
