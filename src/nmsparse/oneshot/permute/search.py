@@ -26,7 +26,7 @@ ranked by the change of the tiles' relaxation bound ``min(rows, cols)`` and only
 m×m tile solves), which decides. Stops after ``rounds`` rounds, ``patience`` rounds without gain,
 or at a deadline. The value never decreases, so the result is never worse than the identity.
 
-Solving every exchange exactly (the first version) took 9-16× longer at 4:8T for about 3 % more of the
+Solving every exchange exactly (the first version) took 9-16× longer at 4:8T for about 2 % more of the
 gain on random scores; ranking by the bound and solving 8 keeps most of it (``EXACT_CANDIDATES``
 4 / 8 / 16 kept 95 / 98 / 100 % of the all-exact gain at 4:8T in a trial on outlier-channel
 scores).
