@@ -22,7 +22,8 @@ Models, trained here on offline data and cached under ``--cache``:
 * ``cnn``: the digits CNN with BatchNorm (``small_cnn(16)``).
 
 Run: ``python benchmarks/bench_permute.py`` (about 30 minutes on 2 cores with the models cached;
-``--quick``: 2:4 and 2:4T only; ``--models llama``). Prints Markdown tables and appends JSON lines
+``--quick``: 2:4 and 2:4T only; ``--models llama``; ``--tries 3``: the LMs' wanda and sparsegpt
+prunes with ``permute_tries=3``). Prints Markdown tables and appends JSON lines
 to ``bench-results/permute.jsonl``.
 """
 
@@ -74,7 +75,7 @@ def llama_world(args):
     from nmsparse.apps.hf_eval import perplexity
 
     return dict(model=model, calib=calib, quality=lambda m: perplexity(m, valid)["perplexity"], metric="val ppl",
-                lower_better=True, exclude="lm_head", scores="wanda", train_s=train_s,
+                lower_better=True, exclude="lm_head", scores="wanda", train_s=train_s, judged=True,
                 label="Llama, 8 blocks, hidden 128, MLP 352, GQA 4/2, rotary; stdlib bytes; 64 x 128 calibration tokens")
 
 
@@ -87,7 +88,7 @@ def charlm_world(args):
     windows = corpus.train[starts[:, None] + torch.arange(64)].long()
     calib = [windows[i:i + 32] for i in range(0, 256, 32)]
     return dict(model=model, calib=calib, quality=lambda m: math.exp(evaluate_lm(m, corpus.valid, max_windows=10 ** 6)), metric="val ppl",
-                lower_better=True, exclude="head", scores="wanda", train_s=train_s, permute_loss=next_byte_loss,
+                lower_better=True, exclude="head", scores="wanda", train_s=train_s, permute_loss=next_byte_loss, judged=True,
                 label="the claims LM (CharTransformer: 2 blocks, d 96, MLP 384, 4 heads, learned positions), 1000 steps; "
                       "256 x 64 calibration bytes")
 
@@ -106,14 +107,14 @@ def cnn_world(args):
     model, train_s = _cached(path, lambda: digits.small_cnn(16), lambda m: digits.train(m, data, epochs=15))
     calib = [data.x_train[i:i + 128] for i in range(0, 512, 128)]
     return dict(model=model, calib=calib, quality=lambda m: 100 * digits.evaluate(m, data.x_test, data.y_test),
-                metric="test acc %", lower_better=False, exclude="conv1|fc2", scores="wanda", train_s=train_s,
+                metric="test acc %", lower_better=False, exclude="conv1|fc2", scores="wanda", train_s=train_s, judged=False,
                 label="digits CNN (3 convs + BN, 2 linears), conv1 and the classifier dense")
 
 
 WORLDS = {"llama": llama_world, "charlm": charlm_world, "cnn": cnn_world}
 
 
-def run_model(name, world, patterns, records):
+def run_model(name, world, patterns, records, tries=1):
     dense_q = world["quality"](world["model"])
     print(f"\n## {name}: {world['label']}; dense {world['metric']} {dense_q:.3f}"
           + (f" (trained {world['train_s']:.0f} s)" if world["train_s"] else " (cached)") + "\n")
@@ -126,14 +127,16 @@ def run_model(name, world, patterns, records):
                           "kept_after": rep.kept_after, "gain": 100 * (rep.kept_after / rep.kept_before - 1),
                           "seconds": time.perf_counter() - start, "verified": rep.verified})
         for algorithm in ALGORITHMS:
-            row = {"pattern": pattern, "algorithm": algorithm}
+            row = {"pattern": pattern, "algorithm": algorithm, "tries": tries}
             for permute in (False, True):
                 m = copy.deepcopy(world["model"])
                 t0 = time.perf_counter()
                 calibrated = algorithm != "magnitude"
+                judged = permute and calibrated and world["judged"]  # a loss can choose among tries
                 nms.prune_(m, pattern, calibration=world["calib"] if calibrated else None,
                            algorithm=algorithm, exclude=world["exclude"], permute=permute,
-                           permute_loss=world.get("permute_loss") if permute and calibrated else None)
+                           permute_loss=world.get("permute_loss") if permute and calibrated else None,
+                           permute_tries=tries if judged else 1)
                 key = "perm" if permute else "plain"
                 row[key], row[f"s_{key}"] = world["quality"](m), time.perf_counter() - t0
             gap_plain, gap_perm = row["plain"] - dense_q, row["perm"] - dense_q
@@ -146,7 +149,8 @@ def run_model(name, world, patterns, records):
                             ("gain", "gain %", "+.2f"), ("seconds", "search s", ".1f"), ("verified", "outputs same", "")])
     print()
     print_table(rows, [("pattern", "pattern", ""), ("algorithm", "algorithm", ""), ("plain", world["metric"], ".3f"),
-                       ("perm", f"{world['metric']}, permute=True", ".3f"), ("closed", "gap closed %", "+.1f"),
+                       ("perm", f"{world['metric']}, permute=True" + (f" ({tries} tries)" if tries > 1 else ""), ".3f"),
+                       ("closed", "gap closed %", "+.1f"),
                        ("s_plain", "s", ".1f"), ("s_perm", "s, permute", ".1f")])
     records += [{"model": name, "part": "kept", **r} for r in kept_rows]
     records += [{"model": name, "part": "prune", "dense": dense_q, **r} for r in rows]
@@ -160,12 +164,14 @@ def main() -> None:
     parser.add_argument("--cache", default=os.path.join("bench-results", "cache"))
     parser.add_argument("--out", default=os.path.join("bench-results", "permute.jsonl"))
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steadier on a shared machine)")
+    parser.add_argument("--tries", type=int, default=1,
+                        help="permute_tries for the LMs' wanda/sparsegpt prunes (searches judged by the calibration loss)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     patterns = args.patterns or (("2:4", "2:4T") if args.quick else PATTERNS)
     records = []
     for name in args.models:
-        run_model(name, WORLDS[name](args), patterns, records)
+        run_model(name, WORLDS[name](args), patterns, records, args.tries)
     info = machine()
     write_jsonl(args.out, [{**r, **info} for r in records])
     print(f"\n{len(records)} records appended to {args.out}")

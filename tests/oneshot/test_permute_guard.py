@@ -295,3 +295,13 @@ def test_calibration_loss_matches_the_models_own_loss():
     got = calibration_loss(model, batches, "test")
     assert got.mean == pytest.approx(total / count, rel=1e-5)
     assert len(got.sequences) == 4 and all(math.isfinite(v) for v in got.sequences)
+
+
+def test_loss_check_tries_keep_the_lowest_loss_on_a_language_model():
+    model = _llama()
+    rep = _prune(model, "sparsegpt", True, permute_tries=2)
+    note = rep.permute.notes[-1]
+    losses = [float(v) for v in note.split("losses ")[1].split(";")[0].split(", ")]
+    assert note.startswith("searched with seeds 0..1") and rep.permute.loss_permuted == pytest.approx(min(losses), rel=1e-4)
+    chosen = rep.permute.loss_permuted if rep.permute.permuted else rep.permute.loss_plain
+    assert calibration_loss(model, _batches(), "test").mean == pytest.approx(chosen, rel=1e-9)

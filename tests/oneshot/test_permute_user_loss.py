@@ -129,3 +129,79 @@ def test_permute_loss_needs_permute_and_calibration():
         _prune(model, permute=False, permute_loss=lambda m, b: m(b).sum())
     with pytest.raises(ArgumentError, match="pass calibration="):
         nms.prune_(model, "2:4", algorithm="magnitude", permute=True, permute_loss=lambda m, b: m(b).sum())
+
+
+# -- permute_tries: several searches, the lowest calibration loss chosen --
+
+
+def _by_call(values):
+    """A loss whose every call on the two calibration batches returns the next of ``values`` (per
+    sample): the tries are scored in seed order, then the plain prune."""
+    calls = {"n": 0}
+
+    def loss(model, batch):
+        value = values[min(calls["n"] // 2, len(values) - 1)]
+        calls["n"] += 1
+        return torch.full((batch.shape[0],), float(value)) + 1e-3 * torch.arange(batch.shape[0])
+
+    return loss, calls
+
+
+@pytest.mark.parametrize("best", [0, 1, 2])
+def test_tries_keep_the_seed_with_the_lowest_loss(best):
+    dense = _mlp()
+    losses = [2.0, 2.0, 2.0]
+    losses[best] = 1.0
+    loss, calls = _by_call(losses + [3.0])  # the plain prune last, clearly worse
+    model = copy.deepcopy(dense)
+    rep = _prune(model, permute_loss=loss, permute_tries=3)
+    assert calls["n"] == 8 and rep.permute.loss_permuted == pytest.approx(1.0075)
+    assert f"seed {best} kept" in rep.permute.notes[-1] and rep.permute.permuted > 0
+    expected = copy.deepcopy(dense)
+    nms.permute_(expected, "2:4T", calibration=_batches(), scores="wanda", seed=best)
+    _prune(expected, permute=False)
+    _assert_same(model, expected.state_dict())
+    assert rep.permuted_tensors and all(name in expected.state_dict() for name in rep.permuted_tensors)
+
+
+def test_tries_then_plain_wins_gives_the_permute_false_model():
+    dense = _mlp()
+    plain = copy.deepcopy(dense)
+    _prune(plain, permute=False)
+    loss, _ = _by_call([2.0, 3.0, 2.5, 1.0])
+    model = copy.deepcopy(dense)
+    rep = _prune(model, permute_loss=loss, permute_tries=3)
+    assert rep.permute.permuted == 0 and "seed 0 kept" in rep.permute.notes[-1]
+    _assert_same(model, plain.state_dict())
+
+
+def test_a_failing_try_leaves_the_model_unchanged():
+    model = _mlp()
+    state = copy.deepcopy(model.state_dict())
+    calls = {"n": 0}
+
+    def loss(m, batch):
+        calls["n"] += 1
+        if calls["n"] == 4:  # the second try's second batch
+            raise RuntimeError("loss failed")
+        return m(batch).pow(2).mean(dim=1)
+
+    with pytest.raises(ConvertError, match="permute_loss failed on calibration batch 1"):
+        _prune(model, permute_loss=loss, permute_tries=3)
+    _assert_same(model, state)
+
+
+@pytest.mark.parametrize("tries,kw,match", [
+    (0, {}, r"permute_tries must be an integer in \[1, 16\], got 0"),
+    (17, {}, "got 17"),
+    (True, {}, "got True"),
+    (2.0, {}, "got 2.0"),
+    (2, {"permute": False}, "needs permute=True"),
+    (2, {}, "needs calibration data and a loss"),  # a Sequential without permute_loss: nothing to judge by
+])
+def test_bad_tries_are_clear_errors(tries, kw, match):
+    model = _mlp()
+    state = copy.deepcopy(model.state_dict())
+    with pytest.raises(ArgumentError, match=match):
+        _prune(model, permute_tries=tries, **kw)
+    _assert_same(model, state)

@@ -42,6 +42,8 @@ from .select import Target, select_targets
 from .sparsegpt import sparsegpt, zero_dead_inputs
 from .wanda import wanda_scores
 
+MAX_TRIES = 16  # permute_tries: each try is a search and a pruning pass
+
 __all__ = ["prune_"]
 
 ScoresArg = Union[None, str, Dict[str, torch.Tensor], Callable[[str, nn.Module], torch.Tensor]]
@@ -75,6 +77,7 @@ def prune_(
     device=None,
     permute: bool = False,
     permute_loss=None,
+    permute_tries: int = 1,
     where: str = "prune_",
     _on_block=None,
 ) -> nn.Module:
@@ -160,6 +163,11 @@ def prune_(
         the model's loss on one batch (a scalar, or a 1-D tensor of per-sample losses), and the
         model is pruned both ways and judged by it as a language model is by its next-token loss
         (instead of the block trials). For any model that is not a Hugging Face language model.
+    permute_tries : int
+        Searches with seeds ``0 .. permute_tries - 1`` where a loss judges the prunes (a Hugging Face
+        language model, or ``permute_loss=``; in memory): the permuted prune with the lowest
+        calibration loss is the one compared with the plain prune. Each try costs a search and a
+        pruning pass; 1 to 16, default 1.
 
     Returns
     -------
@@ -207,7 +215,7 @@ def prune_(
     check_options(damp, blocksize, sequential, where)
     device = _check_device(device, where)
     check_adaprune_options(iterations, lr, batch_size, where, seed)
-    check_permute(permute, spec, where, permute_loss)
+    check_permute(permute, spec, where, permute_loss, permute_tries)
     calibrated = steps != ["magnitude"]
     if scores is not None and steps[0] not in ("magnitude", "adaprune"):
         raise ConvertError(
@@ -278,15 +286,26 @@ def prune_(
         if permute:
             token_masks = [token_mask_of(b) for b in batches or []]
             loss_check = _on_block is None and loss_applies(model, batches, permute_loss)
+            if permute_tries > 1 and not loss_check:
+                raise ArgumentError(
+                    f"{where}: permute_tries={permute_tries} chooses among searches by the calibration loss, which "
+                    "needs calibration data and a loss: a Hugging Face language model fed batches with input_ids, "
+                    "or permute_loss=; pass permute_tries=1 otherwise.")
             trial = None if batches is None or loss_check else Trial(
                 targets, views, _trial_pruner(views, steps, spec, opts), batches, token_masks, blocks, where)
             rep.permute, permuter, permuted, rep.permuted_tensors = start_permutations(
                 model, spec, targets, batches, token_masks, _permute_scores(steps, batches, scores),
                 streamed=_on_block is not None, where=where, trial=trial, progress=progress)
+
+            def repermute(seed: int) -> list:  # another search (in memory, judged by the loss)
+                rep.permute, _, folded, rep.permuted_tensors = start_permutations(
+                    model, spec, targets, batches, token_masks, _permute_scores(steps, batches, scores),
+                    streamed=False, where=where, progress=progress, seed=seed)
+                return folded
         masks, seen = run_pass(permuter)
-        if loss_check and permuted:
+        if loss_check and (permuted or permute_tries > 1):
             masks, seen = choose_by_loss(model, rep, permuted, originals, by_name, run_pass, (masks, seen), batches,
-                                         where, permute_loss)
+                                         where, permute_loss, repermute, permute_tries)
         for t in targets:
             if t.name not in seen:
                 rep.skipped.append((t.name, "not called by the model on the calibration data"))
@@ -312,9 +331,13 @@ def prune_(
     return model
 
 
-def check_permute(permute, spec, where: str, loss=None) -> None:
+def check_permute(permute, spec, where: str, loss=None, tries=1) -> None:
     if not isinstance(permute, bool):
         raise ArgumentError(f"{where}: permute must be True or False, got {permute!r}.")
+    if isinstance(tries, bool) or not isinstance(tries, int) or not 1 <= tries <= MAX_TRIES:
+        raise ArgumentError(f"{where}: permute_tries must be an integer in [1, {MAX_TRIES}], got {tries!r}.")
+    if tries > 1 and not permute:
+        raise ArgumentError(f"{where}: permute_tries={tries} tries several channel permutations; it needs permute=True.")
     if loss is not None and not callable(loss):
         raise ArgumentError(f"{where}: permute_loss must be a callable loss(model, batch) -> tensor, got "
                             f"{type(loss).__name__}.")

@@ -34,12 +34,13 @@ _SEARCH = dict(iterations=ITERATIONS, patience=PATIENCE, time_budget=None, seed=
 def start_permutations(model: nn.Module, spec: NMPattern, targets, batches: Optional[Sequence], token_masks: Sequence,
                        scores, streamed: bool, where: str,
                        trial: Optional[Trial] = None,
-                       progress: bool = False) -> Tuple[PermuteReport, Optional[Callable], List[tuple], set]:
+                       progress: bool = False, seed: int = 0) -> Tuple[PermuteReport, Optional[Callable], List[tuple], set]:
     """Permute ``model`` now (in memory) or return a per-block permuter for the pipeline (streamed);
     with a ``trial`` (calibration data), the permuter also guards each block's groups.
     Returns ``(report, permuter or None, folded groups for undo_, names of the tensors reordered)``:
     the list and the set stay current as the guard reverts groups. ``progress``: the search's bar
-    (one step per group; in memory only: streamed, the pipeline's bar counts the blocks)."""
+    (one step per group; in memory only: streamed, the pipeline's bar counts the blocks); ``seed``:
+    the search's."""
     rep = PermuteReport(pattern=str(spec), scores=scores if isinstance(scores, str) else type(scores).__name__)
     done: List[tuple] = []
     changed: set = set()
@@ -61,7 +62,7 @@ def start_permutations(model: nn.Module, spec: NMPattern, targets, batches: Opti
         done += permute_groups_(groups, targets, spec, rep, run=lambda i: run_batch(model, checks[i], i, where),
                                 count=len(checks) if checks is not None else 0, token_masks=token_masks,
                                 scores=scores, check=True, where=where, changed=changed, keep=keeps[0],
-                                progress=progress, **_SEARCH)
+                                progress=progress, **dict(_SEARCH, seed=seed))
         residual = next((d for d in done if d[0].kind == "residual"), None)
         if trial is not None and residual is not None:
             try:
@@ -99,7 +100,7 @@ def start_permutations(model: nn.Module, spec: NMPattern, targets, batches: Opti
         local = [t for t in targets if id(t.module) in mine]
         keeps.append({})
         new = permute_groups_(groups, local, spec, rep, run=call, count=count, token_masks=masks, scores=scores,
-                              check=True, where=where, changed=changed, keep=keeps[-1], progress=False, **_SEARCH)
+                              check=True, where=where, changed=changed, keep=keeps[-1], progress=False, **dict(_SEARCH, seed=seed))
         done.extend(new)
         if trial is not None and new:
             guard_block(trial, block, call, done, new, keeps[-1].get("score"))

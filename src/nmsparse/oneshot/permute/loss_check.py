@@ -151,17 +151,23 @@ def clearly_worse(permuted: LossSample, plain: LossSample) -> bool:
 
 
 def choose_by_loss(model: nn.Module, rep, permuted: list, originals: dict, by_name, run_pass: Callable, first,
-                   batches: Sequence, where: str, loss: Optional[LossFn] = None):
+                   batches: Sequence, where: str, loss: Optional[LossFn] = None,
+                   repermute: Optional[Callable[[int], list]] = None, tries: int = 1):
     """For :func:`nmsparse.prune_`, after its permuted pass: prune ``model`` again without its
     permutations (``run_pass(None)``) and keep the permuted prune unless its calibration loss is
     significantly higher. ``rep`` is the PruneReport; ``originals`` the dense copies of the pruned
-    layers (by name, ``by_name`` their targets).
+    layers (by name, ``by_name`` their targets). With ``tries > 1``, ``repermute(seed)`` (search
+    and fold with that seed, returning the folds) gives further permuted prunes first, and the one
+    with the lowest calibration loss is the one compared (:func:`_best_try`).
     ``permuted`` and ``originals`` are updated in place so that the caller's undo on an error
     stays exact; returns the chosen pass's ``(masks, seen)``."""
     loss_perm = calibration_loss(model, batches, where, loss)
     if loss_perm is None:
         rep.permute.notes.append("calibration loss: the model returned none; the permuted prune is kept unchecked")
         return first
+    if tries > 1 and repermute is not None:
+        loss_perm, first = _best_try(model, rep, permuted, originals, by_name, run_pass, first, loss_perm, batches,
+                                     where, loss, repermute, tries)
     pruned = {name: snapshot(by_name[name].module) for name in originals}
     kept_rows, kept_pipeline, kept_originals, folded = rep.layers, rep.pipeline, dict(originals), list(permuted)
     for name, snap in originals.items():
@@ -195,3 +201,54 @@ def choose_by_loss(model: nn.Module, rep, permuted: list, originals: dict, by_na
     permuted.extend(folded)
     rep.layers, rep.pipeline = kept_rows, kept_pipeline
     return first
+
+
+def _best_try(model, rep, permuted, originals, by_name, run_pass, first, loss_first, batches, where, loss, repermute,
+              tries):
+    """Prune with the permutations of search seeds ``1 .. tries - 1`` too and leave the model as the
+    try with the lowest calibration loss; returns ``(its LossSample, its (masks, seen))``.
+
+    Many permutations keep nearly the same score, yet their prunes differ on held-out data by
+    more than the search's gain (on the benchmark's Llama at 2:4T with SparseGPT, seeds 0 / 1 / 2
+    closed +1.6 / -0.3 / +10.3 % of the perplexity gap), and the calibration loss ranked them the
+    same way. So the loss chooses among the tries; the significance rule then only guards the
+    choice against the plain prune. Holds one more copy of the pruned layers (the best so far)."""
+
+    def state():
+        return dict(loss=None, pruned={name: snapshot(by_name[name].module) for name in originals},
+                    folded=list(permuted), originals=dict(originals), layers=rep.layers, pipeline=rep.pipeline,
+                    permute=rep.permute, tensors=set(rep.permuted_tensors), result=None)
+
+    def back_to_dense():
+        for name, snap in originals.items():
+            restore(by_name[name].module, snap)
+        undo_(list(permuted))
+        permuted.clear()
+        originals.clear()
+
+    best = state()
+    best["loss"], best["result"] = loss_first, first
+    losses = [loss_first.mean]
+    for seed in range(1, tries):
+        back_to_dense()
+        rep.layers, rep.pipeline = [], PipelineInfo()
+        permuted.extend(repermute(seed))
+        result = run_pass(None)
+        got = calibration_loss(model, batches, where, loss)
+        losses.append(float("nan") if got is None else got.mean)
+        if got is not None and got.mean < best["loss"].mean:
+            best = state()
+            best["loss"], best["result"] = got, result
+    back_to_dense()  # then the best try comes back: its order, then its pruned layers
+    for g, perm, _ in best["folded"]:
+        fold_(g, perm)
+    for name, snap in best["pruned"].items():
+        restore(by_name[name].module, snap)
+    permuted.extend(best["folded"])
+    originals.update(best["originals"])
+    rep.layers, rep.pipeline, rep.permute = best["layers"], best["pipeline"], best["permute"]
+    rep.permuted_tensors = best["tensors"]
+    chosen = losses.index(best["loss"].mean)
+    rep.permute.notes.append(f"searched with seeds 0..{tries - 1}: calibration losses "
+                             + ", ".join(f"{v:.5g}" for v in losses) + f"; seed {chosen} kept")
+    return best["loss"], best["result"]
