@@ -66,7 +66,7 @@ def test_plain_wins_gives_the_permute_false_model():
     _prune(plain, permute=False)
     loss, calls = _rigged(permuted=2.0, plain=1.0)
     model = copy.deepcopy(dense)
-    rep = _prune(model, permute_loss=loss)
+    rep = _prune(model, permute_loss=loss, permute_tries=1)  # one search, then the plain prune
     assert calls["n"] == 2 and rep.permute.loss_plain == pytest.approx(1.0075)
     assert rep.permute.permuted == 0 and "reverted" in {g.status for g in rep.permute.groups}
     assert all(g.error_plain is None for g in rep.permute.groups)  # no block trial ran
@@ -77,7 +77,7 @@ def test_permuted_wins_gives_the_permute_then_prune_model():
     dense = _mlp()
     loss, calls = _rigged(permuted=1.0, plain=2.0)
     model = copy.deepcopy(dense)
-    rep = _prune(model, permute_loss=loss)
+    rep = _prune(model, permute_loss=loss, permute_tries=1)
     assert calls["n"] == 2 and rep.permute.permuted > 0 and "permuted kept" in rep.permute.summary()
     expected = copy.deepcopy(dense)
     nms.permute_(expected, "2:4T", calibration=_batches(), scores="wanda")
@@ -192,7 +192,7 @@ def test_a_failing_try_leaves_the_model_unchanged():
 
 
 @pytest.mark.parametrize("tries,kw,match", [
-    (0, {}, r"permute_tries must be an integer in \[1, 16\], got 0"),
+    (0, {}, r"permute_tries must be an integer in \[1, 16\] \(or None\), got 0"),
     (17, {}, "got 17"),
     (True, {}, "got True"),
     (2.0, {}, "got 2.0"),
@@ -205,3 +205,12 @@ def test_bad_tries_are_clear_errors(tries, kw, match):
     with pytest.raises(ArgumentError, match=match):
         _prune(model, permute_tries=tries, **kw)
     _assert_same(model, state)
+
+
+def test_tries_default_three_where_a_loss_judges():
+    loss, calls = _by_call([1.0, 2.0, 3.0, 4.0])
+    rep = _prune(_mlp(), permute_loss=loss)
+    assert calls["n"] == 8 and "seeds 0..2" in rep.permute.notes[-1]
+    rep = PruneReport()  # no loss to judge by: one search, block trials
+    nms.prune_(_mlp(), "2:4T", calibration=_batches(), algorithm="sparsegpt", permute=True, report=rep)
+    assert not any("seeds" in n for n in rep.permute.notes)

@@ -43,6 +43,7 @@ from .sparsegpt import sparsegpt, zero_dead_inputs
 from .wanda import wanda_scores
 
 MAX_TRIES = 16  # permute_tries: each try is a search and a pruning pass
+JUDGED_TRIES = 3  # permute_tries' default where a loss judges the prunes
 
 __all__ = ["prune_"]
 
@@ -77,7 +78,7 @@ def prune_(
     device=None,
     permute: bool = False,
     permute_loss=None,
-    permute_tries: int = 1,
+    permute_tries: Optional[int] = None,
     where: str = "prune_",
     _on_block=None,
 ) -> nn.Module:
@@ -163,11 +164,13 @@ def prune_(
         the model's loss on one batch (a scalar, or a 1-D tensor of per-sample losses), and the
         model is pruned both ways and judged by it as a language model is by its next-token loss
         (instead of the block trials). For any model that is not a Hugging Face language model.
-    permute_tries : int
+    permute_tries : int, optional
         Searches with seeds ``0 .. permute_tries - 1`` where a loss judges the prunes (a Hugging Face
         language model, or ``permute_loss=``; in memory): the permuted prune with the lowest
         calibration loss is the one compared with the plain prune. Each try costs a search and a
-        pruning pass; 1 to 16, default 1.
+        pruning pass; 1 to 16. Default: 3 where a loss judges, else 1 (``docs/permute.md``: which of
+        many nearly equal permutations the search ends in moves the held-out loss more than the
+        search gains).
 
     Returns
     -------
@@ -282,11 +285,12 @@ def prune_(
         return found, seen
 
     try:
-        loss_check = False
+        loss_check, tries = False, 1
         if permute:
             token_masks = [token_mask_of(b) for b in batches or []]
             loss_check = _on_block is None and loss_applies(model, batches, permute_loss)
-            if permute_tries > 1 and not loss_check:
+            tries = permute_tries if permute_tries is not None else (JUDGED_TRIES if loss_check else 1)
+            if tries > 1 and not loss_check:
                 raise ArgumentError(
                     f"{where}: permute_tries={permute_tries} chooses among searches by the calibration loss, which "
                     "needs calibration data and a loss: a Hugging Face language model fed batches with input_ids, "
@@ -303,9 +307,9 @@ def prune_(
                     streamed=False, where=where, progress=progress, seed=seed)
                 return folded
         masks, seen = run_pass(permuter)
-        if loss_check and (permuted or permute_tries > 1):
+        if loss_check and (permuted or tries > 1):
             masks, seen = choose_by_loss(model, rep, permuted, originals, by_name, run_pass, (masks, seen), batches,
-                                         where, permute_loss, repermute, permute_tries)
+                                         where, permute_loss, repermute, tries)
         for t in targets:
             if t.name not in seen:
                 rep.skipped.append((t.name, "not called by the model on the calibration data"))
@@ -331,12 +335,12 @@ def prune_(
     return model
 
 
-def check_permute(permute, spec, where: str, loss=None, tries=1) -> None:
+def check_permute(permute, spec, where: str, loss=None, tries=None) -> None:
     if not isinstance(permute, bool):
         raise ArgumentError(f"{where}: permute must be True or False, got {permute!r}.")
-    if isinstance(tries, bool) or not isinstance(tries, int) or not 1 <= tries <= MAX_TRIES:
-        raise ArgumentError(f"{where}: permute_tries must be an integer in [1, {MAX_TRIES}], got {tries!r}.")
-    if tries > 1 and not permute:
+    if tries is not None and (isinstance(tries, bool) or not isinstance(tries, int) or not 1 <= tries <= MAX_TRIES):
+        raise ArgumentError(f"{where}: permute_tries must be an integer in [1, {MAX_TRIES}] (or None), got {tries!r}.")
+    if tries is not None and tries > 1 and not permute:
         raise ArgumentError(f"{where}: permute_tries={tries} tries several channel permutations; it needs permute=True.")
     if loss is not None and not callable(loss):
         raise ArgumentError(f"{where}: permute_loss must be a callable loss(model, batch) -> tensor, got "
