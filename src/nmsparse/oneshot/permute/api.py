@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from ..._progress import Progress
-from ...errors import ArgumentError, ConvertError, PatternError, ScoreError
+from ...errors import ArgumentError, ConvertError, NMSparseError, PatternError, ScoreError, clip_text
 from ...masks import solve_mask
+from ...masks._inputs import score_source
 from ...pattern import NMPattern, PatternLike
 from ..calibration import as_batches, run_batch
 from ..hessian import MatrixView, select_tokens, token_mask_of
@@ -194,6 +195,10 @@ def permute_groups_(groups: Sequence[Group], targets, spec: NMPattern, rep: Perm
     norms, reference = _calibration_pass(run, count, token_masks, counted, scores == "wanda", check)
     if reference == []:
         reference = None  # no floating-point output to compare: nothing can be checked
+        note = ("outputs not checked: the model's output on the check batch holds no floating-point tensor "
+                "(only floating-point outputs are compared)")
+        if note not in rep.notes:  # said once, not once per block
+            rep.notes.append(note)
     score = _layer_scores(counted, scores, norms, where)
     rows = [LayerPermute(t.name, _kept(t.module, score.get(t.module_name), spec), 0.0) for t in targets]
     done: List[tuple] = []
@@ -315,19 +320,37 @@ def _layer_scores(counted, scores, norms, where: str) -> Dict[str, torch.Tensor]
             shape[1] = -1
             s = w.abs() * norms[name].reshape(shape)
         else:
-            given = scores.get(t.name) if isinstance(scores, dict) else scores(name, t.module)
+            given = scores.get(t.name) if isinstance(scores, dict) else _call_scores(scores, name, t, where)
             if given is None:
                 raise ScoreError(f"{where}: scores has no entry for {t.name}; give one per counted weight.")
             if not isinstance(given, torch.Tensor) or tuple(given.shape) != tuple(t.module.weight.shape):
                 got = tuple(given.shape) if isinstance(given, torch.Tensor) else type(given).__name__
                 raise ScoreError(f"{where}: layer {t.name}: scores must be a tensor of the weight's shape "
                                  f"{tuple(t.module.weight.shape)}, got {got}.")
+            # The mask solvers' own rules (find_mask, prune_'s scores=): no meta tensor, no bool or
+            # complex dtype (a complex tensor cast to float64 would silently drop its imaginary part),
+            # finite and non-negative, the first bad entry named.
+            score_source(t.module.weight.detach(), given, f"{where}: layer {t.name}")
             s = view.oriented(given.detach()).double().cpu()
         if not bool(torch.isfinite(s).all()) or bool((s < 0).any()):
             raise ScoreError(f"{where}: layer {t.name}: scores must be finite and non-negative; check the "
                              "calibration data (or the scores you passed).")
         out[name] = s.clone()
     return out
+
+
+def _call_scores(scores, name: str, t, where: str):
+    """The user's ``scores(module_name, module)``; what it raises becomes a ScoreError naming the layer
+    (a library error passes through as it is)."""
+    try:
+        return scores(name, t.module)
+    except NMSparseError:
+        raise
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ScoreError(f"{where}: layer {t.name}: the scores callable failed ({type(err).__name__}: "
+                         f"{clip_text(first, 200)}); it is called as scores(module_name, module) and must return "
+                         "a non-negative tensor of the weight's shape.") from err
 
 
 def _kept(module, score: Optional[torch.Tensor], spec: NMPattern) -> float:

@@ -53,6 +53,7 @@ def start_permutations(model: nn.Module, spec: NMPattern, targets, batches: Opti
             refresh_kept(keep, spec)
         changed.clear()
         changed.update(changed_tensors(done))
+        canonical_names_(model, changed)
 
     if not streamed:
         start = time.perf_counter()
@@ -63,6 +64,7 @@ def start_permutations(model: nn.Module, spec: NMPattern, targets, batches: Opti
                                 count=len(checks) if checks is not None else 0, token_masks=token_masks,
                                 scores=scores, check=True, where=where, changed=changed, keep=keeps[0],
                                 progress=progress, **dict(_SEARCH, seed=seed))
+        canonical_names_(model, changed)
         residual = next((d for d in done if d[0].kind == "residual"), None)
         if trial is not None and residual is not None:
             try:
@@ -108,3 +110,17 @@ def start_permutations(model: nn.Module, spec: NMPattern, targets, batches: Opti
         rep.seconds += time.perf_counter() - start
 
     return rep, permuter, done, changed
+
+
+def canonical_names_(model: nn.Module, names: set) -> None:
+    """Name each reordered tensor once, by its first name in ``model`` (``named_parameters`` /
+    ``named_buffers`` order), in place. A tied tensor (an LM head sharing the embeddings) is one
+    tensor under two names, and a checkpoint stores it under the first only (Hugging Face drops
+    the tied key): the second name would send the folder writer after a tensor it does not have."""
+    first: dict = {}
+    alias: dict = {}
+    for name, t in list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False)):
+        alias[name] = first.setdefault(id(t), name)
+    renamed = {alias.get(n, n) for n in names}
+    names.clear()
+    names.update(renamed)

@@ -128,6 +128,12 @@ def user_loss(model: nn.Module, batches: Sequence, loss: LossFn, where: str) -> 
             got = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
             raise ConvertError(f"{where}: permute_loss must return a scalar tensor or a 1-D tensor of per-sample "
                                f"losses, got {got} on calibration batch {i}.")
+        if value.device.type == "meta" or value.dtype == torch.bool or value.is_complex():
+            # A meta tensor holds no number; a bool or complex one no loss (float64 of a complex
+            # drops its imaginary part silently).
+            got = "a meta tensor" if value.device.type == "meta" else f"dtype {value.dtype}"
+            raise ConvertError(f"{where}: permute_loss must return real-valued losses (a floating-point or integer "
+                               f"tensor with values), got {got} on calibration batch {i}.")
         value = value.detach().double().reshape(-1).cpu()
         if not bool(torch.isfinite(value).all()):
             raise ConvertError(f"{where}: permute_loss returned NaN or Inf on calibration batch {i}; the two prunes "

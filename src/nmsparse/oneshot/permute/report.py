@@ -57,7 +57,7 @@ class PermuteReport:
 
     ``verified``: True if the model's outputs on a check batch (the first calibration batch) were
     compared before and after and agree up to float rounding; None if there was no batch to check
-    with. ``skipped``: structures left alone and why; ``notes``: what was not permuted by design.
+    with (or its output holds no floating-point tensor). ``skipped``: structures left alone and why; ``notes``: what was not permuted by design.
     ``loss_plain`` / ``loss_permuted`` (``prune_`` on a language model): the calibration loss of
     the model pruned without and with the permutations; the lower one was kept
     (:mod:`nmsparse.oneshot.permute.loss_check`).
@@ -94,7 +94,7 @@ class PermuteReport:
     def summary(self) -> str:
         """One line: groups permuted and the kept score before and after."""
         gain = (self.kept_after / self.kept_before - 1.0) * 100 if self.kept_before else 0.0
-        check = {True: "outputs checked unchanged", False: "outputs NOT checked", None: "outputs not checked (no batch)"}
+        check = {True: "outputs checked unchanged", False: "outputs NOT checked", None: "outputs not checked (no check batch or no floating-point output)"}
         loss = ""
         if self.loss_plain is not None and self.loss_permuted is not None:
             kept = "permuted" if self.permuted else "plain"
