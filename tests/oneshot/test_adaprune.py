@@ -158,6 +158,22 @@ def test_bad_arguments():
         adaprune(Net(), _calib("tensor"), "2:4", exclude="head", scores={})
 
 
+@pytest.mark.parametrize("name,scores,match", [
+    ("callable raises", lambda n, m: 1 / 0, r"layer 0.weight: the scores callable failed \(ZeroDivisionError"),
+    ("callable returns None", lambda n, m: None, r"layer 0.weight: scores must be a tensor .*got NoneType"),
+    ("callable returns a list", lambda n, m: [1.0] * 64, "got list"),
+    ("wrong shape", lambda n, m: torch.ones(3), r"got shape \(3,\)"),
+    ("dict value not a tensor", {"0.weight": 1.0}, "got float"),
+])
+def test_bad_user_scores_are_score_errors_and_leave_the_model_unchanged(name, scores, match):
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
+    state = copy.deepcopy(model.state_dict())
+    with pytest.raises(nms.ScoreError, match=match):
+        nms.prune_(model, "2:4", algorithm="magnitude", scores=scores)
+    for k, v in state.items():
+        assert torch.equal(model.state_dict()[k], v), (name, k)
+
+
 def _seq_conv1():
     m = nn.Sequential()
     m.add_module("conv1", nn.Conv2d(1, 4, 3))
