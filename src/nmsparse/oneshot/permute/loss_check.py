@@ -15,9 +15,15 @@ calibration set's noise: on the benchmark's Llama at 4:8 with Wanda the two loss
 0.02 % (plain lower) while the permuted prune's held-out perplexity was 1.1 % better. The
 search's objective rose; the loss is asked only whether it contradicts that.
 
-It costs one more pruning pass and two more forward passes per batch, and nothing more in memory
-than ``prune_`` holds anyway (the dense weights it keeps for undoing an error, plus one copy of
-the pruned layers) and one batch row's logits at a time.
+With ``permute_tries`` (default 3 here) the search runs with several seeds first, each try is
+pruned, and the try with the lowest calibration loss is the one compared (:func:`_best_try`):
+nearly equal permutations prune differently, and the loss tells them apart. A user's
+``permute_loss(model, batch)`` stands in for the next-token loss on any model (:func:`user_loss`).
+
+It costs one more pruning pass and two more forward passes per batch (and a search and a pruning
+pass per further try), and in memory, beyond the dense weights ``prune_`` keeps anyway for
+undoing an error, one copy of the pruned layers (two with tries) and one batch row's logits at a
+time.
 """
 
 from __future__ import annotations
