@@ -82,6 +82,17 @@ def clip_text(text: object, limit: int = 200) -> str:
     return head.rstrip(" ,;:.") + "..."
 
 
+def quote_error(err: BaseException, limit: int = 200) -> str:
+    """``"TypeError: <first line of its message>"``, the message clipped by :func:`clip_text`: how
+    an error message quotes an exception raised by the user's code.
+
+    >>> quote_error(ValueError("bad value\\nmore detail"))
+    'ValueError: bad value'
+    """
+    text = str(err).strip()
+    return f"{type(err).__name__}: {clip_text(text.splitlines()[0] if text else '', limit)}"
+
+
 def is_out_of_memory(err: BaseException) -> bool:
     """True for an allocator failure: ``MemoryError``, torch's ``OutOfMemoryError`` (GPU) or the
     ``RuntimeError`` the CPU allocator raises ("can't allocate memory")."""

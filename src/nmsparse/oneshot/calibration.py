@@ -14,7 +14,7 @@ from typing import Iterable, List
 import torch
 from torch import nn
 
-from ..errors import ConvertError, NMSparseError, clip_text
+from ..errors import ConvertError, NMSparseError, quote_error
 
 __all__ = ["as_batches", "call_model", "run_batch", "reestimate_batchnorm"]
 
@@ -74,9 +74,8 @@ def run_batch(model: nn.Module, batch: object, i: int, where: str, passthrough: 
     except (NMSparseError,) + tuple(passthrough):
         raise
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ConvertError(
-            f"{where}: the model failed on calibration batch {i} ({type(err).__name__}: {clip_text(first, 200)}); "
+            f"{where}: the model failed on calibration batch {i} ({quote_error(err)}); "
             "pass batches the model accepts, as model(x), model(*batch) or model(**batch)."
         ) from err
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .._progress import Progress
-from ..errors import ArgumentError, ConvertError, NMSparseError, PatternError, ScoreError, clip_text
+from ..errors import ArgumentError, ConvertError, NMSparseError, PatternError, ScoreError
 from ..masks import find_mask, unstructured_mask
 from ..masks.methods import resolve_method
 from ..nn.attach import attach_mask_
@@ -40,6 +40,7 @@ from .options import check_options, check_step_result, check_topk, parse_algorit
 from .report import LayerPrune, PipelineInfo, PruneReport
 from .select import Target, select_targets
 from .sparsegpt import sparsegpt, zero_dead_inputs
+from .user_scores import call_scores, score_tensor
 from .wanda import wanda_scores
 
 MAX_TRIES = 16  # permute_tries: each try is a search and a pruning pass
@@ -541,29 +542,11 @@ def _user_scores(t: Target, view: MatrixView, w: torch.Tensor, spec, o):
     if isinstance(s, dict):
         if t.name not in s:
             raise ConvertError(f"{o['where']}: scores has no entry for {t.name}; give one per pruned weight, or scores=None.")
-        return view.oriented(_score_tensor(s[t.name], t, o["where"]))
+        return view.oriented(score_tensor(s[t.name], t.module, t.name, o["where"]))
     if callable(s):
-        try:
-            given = s(t.module_name, t.module)
-        except NMSparseError:
-            raise
-        except Exception as err:  # the user's code: one rule, the original kept as the cause
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            raise ScoreError(f"{o['where']}: layer {t.name}: the scores callable failed ({type(err).__name__}: "
-                             f"{clip_text(first, 200)}); it is called as scores(module_name, module) and must "
-                             "return a non-negative tensor of the weight's shape.") from err
-        return view.oriented(_score_tensor(given, t, o["where"]))
+        return view.oriented(score_tensor(call_scores(s, t.module_name, t.module, t.name, o["where"]), t.module, t.name,
+                                          o["where"]))
     raise ConvertError(f"{o['where']}: scores must be None, 'magnitude', 'support', a dict or a callable, got {s!r}.")
-
-
-def _score_tensor(given, t: Target, where: str) -> torch.Tensor:
-    """A user's scores for one layer: a tensor of the weight's shape (values are checked by the
-    mask solver), never None or another type taken silently."""
-    shape = tuple(t.module.weight.shape)
-    if not isinstance(given, torch.Tensor) or tuple(given.shape) != shape:
-        got = f"shape {tuple(given.shape)}" if isinstance(given, torch.Tensor) else type(given).__name__
-        raise ScoreError(f"{where}: layer {t.name}: scores must be a tensor of the weight's shape {shape}, got {got}.")
-    return given
 
 
 def _adaprune_samples(t: Target, module: nn.Module, stats: InputStats, o):

@@ -29,7 +29,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..errors import ConvertError, NMSparseError, clip_text
+from ..errors import ConvertError, NMSparseError, quote_error
 from .blocks import BlockList, Capture, find_block_lists, output_hidden, output_like, record_blocks, stop_stub, stubbed
 from .calibration import run_batch
 from .capture import _StopPass, iterate_runs
@@ -212,9 +212,8 @@ def _guarded(fn: Callable, block: str, i: int, where: str):
     except (NMSparseError, _StopPass):
         raise
     except Exception as err:  # the user's code: one rule for every exception it raises (kept as __cause__)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ConvertError(
-            f"{where}: block {block} failed on calibration batch {i} ({type(err).__name__}: {clip_text(first, 200)}); "
+            f"{where}: block {block} failed on calibration batch {i} ({quote_error(err)}); "
             "check the model on that batch, or pass blocks=() to prune with truncated passes."
         ) from err
 

@@ -14,13 +14,14 @@ import torch
 from torch import nn
 
 from ..._progress import Progress
-from ...errors import ArgumentError, ConvertError, NMSparseError, PatternError, ScoreError, clip_text
+from ...errors import ArgumentError, ConvertError, PatternError, ScoreError
 from ...masks import solve_mask
 from ...masks._inputs import score_source
 from ...pattern import NMPattern, PatternLike
 from ..calibration import as_batches, run_batch
 from ..hessian import MatrixView, select_tokens, token_mask_of
 from ..select import select_targets
+from ..user_scores import call_scores, score_tensor
 from .check import float_outputs, probe_batches, verify_
 from .fold import fold_, inverse
 from .groups import find_groups
@@ -320,13 +321,10 @@ def _layer_scores(counted, scores, norms, where: str) -> Dict[str, torch.Tensor]
             shape[1] = -1
             s = w.abs() * norms[name].reshape(shape)
         else:
-            given = scores.get(t.name) if isinstance(scores, dict) else _call_scores(scores, name, t, where)
+            given = scores.get(t.name) if isinstance(scores, dict) else call_scores(scores, name, t.module, t.name, where)
             if given is None:
                 raise ScoreError(f"{where}: scores has no entry for {t.name}; give one per counted weight.")
-            if not isinstance(given, torch.Tensor) or tuple(given.shape) != tuple(t.module.weight.shape):
-                got = tuple(given.shape) if isinstance(given, torch.Tensor) else type(given).__name__
-                raise ScoreError(f"{where}: layer {t.name}: scores must be a tensor of the weight's shape "
-                                 f"{tuple(t.module.weight.shape)}, got {got}.")
+            score_tensor(given, t.module, t.name, where)
             # The mask solvers' own rules (find_mask, prune_'s scores=): no meta tensor, no bool or
             # complex dtype (a complex tensor cast to float64 would silently drop its imaginary part),
             # finite and non-negative, the first bad entry named.
@@ -337,20 +335,6 @@ def _layer_scores(counted, scores, norms, where: str) -> Dict[str, torch.Tensor]
                              "calibration data (or the scores you passed).")
         out[name] = s.clone()
     return out
-
-
-def _call_scores(scores, name: str, t, where: str):
-    """The user's ``scores(module_name, module)``; what it raises becomes a ScoreError naming the layer
-    (a library error passes through as it is)."""
-    try:
-        return scores(name, t.module)
-    except NMSparseError:
-        raise
-    except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise ScoreError(f"{where}: layer {t.name}: the scores callable failed ({type(err).__name__}: "
-                         f"{clip_text(first, 200)}); it is called as scores(module_name, module) and must return "
-                         "a non-negative tensor of the weight's shape.") from err
 
 
 def _kept(module, score: Optional[torch.Tensor], spec: NMPattern) -> float:

@@ -15,6 +15,7 @@ from typing import List, Optional
 import torch
 from torch import nn
 
+from ...errors import quote_error
 from ..calibration import call_model
 from .fold import fold_, inverse
 from .report import PermuteReport
@@ -38,9 +39,8 @@ def probe_batches(model: nn.Module, rep: PermuteReport) -> Optional[list]:
         with torch.no_grad():
             call_model(model, probe[0])
     except Exception as err:  # the probe is our guess at the model's input; the model may want more
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        rep.notes.append(f"outputs not checked: the model rejected a random probe input ({type(err).__name__}: "
-                         f"{first[:160]}); pass calibration= to check them")
+        rep.notes.append(f"outputs not checked: the model rejected a random probe input ({quote_error(err, 160)}); "
+                         "pass calibration= to check them")
         return None
     rep.notes.append(f"outputs checked on {probe[1]} (no calibration data)")
     return [probe[0]]

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...errors import ConvertError, NMSparseError, clip_text
+from ...errors import ConvertError, NMSparseError, quote_error
 from ..calibration import run_batch
 from ..layer_state import restore, snapshot
 from ..report import PipelineInfo
@@ -127,9 +127,8 @@ def user_loss(model: nn.Module, batches: Sequence, loss: LossFn, where: str) -> 
         except NMSparseError:
             raise
         except Exception as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            raise ConvertError(f"{where}: permute_loss failed on calibration batch {i} ({type(err).__name__}: "
-                               f"{clip_text(first, 200)}); it is called as permute_loss(model, batch).") from err
+            raise ConvertError(f"{where}: permute_loss failed on calibration batch {i} ({quote_error(err)}); "
+                               "it is called as permute_loss(model, batch).") from err
         if not isinstance(value, torch.Tensor) or value.dim() > 1 or value.numel() == 0:
             got = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
             raise ConvertError(f"{where}: permute_loss must return a scalar tensor or a 1-D tensor of per-sample "
